@@ -1,0 +1,113 @@
+"""Layers shared by the three models: separable convs, ASPP, the DeepLabV3+ decoder, heads, the gate.
+
+Every k>1 convolution can be built full or depthwise-separable (``separable=True``); 1x1
+convolutions are always full. Each block is defined once here and composed elsewhere.
+"""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ASPP_RATES = {8: (12, 24, 36), 16: (6, 12, 18), 32: (3, 6, 9)}
+
+
+class DepthwiseSeparableConv2d(nn.Module):
+    """A k x k depthwise convolution followed by a 1x1 pointwise one; spatial size is kept."""
+
+    def __init__(self, in_channels, out_channels, kernel_size=3, dilation=1, bias=False):
+        super().__init__()
+        padding = dilation * (kernel_size - 1) // 2
+        self.depthwise = nn.Conv2d(in_channels, in_channels, kernel_size, padding=padding,
+                                   dilation=dilation, groups=in_channels, bias=False)
+        self.pointwise = nn.Conv2d(in_channels, out_channels, 1, bias=bias)
+
+    def forward(self, x):
+        return self.pointwise(self.depthwise(x))
+
+
+def conv_bn_relu(in_channels, out_channels, kernel_size, dilation=1, separable=False):
+    """Conv (full, or depthwise-separable when ``separable`` and k > 1), BatchNorm, ReLU."""
+    if separable and kernel_size > 1:
+        conv = DepthwiseSeparableConv2d(in_channels, out_channels, kernel_size, dilation)
+    else:
+        padding = dilation * (kernel_size - 1) // 2
+        conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding,
+                         dilation=dilation, bias=False)
+    return nn.Sequential(conv, nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
+
+
+class ASPP(nn.Module):
+    """Atrous spatial pyramid pooling: [B, C_in, h, w] -> [B, out_channels, h, w].
+
+    Five parallel branches (1x1, three atrous 3x3 at rates set by the output stride, image
+    pooling), concatenated and projected by a 1x1 conv. The pooling branch has no BatchNorm so a
+    batch of one image trains too.
+    """
+
+    def __init__(self, in_channels, out_channels=256, output_stride=16, separable=False, dropout=0.1):
+        super().__init__()
+        if output_stride not in ASPP_RATES:
+            raise ValueError(f"ASPP output_stride must be one of {sorted(ASPP_RATES)}, got {output_stride}")
+        self.rates = ASPP_RATES[output_stride]
+        self.branches = nn.ModuleList(
+            [conv_bn_relu(in_channels, out_channels, 1)]
+            + [conv_bn_relu(in_channels, out_channels, 3, rate, separable) for rate in self.rates])
+        self.image_pooling = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Conv2d(in_channels, out_channels, 1), nn.ReLU(inplace=True))
+        self.project = nn.Sequential(conv_bn_relu(5 * out_channels, out_channels, 1), nn.Dropout(dropout))
+
+    def forward(self, x):
+        pooled = self.image_pooling(x).expand(-1, -1, *x.shape[-2:])  # [B, out, 1, 1] -> [B, out, h, w]
+        return self.project(torch.cat([branch(x) for branch in self.branches] + [pooled], dim=1))
+
+
+class DeepLabDecoder(nn.Module):
+    """DeepLabV3+ decoder: (ASPP output, stride-4 features) -> logits [B, num_classes, H/4, W/4].
+
+    The ASPP output is upsampled to the low-level size (skipped when the caller already did it,
+    which lets several decoders share one upsampling), concatenated with a 1x1 projection of the
+    low-level features, refined by two 3x3 convs and classified by a 1x1 conv.
+    """
+
+    def __init__(self, low_level_channels, num_classes, in_channels=256, low_level_projection=48,
+                 channels=256, separable=False):
+        super().__init__()
+        self.project_low = conv_bn_relu(low_level_channels, low_level_projection, 1)
+        self.refine = nn.Sequential(
+            conv_bn_relu(in_channels + low_level_projection, channels, 3, separable=separable),
+            conv_bn_relu(channels, channels, 3, separable=separable))
+        self.classifier = nn.Conv2d(channels, num_classes, 1)
+
+    def forward(self, context, low_level):
+        if context.shape[-2:] != low_level.shape[-2:]:
+            context = F.interpolate(context, size=low_level.shape[-2:], mode="bilinear", align_corners=False)
+        features = torch.cat([context, self.project_low(low_level)], dim=1)
+        return self.classifier(self.refine(features))
+
+
+class ClassificationHead(nn.Module):
+    """Feature map [B, C, h, w] -> logits [B, num_classes].
+
+    With ``conv=True`` a depthwise-separable 3x3 conv maps C to ``hidden`` channels first (the
+    multi-task model's experts); then global average pooling and a two-layer MLP.
+    """
+
+    def __init__(self, in_channels, num_classes, hidden=256, conv=True, dropout=0.2):
+        super().__init__()
+        self.conv = conv_bn_relu(in_channels, hidden, 3, separable=True) if conv else nn.Identity()
+        features = hidden if conv else in_channels
+        self.mlp = nn.Sequential(nn.Linear(features, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
+                                 nn.Linear(hidden, num_classes))
+
+    def forward(self, x):
+        return self.mlp(self.conv(x).mean(dim=(2, 3)))
+
+
+class Gate(nn.Module):
+    """Router scores: pooled features [B, C] -> expert logits [B, E]; softmax gives routing weights."""
+
+    def __init__(self, in_channels, num_experts, hidden=128):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(in_channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_experts))
+
+    def forward(self, pooled):
+        return self.net(pooled)
