@@ -1,0 +1,106 @@
+"""The Mixture-of-Experts multi-task model: one backbone, per-task gates and experts.
+
+Tasks come only from ``task_specs`` (name -> number of outputs). A name starting with
+``classification_`` gets pooled classification experts; one starting with ``segmentation_`` gets
+DeepLabV3+ decoder experts fed by the shared ASPP. Adding a task is one entry in the dict.
+
+Routing (see codebase/routing.py): in dense mode every expert runs on every image and outputs are
+mixed by the routing weights; in top-p mode each image runs only the experts it selected, each
+expert runs only on the images that selected it, and an expert nobody selected does not run.
+"""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from codebase.backbone import ResNetBackbone
+from codebase.experts import ExpertBank
+from codebase.layers import ASPP, ClassificationHead, DeepLabDecoder, Gate
+from codebase.routing import dispatch_plan, route
+
+TASK_KINDS = ("classification", "segmentation")
+
+
+def task_kind(name):
+    """'classification_rg' -> 'classification'; anything else without a known prefix is an error."""
+    kind = name.split("_", 1)[0]
+    if kind not in TASK_KINDS or "_" not in name:
+        raise ValueError(f"task name {name!r} must start with one of "
+                         f"{', '.join(k + '_' for k in TASK_KINDS)} (e.g. 'segmentation_od')")
+    return kind
+
+
+class MultiTaskModel(nn.Module):
+    """Shared ResNet (output stride 16) + one ASPP + per task a gate and ``num_experts`` experts."""
+
+    def __init__(self, task_specs, backbone="resnet50", num_experts=3, pretrained="none", top_p=0.8,
+                 aspp_channels=256, head_hidden=256, gate_hidden=128):
+        super().__init__()
+        if num_experts < 1:
+            raise ValueError(f"num_experts must be at least 1, got {num_experts}")
+        if not task_specs:
+            raise ValueError("task_specs is empty: name at least one task")
+        self.task_specs = dict(task_specs)
+        self.classification_tasks = [t for t in self.task_specs if task_kind(t) == "classification"]
+        self.segmentation_tasks = [t for t in self.task_specs if task_kind(t) == "segmentation"]
+        self.num_experts = num_experts
+        self.top_p = top_p
+        self.dense = False
+
+        self.backbone = ResNetBackbone(backbone, output_stride=16, pretrained=pretrained)
+        high, low = self.backbone.high_level_channels, self.backbone.low_level_channels
+        self.aspp = ASPP(high, aspp_channels, 16, separable=True) if self.segmentation_tasks else None
+        self.gates = nn.ModuleDict({task: Gate(high, num_experts, gate_hidden) for task in self.task_specs})
+        self.experts = nn.ModuleDict()
+        for task, outputs in self.task_specs.items():
+            if task_kind(task) == "classification":
+                experts = [ClassificationHead(high, outputs, head_hidden, conv=True) for _ in range(num_experts)]
+            else:
+                experts = [DeepLabDecoder(low, outputs, aspp_channels, separable=True) for _ in range(num_experts)]
+            self.experts[task] = ExpertBank(experts)
+
+    def set_routing(self, dense):
+        """Dense (every expert, warm-up) or top-p routing for the following forwards."""
+        self.dense = bool(dense)
+
+    def _route(self, tasks, pooled, dense):
+        dense = self.dense if dense is None else dense
+        return {task: route(self.gates[task](pooled), None if dense else self.top_p) for task in tasks}
+
+    def _features(self, images, tasks, dense):
+        low_level, high_level = self.backbone(images)  # [B, Cl, H/4, W/4], [B, Ch, H/16, W/16]
+        pooled = high_level.mean(dim=(2, 3))           # [B, Ch]
+        return low_level, high_level, self._route(tasks, pooled, dense)
+
+    def forward_classification(self, images, dense=None):
+        """images [B, 3, H, W] -> {"logits": {task: [B, classes]}, "routing": {task: Routing}}."""
+        _, high_level, routings = self._features(images, self.classification_tasks, dense)
+        return {"logits": self._classify(high_level, routings, dispatch_plan(routings)), "routing": routings}
+
+    def forward_segmentation(self, images, dense=None):
+        """images [B, 3, H, W] -> {"logits": {task: [B, outputs, H, W]}, "routing": {task: Routing}}."""
+        low_level, high_level, routings = self._features(images, self.segmentation_tasks, dense)
+        logits = self._segment(low_level, high_level, routings, dispatch_plan(routings), images.shape[-2:])
+        return {"logits": logits, "routing": routings}
+
+    def forward(self, images, dense=None):
+        """Every task on every image: {"logits": {task: ...}, "routing": {task: Routing}}."""
+        low_level, high_level, routings = self._features(images, list(self.task_specs), dense)
+        plan = dispatch_plan(routings)  # one host read for all tasks
+        logits = self._classify(high_level, routings, plan)
+        logits.update(self._segment(low_level, high_level, routings, plan, images.shape[-2:]))
+        return {"logits": logits, "routing": routings}
+
+    def _classify(self, high_level, routings, plan):
+        tasks = [t for t in self.classification_tasks if t in routings]
+        return {t: self.experts[t].mix((high_level,), routings[t].mixture, plan[t]) for t in tasks}
+
+    def _segment(self, low_level, high_level, routings, plan, size):
+        tasks = [t for t in self.segmentation_tasks if t in routings]
+        if not tasks:
+            return {}
+        context = self.aspp(high_level)  # [B, 256, H/16, W/16]
+        context = F.interpolate(context, size=low_level.shape[-2:], mode="bilinear", align_corners=False)
+        stride4 = [self.experts[t].mix((context, low_level), routings[t].mixture, plan[t]) for t in tasks]
+        # One upsampling for all tasks: [B, sum(outputs), H/4, W/4] -> [B, sum(outputs), H, W].
+        full = F.interpolate(torch.cat(stride4, dim=1), size=size, mode="bilinear", align_corners=False)
+        return dict(zip(tasks, full.split([self.task_specs[t] for t in tasks], dim=1)))
