@@ -129,14 +129,18 @@ class ResNetBackbone(nn.Module):
             return
         state = imagenet_state_dict(self.name) if source == "imagenet" else load_state_dict_file(source)
         state = {key: value for key, value in state.items() if not key.startswith("fc.")}
-        try:
-            missing, unexpected = self.load_state_dict(state, strict=False)
-        except RuntimeError as error:  # shape mismatches
-            raise WeightsError(f"pretrained={source!r} does not fit {self.name}: {error}") from error
-        if missing or unexpected:
-            raise WeightsError(
-                f"pretrained={source!r} does not fit {self.name} (torchvision key format expected): "
-                f"missing keys {_describe_keys(missing)}; unexpected keys {_describe_keys(unexpected)}")
+        own = self.state_dict()
+        missing = [key for key in own if key not in state and not key.endswith("num_batches_tracked")]
+        unexpected = [key for key in state if key not in own]
+        mismatched = [f"{key} {tuple(value.shape)} vs {tuple(own[key].shape)}"
+                      for key, value in state.items() if key in own and value.shape != own[key].shape]
+        problems = [f"{kind} {_describe_keys(keys)}" for kind, keys in (
+            ("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches (file vs model)", mismatched))
+            if keys]
+        if problems:
+            raise WeightsError(f"pretrained={source!r} does not fit {self.name} "
+                               f"(torchvision key format expected): {'; '.join(problems)}")
+        self.load_state_dict(state)
 
     def forward(self, x):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # [B, 64, H/4, W/4]
