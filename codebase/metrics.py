@@ -175,6 +175,8 @@ class SegmentationMeter:
     def pr_curve(self, lesion):
         """(precision, recall) float64 numpy arrays, one point per occupied bin, by descending
         threshold (recall rising to 1). Empty arrays when the lesion has no positive pixel."""
+        if lesion not in self.lesions:
+            raise ValueError(f"lesion {lesion!r} is not one of {', '.join(self.lesions)}")
         negatives, positives = self.histogram[self.lesions.index(lesion)].cpu().double().flip(-1).numpy()
         if positives.sum() == 0:
             return np.empty(0), np.empty(0)
