@@ -115,6 +115,7 @@ class ExpertBank(nn.Module):
         super().__init__()
         self.experts = nn.ModuleList(experts)
         self.grouped = grouped and _groupable(self.experts)
+        self.keep_skipped_in_graph = False
 
     def __len__(self):
         return len(self.experts)
@@ -141,13 +142,17 @@ class ExpertBank(nn.Module):
             outputs = self.run_all(inputs)  # [B, E, ...]
             weights = mixture.to(outputs.dtype).view(*mixture.shape, *[1] * (outputs.dim() - 2))
             return (outputs * weights).sum(dim=1)
-        mixed = None
+        mixed, untouched = None, []
         for expert_index, indices in enumerate(plan):
             if indices is None:
+                if self.keep_skipped_in_graph and self.training:
+                    untouched += [p.sum() for p in self.experts[expert_index].parameters()]
                 continue
             out = self.experts[expert_index](*(x.index_select(0, indices) for x in inputs))
             weight = mixture[indices, expert_index].to(out.dtype).view(-1, *[1] * (out.dim() - 1))
             if mixed is None:
                 mixed = out.new_zeros((batch, *out.shape[1:]))
             mixed = mixed.index_add(0, indices, out * weight)
+        if untouched:
+            mixed = mixed + 0 * torch.stack(untouched).sum()
         return mixed

@@ -18,6 +18,7 @@ from codebase.layers import ASPP, ClassificationHead, DeepLabDecoder, Gate
 from codebase.routing import dispatch_plan, route
 
 TASK_KINDS = ("classification", "segmentation")
+SIDES = ("all",) + TASK_KINDS
 
 
 def task_kind(name):
@@ -62,33 +63,42 @@ class MultiTaskModel(nn.Module):
         """Dense (every expert, warm-up) or top-p routing for the following forwards."""
         self.dense = bool(dense)
 
-    def _route(self, tasks, pooled, dense):
-        dense = self.dense if dense is None else dense
-        return {task: route(self.gates[task](pooled), None if dense else self.top_p) for task in tasks}
+    def keep_skipped_experts_in_graph(self, keep=True):
+        """Give experts no image selected a zero gradient instead of none.
 
-    def _features(self, images, tasks, dense):
+        DistributedDataParallel expects every parameter to get a gradient in every step; this
+        meets that for a sum over the skipped experts' weights, instead of DDP's
+        find_unused_parameters graph traversal after every forward.
+        """
+        for bank in self.experts.values():
+            bank.keep_skipped_in_graph = keep
+
+    def forward(self, images, side="all", dense=None):
+        """images [B, 3, H, W] -> {"logits": {task: ...}, "routing": {task: Routing}}.
+
+        side: "all" tasks, or only the "classification" or "segmentation" ones (the other side's
+        heads, and for classification the ASPP, are not run). Classification logits are
+        [B, classes]; segmentation logits [B, outputs, H, W]. dense: None follows set_routing.
+        """
+        if side not in SIDES:
+            raise ValueError(f"side must be one of {SIDES}, got {side!r}")
+        tasks = [t for t in self.task_specs if side == "all" or task_kind(t) == side]
         low_level, high_level = self.backbone(images)  # [B, Cl, H/4, W/4], [B, Ch, H/16, W/16]
         pooled = high_level.mean(dim=(2, 3))           # [B, Ch]
-        return low_level, high_level, self._route(tasks, pooled, dense)
-
-    def forward_classification(self, images, dense=None):
-        """images [B, 3, H, W] -> {"logits": {task: [B, classes]}, "routing": {task: Routing}}."""
-        _, high_level, routings = self._features(images, self.classification_tasks, dense)
-        return {"logits": self._classify(high_level, routings, dispatch_plan(routings)), "routing": routings}
-
-    def forward_segmentation(self, images, dense=None):
-        """images [B, 3, H, W] -> {"logits": {task: [B, outputs, H, W]}, "routing": {task: Routing}}."""
-        low_level, high_level, routings = self._features(images, self.segmentation_tasks, dense)
-        logits = self._segment(low_level, high_level, routings, dispatch_plan(routings), images.shape[-2:])
-        return {"logits": logits, "routing": routings}
-
-    def forward(self, images, dense=None):
-        """Every task on every image: {"logits": {task: ...}, "routing": {task: Routing}}."""
-        low_level, high_level, routings = self._features(images, list(self.task_specs), dense)
+        dense = self.dense if dense is None else dense
+        routings = {task: route(self.gates[task](pooled), None if dense else self.top_p) for task in tasks}
         plan = dispatch_plan(routings)  # one host read for all tasks
         logits = self._classify(high_level, routings, plan)
         logits.update(self._segment(low_level, high_level, routings, plan, images.shape[-2:]))
         return {"logits": logits, "routing": routings}
+
+    def forward_classification(self, images, dense=None):
+        """Grading tasks only: {"logits": {task: [B, classes]}, "routing": {task: Routing}}."""
+        return self(images, "classification", dense)
+
+    def forward_segmentation(self, images, dense=None):
+        """Segmentation tasks only: {"logits": {task: [B, outputs, H, W]}, "routing": {task: Routing}}."""
+        return self(images, "segmentation", dense)
 
     def _classify(self, high_level, routings, plan):
         tasks = [t for t in self.classification_tasks if t in routings]
