@@ -1,0 +1,50 @@
+"""Train and eval presets (torchvision.transforms.v2), applied jointly to an image and its masks.
+
+Inputs are already resized (by `codebase.cache`): a dict {"image": tv_tensors.Image uint8 [3,H,W],
+"masks": tv_tensors.Mask uint8 [L,H,W]} ("masks" optional). Geometric steps move image and masks
+together (masks with nearest interpolation, so they stay 0/1 uint8); photometric steps and the
+normalisation touch the image only. Output image: float32, ImageNet-normalised.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _normalise() -> list:
+    return [
+        v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
+        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ]
+
+
+def train_transforms(crop_size: tuple[int, int] | None = None) -> v2.Compose:
+    """Random crop (if crop_size=(h, w)), flips, small affine, colour jitter, blur, normalisation."""
+    steps = [v2.RandomCrop(tuple(crop_size))] if crop_size else []
+    steps += [
+        v2.RandomHorizontalFlip(),
+        v2.RandomVerticalFlip(),
+        v2.RandomApply([v2.RandomAffine(degrees=15, translate=(0.05, 0.05), scale=(0.9, 1.1))], p=0.5),
+        v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2),
+        v2.RandomApply([v2.ColorJitter(hue=0.02)], p=0.25),  # hue is the costly part of jitter
+        v2.RandomApply([v2.GaussianBlur(kernel_size=5, sigma=(0.1, 1.2))], p=0.25),
+    ]
+    return v2.Compose(steps + _normalise())
+
+
+def eval_transforms() -> v2.Compose:
+    """Normalisation only (resizing happened when the arrays were loaded)."""
+    return v2.Compose(_normalise())
+
+
+def to_tv_tensors(image: np.ndarray, masks: np.ndarray | None = None) -> dict:
+    """uint8 image [H,W,3] (+ masks [L,H,W]) -> {"image": Image [3,H,W], "masks": Mask [L,H,W]}."""
+    sample = {"image": tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1))}
+    if masks is not None:
+        sample["masks"] = tv_tensors.Mask(torch.from_numpy(np.ascontiguousarray(masks)))
+    return sample
