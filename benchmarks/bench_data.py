@@ -1,0 +1,125 @@
+"""Data loading speed: seconds per segmentation sample (image + five masks, train preset) read from a
+full-size synthetic IDRiD tree, without and with the on-disk cache; DataLoader samples/s per worker count.
+
+    python benchmarks/bench_data.py                 # 4288x2848 tree in data/bench_4288x2848 (made once)
+    python benchmarks/bench_data.py --images 8 --workers 0 1 2
+    python benchmarks/bench_data.py --smoke         # tiny and quick (used by the tests)
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from codebase import idrid  # noqa: E402
+from codebase.cache import load_resized_mask  # noqa: E402
+from codebase.datasets import SegmentationDataset  # noqa: E402
+from codebase.synthetic import _parse_size, ensure_dataset  # noqa: E402
+from codebase.transforms import to_tv_tensors, train_transforms  # noqa: E402
+
+
+def per_sample(get, count: int, passes: int) -> float:
+    """Mean seconds of get(i) over `passes` passes of `count` samples."""
+    start = time.perf_counter()
+    for _ in range(passes):
+        for index in range(count):
+            get(index)
+    return (time.perf_counter() - start) / (count * passes)
+
+
+def reference_sample(record: idrid.SegmentationRecord, size_hw, transform) -> dict:
+    """The plain way: decode the full-size JPEG, resize, read five masks, augment; no cache."""
+    height, width = size_hw
+    full = idrid.read_image(record.image_path)
+    image = np.array(full.resize((width, height), Image.BILINEAR))
+    masks = np.zeros((len(idrid.LESIONS), height, width), np.uint8)
+    for channel, lesion in enumerate(idrid.LESIONS):
+        if record.mask_paths[lesion] is not None:
+            masks[channel] = load_resized_mask(record.mask_paths[lesion], size_hw, full.size)
+    return transform(to_tv_tensors(image, masks))
+
+
+def loader_rate(dataset, workers: int, repeats: int, batch_size: int) -> float:
+    """Samples per second over `repeats` epochs, worker start-up included."""
+    order = [i for _ in range(repeats) for i in range(len(dataset))]
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=order, num_workers=workers)
+    start = time.perf_counter()
+    for _ in loader:
+        pass
+    return len(order) / (time.perf_counter() - start)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", type=Path, help="synthetic data root (default data/bench_<size>, made if absent)")
+    parser.add_argument("--size", type=_parse_size, default=(4288, 2848), help="source image size WxH")
+    parser.add_argument("--image-size", type=_parse_size, default=(1072, 712), help="training size WxH")
+    parser.add_argument("--images", type=int, default=4, help="segmentation images to time")
+    parser.add_argument("--passes", type=int, default=2, help="passes over the images per timing")
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads in the main process")
+    parser.add_argument("--smoke", action="store_true", help="tiny tree, one pass: checks the script runs")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.size, args.image_size, args.images, args.passes, args.workers = (192, 128), (96, 64), 2, 1, [0, 1]
+    torch.set_num_threads(args.threads)
+    size_hw = (args.image_size[1], args.image_size[0])
+
+    with tempfile.TemporaryDirectory() as scratch:
+        root = args.root or (Path(scratch) / "data" if args.smoke else Path("data") / f"bench_{args.size[0]}x{args.size[1]}")
+        if not idrid.tree_present(root):
+            print(f"generating {args.images} synthetic images of {args.size[0]}x{args.size[1]} in {root} ...", flush=True)
+        ensure_dataset(root, size=args.size, seg_train=args.images, seg_test=1, grade_train=0, grade_test=0)
+        records = idrid.segmentation_records(root, "train")[: args.images]
+        count = len(records)
+        transform = train_transforms()
+
+        def dataset(cache_dir):
+            data = SegmentationDataset(root, "train", size_hw, train=True, cache_dir=cache_dir)
+            data.records = records
+            return data
+
+        rows = [("reference: full-size decode, no cache", per_sample(
+            lambda i: reference_sample(records[i], size_hw, transform), count, args.passes))]
+        uncached = dataset(False)
+        rows.append(("no cache: reduced-scale JPEG decode", per_sample(uncached.__getitem__, count, args.passes)))
+        cold = []
+        for _ in range(args.passes):
+            with tempfile.TemporaryDirectory(dir=scratch) as cache_dir:
+                cold.append(per_sample(dataset(Path(cache_dir)).__getitem__, count, 1))
+        rows.append(("cold cache: decode + write entry", float(np.mean(cold))))
+        warm = dataset(Path(scratch) / "cache")
+        per_sample(warm.__getitem__, count, 1)  # fill the cache
+        rows.append(("warm cache: load + train preset", per_sample(warm.__getitem__, count, args.passes)))
+        load_only = lambda i: (warm.cache.image(records[i].image_path, size_hw), warm.load_masks(i))  # noqa: E731
+        rows.append(("warm cache: load only", per_sample(load_only, count, args.passes)))
+
+        cached = rows[3][1]
+        print(f"\nSegmentation sample = image + 5 masks, {args.size[0]}x{args.size[1]} -> "
+              f"{args.image_size[0]}x{args.image_size[1]}, train preset; {count} images x {args.passes} passes, "
+              f"torch threads {args.threads}")
+        print(f"{'mode':<40} {'s/sample':>9} {'x warm cache':>13}")
+        for name, seconds in rows:
+            print(f"{name:<40} {seconds:>9.4f} {seconds / cached:>13.1f}")
+        print(f"ratio uncached (reference) / cached: {rows[0][1] / cached:.1f}x; "
+              f"no cache / cached: {rows[1][1] / cached:.1f}x")
+
+        print(f"\nDataLoader, warm cache, train preset, batch {args.batch_size}, {max(1, args.passes)} epochs")
+        print(f"{'workers':>7} {'samples/s':>10}")
+        for workers in args.workers:
+            print(f"{workers:>7} {loader_rate(warm, workers, max(1, args.passes), args.batch_size):>10.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
