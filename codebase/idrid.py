@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageChops, UnidentifiedImageError
+from tqdm import tqdm
 
 LESIONS = ("MA", "HE", "EX", "SE", "OD")
 LESION_NAMES = {
@@ -317,9 +318,11 @@ def _scan_segmentation(root: Path, split: str, problems: list[str]) -> list[Segm
     known = set(names)
     for lesion, mask_dir in mask_dirs.items():
         for path in sorted(mask_dir.glob(f"*{MASK_SUFFIX}")):
-            owner = path.stem[: -len(lesion) - 1] if path.stem.endswith(f"_{lesion}") else None
-            if owner not in known:
-                problems.append(f"{path}: mask without an image, expected {image_dir / (str(owner) + IMAGE_SUFFIX)}")
+            if not path.stem.endswith(f"_{lesion}"):
+                problems.append(f"{path}: unexpected name, expected <image name>_{lesion}{MASK_SUFFIX}")
+            elif path.stem[: -len(lesion) - 1] not in known:
+                owner = image_dir / f"{path.stem[: -len(lesion) - 1]}{IMAGE_SUFFIX}"
+                problems.append(f"{path}: mask without an image, expected {owner}")
     records = []
     for name in names:
         masks = {}
@@ -364,8 +367,6 @@ def _verify_image(path: Path, problems: list[str]) -> tuple[int, int] | None:
 
 def check(root) -> tuple[dict, list[str]]:
     """Read and verify the whole tree: (summary, problems). Every file is decoded once."""
-    from tqdm import tqdm
-
     problems: list[str] = []
     root = _require_root(root)
     summary: dict = {"segmentation": {}, "grading": {}}

@@ -176,6 +176,15 @@ def test_missing_split_folders(tree):
     assert_error(lambda: idrid.grading_records(tree, "test"), labels, "CSV")
 
 
+def test_stray_mask_files(tree):
+    folder = idrid.segmentation_mask_dir(tree, "train", "HE")
+    Image.new("L", (192, 128)).save(folder / "IDRiD_99_HE.tif")
+    Image.new("L", (192, 128)).save(folder / "IDRiD_01_XX.tif")
+    error = assert_error(lambda: idrid.segmentation_records(tree, "train"), "IDRiD_99_HE.tif", "without an image",
+                         "IDRiD_01_XX.tif", "expected <image name>_HE.tif")
+    assert len(error.problems) == 2
+
+
 def test_csv_missing_column(tree):
     path = write_csv(tree, "train", ["Image name,Retinopathy grade,,", "IDRiD_001,1,,"])
     assert_error(lambda: idrid.grading_records(tree, "train"), path, "Risk of macular edema")
