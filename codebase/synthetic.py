@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+from tqdm import tqdm
 
 from codebase import idrid
 
@@ -298,11 +299,11 @@ def _paint_lesion(rng, image: np.ndarray, masks: np.ndarray | None, lesion: _Les
 
 
 def _paint_disc(image: np.ndarray, masks: np.ndarray | None, eye: _Eye) -> None:
-    ys = np.arange(eye.height, dtype=np.float32)[:, None]
-    xs = np.arange(eye.width, dtype=np.float32)[None, :]
+    """Bright yellowish disc with a paler cup; its mask is the disc ellipse."""
     y0, y1 = int(max(0, eye.disc_y - eye.disc_ry - 2)), int(min(eye.height, eye.disc_y + eye.disc_ry + 3))
     x0, x1 = int(max(0, eye.disc_x - eye.disc_rx - 2)), int(min(eye.width, eye.disc_x + eye.disc_rx + 3))
-    ys, xs = ys[y0:y1], xs[:, x0:x1]
+    ys = np.arange(y0, y1, dtype=np.float32)[:, None]
+    xs = np.arange(x0, x1, dtype=np.float32)[None, :]
     relative = np.sqrt(((xs - eye.disc_x) / eye.disc_rx) ** 2 + ((ys - eye.disc_y) / eye.disc_ry) ** 2)
     inside = relative <= 1.0
     cup = np.sqrt(((xs - eye.disc_x - 0.15 * eye.temporal * eye.disc_rx) / (0.4 * eye.disc_rx)) ** 2
@@ -426,7 +427,7 @@ def _write_segmentation(root: Path, split: str, first: int, count: int, seed: in
         idrid.segmentation_mask_dir(root, split, lesion) for lesion in idrid.LESIONS
     ]:
         folder.mkdir(parents=True, exist_ok=True)
-    for i in range(count):
+    for i in tqdm(range(count), desc=f"synthetic segmentation {split}", leave=False, disable=not count):
         number = first + i
         name = idrid.segmentation_image_name(number)
         image_rng = np.random.default_rng([seed, _STREAMS["segmentation", split], number])
@@ -453,7 +454,7 @@ def _write_grading(root: Path, split: str, count: int, seed: int, size) -> list[
     soft = rng.random(count) < 0.4
     idrid.grading_image_dir(root, split).mkdir(parents=True, exist_ok=True)
     rows = []
-    for i in range(count):
+    for i in tqdm(range(count), desc=f"synthetic grading {split}", leave=False, disable=not count):
         number = i + 1
         name = idrid.grading_image_name(number)
         image_rng = np.random.default_rng([seed, _STREAMS["grading", split], number])
