@@ -8,12 +8,14 @@ import pytest
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader
+from torchvision import tv_tensors
 
 from codebase import cache as cache_module
 from codebase import idrid
 from codebase.cache import ResizedCache, load_resized_mask
 from codebase.datasets import GradingDataset, SegmentationDataset
-from codebase.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transforms, to_tv_tensors, train_transforms
+from codebase.transforms import (IMAGENET_MEAN, IMAGENET_STD, RandomHueShift, eval_transforms, to_tv_tensors,
+                                 train_transforms)
 
 SIZE = (64, 96)  # (H, W)
 
@@ -130,6 +132,19 @@ def test_affine_moves_masks_with_the_image():
         flips = [mask, mask.flip(-1), mask.flip(-2), mask.flip(-1).flip(-2)]
         moved += min(int((m != torch.from_numpy(masks[2])).sum()) for m in flips) > 0
     assert moved >= 5  # the affine (applied half the time) changes the mask beyond flips
+
+
+def test_hue_shift_keeps_grey_and_masks():
+    image = torch.rand(3, 8, 10)
+    image[:, :2] = 0.5  # a grey band
+    masks = tv_tensors.Mask(torch.ones(5, 8, 10, dtype=torch.uint8))
+    torch.manual_seed(0)
+    out = RandomHueShift(0.1)({"image": tv_tensors.Image(image), "masks": masks})
+    assert isinstance(out["image"], tv_tensors.Image) and out["masks"] is masks
+    torch.testing.assert_close(out["image"][:, :2], image[:, :2])
+    assert not torch.allclose(out["image"][:, 2:], image[:, 2:])
+    assert 0 <= out["image"].min() and out["image"].max() <= 1
+    torch.testing.assert_close(out["image"].sum(0), image.sum(0).clamp(max=3), atol=0.05, rtol=0)  # keeps brightness
 
 
 def test_eval_preset_only_normalises():
