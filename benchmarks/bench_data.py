@@ -48,14 +48,15 @@ def reference_sample(record: idrid.SegmentationRecord, size_hw, transform) -> di
     return transform(to_tv_tensors(image, masks))
 
 
-def loader_rate(dataset, workers: int, repeats: int, batch_size: int) -> float:
-    """Samples per second over `repeats` epochs, worker start-up included."""
-    order = [i for _ in range(repeats) for i in range(len(dataset))]
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=order, num_workers=workers)
+def loader_rate(dataset, workers: int, samples: int, batch_size: int) -> float:
+    """Steady-state samples per second: timed from the first batch on (worker start-up excluded)."""
+    order = [i % len(dataset) for i in range(samples + batch_size)]
+    loader = iter(DataLoader(dataset, batch_size=batch_size, sampler=order, num_workers=workers))
+    next(loader)
     start = time.perf_counter()
     for _ in loader:
         pass
-    return len(order) / (time.perf_counter() - start)
+    return samples / (time.perf_counter() - start)
 
 
 def main(argv=None) -> int:
@@ -67,11 +68,13 @@ def main(argv=None) -> int:
     parser.add_argument("--passes", type=int, default=2, help="passes over the images per timing")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--loader-samples", type=int, default=40, help="samples timed per DataLoader setting")
     parser.add_argument("--threads", type=int, default=1, help="torch threads in the main process")
     parser.add_argument("--smoke", action="store_true", help="tiny tree, one pass: checks the script runs")
     args = parser.parse_args(argv)
     if args.smoke:
         args.size, args.image_size, args.images, args.passes, args.workers = (192, 128), (96, 64), 2, 1, [0, 1]
+        args.loader_samples = 4
     torch.set_num_threads(args.threads)
     size_hw = (args.image_size[1], args.image_size[0])
 
@@ -114,10 +117,11 @@ def main(argv=None) -> int:
         print(f"ratio uncached (reference) / cached: {rows[0][1] / cached:.1f}x; "
               f"no cache / cached: {rows[1][1] / cached:.1f}x")
 
-        print(f"\nDataLoader, warm cache, train preset, batch {args.batch_size}, {max(1, args.passes)} epochs")
+        samples = args.loader_samples
+        print(f"\nDataLoader, warm cache, train preset, batch {args.batch_size}, {samples} samples after the first batch")
         print(f"{'workers':>7} {'samples/s':>10}")
         for workers in args.workers:
-            print(f"{workers:>7} {loader_rate(warm, workers, max(1, args.passes), args.batch_size):>10.1f}")
+            print(f"{workers:>7} {loader_rate(warm, workers, samples, args.batch_size):>10.1f}")
     return 0
 
 
