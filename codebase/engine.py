@@ -1,0 +1,157 @@
+"""Training and evaluation of the multi-task model.
+
+One optimizer step sees one grading batch (through the classification side) and one
+segmentation batch (through the segmentation side). The loss is a weighted sum of the per-task
+losses (fixed weights or learned uncertainty weighting) plus the gate regularisers; every
+component is logged. Evaluation runs each split through the side it has labels for only.
+"""
+from collections import defaultdict
+
+import torch
+from torch import nn
+
+from codebase import distributed
+from codebase.dataset import classification_targets, segmentation_targets
+from codebase.evaluation import RoutingMeter, evaluate_grading, evaluate_segmentation
+from codebase.harness import autocast, check_finite, progress, should_stop
+from codebase.losses import (SegmentationLoss, UncertaintyWeighting, classification_loss, gate_entropy,
+                             gate_load_balance, gate_sparsity)
+
+WEIGHTINGS = ("fixed", "uncertainty")
+GATE_REGULARISERS = {"sparsity": gate_sparsity, "load_balance": gate_load_balance, "entropy": gate_entropy}
+
+
+class MultiTaskLoss(nn.Module):
+    """Per-task losses, their weighting, and the gate regularisers.
+
+    forward(logits {task: tensor}, targets {task: tensor}, routings {task: Routing}) ->
+    (total, components): components are detached scalars "loss_<task>", "loss_gate_<name>" and,
+    per segmentation task, its focal and Dice parts.
+    """
+
+    def __init__(self, task_specs, classification="focal", focal_gamma=2.0, segmentation_alpha=0.75,
+                 segmentation_gamma=4.0, focal_weight=1.0, dice_weight=1.0, weighting="fixed", task_weights=None,
+                 gate_weights=None):
+        super().__init__()
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"loss.weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+        unknown = set(task_weights or {}) - set(task_specs)
+        if unknown:
+            raise ValueError(f"loss.task_weights names tasks not in task_specs: {sorted(unknown)}")
+        unknown = set(gate_weights or {}) - set(GATE_REGULARISERS)
+        if unknown:
+            raise ValueError(f"unknown gate regularisers {sorted(unknown)}; known: {sorted(GATE_REGULARISERS)}")
+        self.tasks = list(task_specs)
+        self.losses = nn.ModuleDict()
+        for task in self.tasks:
+            if task.startswith("classification_"):
+                self.losses[task] = classification_loss(classification, focal_gamma)
+            else:
+                self.losses[task] = SegmentationLoss(segmentation_alpha, segmentation_gamma, focal_weight,
+                                                     dice_weight, lesions=("mask",))
+        self.task_weights = {task: float((task_weights or {}).get(task, 1.0)) for task in self.tasks}
+        self.uncertainty = UncertaintyWeighting(self.tasks) if weighting == "uncertainty" else None
+        self.gate_weights = {name: float(w) for name, w in (gate_weights or {}).items() if w}
+
+    def forward(self, logits, targets, routings):
+        task_losses, components = {}, {}
+        for task, output in logits.items():
+            if task.startswith("classification_"):
+                task_losses[task] = self.losses[task](output.float(), targets[task])
+            else:
+                task_losses[task], parts = self.losses[task](output, targets[task])
+                components[f"loss_{task}_focal"], components[f"loss_{task}_dice"] = parts["focal"], parts["dice"]
+        if self.uncertainty is not None:
+            total = self.uncertainty(task_losses)
+        else:
+            total = sum(self.task_weights[task] * loss for task, loss in task_losses.items())
+        for name, weight in self.gate_weights.items():
+            value = torch.stack([GATE_REGULARISERS[name](r.weights) for r in routings.values()]).mean()
+            total = total + weight * value
+            components[f"loss_gate_{name}"] = value.detach()
+        components.update({f"loss_{task}": loss.detach() for task, loss in task_losses.items()})
+        return total, components
+
+
+class TrainStep(nn.Module):
+    """Model + loss as one module, so one forward call (and one DDP wrapper) covers a whole step."""
+
+    def __init__(self, model, criterion):
+        super().__init__()
+        self.model, self.criterion = model, criterion
+
+    def forward(self, grading_images, grading_targets, segmentation_images, segmentation_targets_, dense):
+        graded = self.model(grading_images, side="classification", dense=dense)
+        segmented = self.model(segmentation_images, side="segmentation", dense=dense)
+        logits = {**graded["logits"], **segmented["logits"]}
+        routings = {**graded["routing"], **segmented["routing"]}
+        total, components = self.criterion(logits, {**grading_targets, **segmentation_targets_}, routings)
+        return total, components, routings
+
+
+def train_one_epoch(step, optimizer, streams, epoch, iterations, device, amp="off", scaler=None, dense=False,
+                    channels_last=False):
+    """``iterations`` optimizer steps; returns mean loss components and routing statistics.
+
+    step: a TrainStep (possibly DDP-wrapped); streams: {"grading": BatchStream, "segmentation": ...}.
+    """
+    tasks = distributed.unwrap(step).criterion.tasks
+    classification = [t for t in tasks if t.startswith("classification_")]
+    segmentation = [t for t in tasks if t.startswith("segmentation_")]
+    step.train()
+    grading_batches, segmentation_batches = streams["grading"].epoch(epoch), streams["segmentation"].epoch(epoch)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    sums, routing, steps = defaultdict(float), RoutingMeter(), 0
+    bar = progress(range(iterations), f"epoch {epoch} train", total=iterations)
+    for index in bar:
+        graded, segmented = next(grading_batches), next(segmentation_batches)
+        grading_images = graded["image"].to(device, non_blocking=True, memory_format=memory_format)
+        segmentation_images = segmented["image"].to(device, non_blocking=True, memory_format=memory_format)
+        grading_targets = classification_targets(classification, graded["rg"].to(device, non_blocking=True),
+                                                 graded["mer"].to(device, non_blocking=True))
+        masks = segmentation_targets(segmentation, segmented["masks"].to(device, non_blocking=True))
+        with autocast(device, amp):
+            total, components, routings = step(grading_images, grading_targets, segmentation_images, masks, dense)
+        check_finite(total, components, step=index + 1, epoch=epoch)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None and scaler.is_enabled():
+            scaler.scale(total).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            total.backward()
+            optimizer.step()
+        sums["loss"] += float(total.detach())
+        for name, value in components.items():
+            sums[name] += float(value)
+        routing.update(routings)
+        steps += 1
+        bar.set_postfix(loss=f"{sums['loss'] / steps:.4f}")
+        if should_stop():
+            break
+    results = {name: value / max(steps, 1) for name, value in sums.items()}
+    results["routing"] = routing.compute()
+    results["dense_routing"] = float(dense)
+    return results
+
+
+def evaluate(model, loaders, device, amp="off"):
+    """Test metrics: {"grading": {...}, "segmentation": {...}, "routing": {task: ...}}.
+
+    loaders: {"grading": loader, "segmentation": loader}; either may be None to skip that side.
+    """
+    model = distributed.unwrap(model)
+    model.eval()
+    results, routing = {}, {}
+    if loaders.get("grading") is not None and model.classification_tasks:
+        grading = evaluate_grading(lambda x: model(x, side="classification"), loaders["grading"],
+                                   model.classification_tasks, model.task_specs, device, amp)
+        routing.update(grading.pop("routing", {}))
+        results["grading"] = grading
+    if loaders.get("segmentation") is not None and model.segmentation_tasks:
+        segmentation = evaluate_segmentation(lambda x: model(x, side="segmentation"), loaders["segmentation"],
+                                             model.segmentation_tasks, device, amp)
+        routing.update(segmentation.pop("routing", {}))
+        results["segmentation"] = segmentation
+    results["routing"] = routing
+    return results

@@ -1,0 +1,175 @@
+"""Train the Mixture-of-Experts multi-task model: grading (RG, MER) and lesion segmentation at once.
+
+    python train_mlt_model.py --demo                     # synthetic data, CPU, a few minutes
+    python train_mlt_model.py --data-root data --device cuda
+    python train_mlt_model.py --set model.num_experts=4 --set routing.top_p=0.9
+    torchrun --nproc_per_node=4 train_mlt_model.py --data-root data
+
+Each optimizer step draws one grading batch and one segmentation batch. During warm-up every
+expert runs on every image; after it, each image runs the fewest experts whose routing weights
+reach routing.top_p. Writes saved/<run.name>/ (config.json, checkpoint.pth, model.pth,
+history.json, train_log.txt, plots/).
+"""
+import torch
+
+from codebase import distributed, harness
+from codebase.backbone import ARCHITECTURES
+from codebase.dataset import BatchStream, build_datasets, validate_tasks
+from codebase.engine import WEIGHTINGS, MultiTaskLoss, TrainStep, evaluate, train_one_epoch
+from codebase.model import MultiTaskModel
+from codebase.optim import SCHEDULES, make_optimizer, make_scheduler
+from codebase.synthetic import ensure_dataset
+
+CONFIG = {
+    "seed": 0,
+    "device": "auto",
+    "run": {"name": "mlt_resnet50"},
+    "data": {
+        "root": "data",
+        "grading_size": [712, 1072],       # (height, width) the grading images are resized to
+        "segmentation_size": [712, 1072],  # (height, width) the segmentation images are resized to
+        "crop_size": None,                 # optional random (height, width) crop of training segmentation images
+        "cache_dir": None,                 # decoded-image cache; None: <data.root>/.cache
+        "num_workers": 2,
+        "pin_memory": True,
+    },
+    "model": {
+        "backbone": "resnet50",
+        "pretrained": "imagenet",          # "imagenet", "none", or a path to a torchvision state dict
+        "num_experts": 3,
+        "task_specs": {"classification_rg": 5, "classification_mer": 3, "segmentation_ma": 1,
+                       "segmentation_he": 1, "segmentation_ex": 1, "segmentation_se": 1, "segmentation_od": 1},
+        "aspp_channels": 256,
+        "decoder_channels": 256,
+        "head_hidden": 256,
+    },
+    "routing": {
+        "top_p": 0.8,                      # after warm-up: fewest experts whose weights reach p
+        "warmup_fraction": 0.5,            # share of the epochs with every expert running (dense)
+    },
+    "loss": {
+        "classification": "focal",         # "focal" or "ce"
+        "focal_gamma": 2.0,
+        "segmentation_alpha": 0.75,
+        "segmentation_gamma": 4.0,
+        "focal_weight": 1.0,
+        "dice_weight": 1.0,
+        "weighting": "fixed",              # "fixed" (loss.task_weights) or "uncertainty" (learned)
+        "task_weights": {},                # {task: weight}, unlisted tasks weigh 1
+        "gate_sparsity": 0.01,
+        "gate_load_balance": 0.01,
+        "gate_entropy": 0.0,
+    },
+    "optim": {"lr": 3e-4, "backbone_lr": 3e-5, "weight_decay": 1e-4},
+    "schedule": {"kind": "step", "step_size": 30, "gamma": 0.2},
+    "train": {
+        "epochs": 100,
+        "iterations": 10,                  # optimizer steps per epoch
+        "batch_size": 9,                   # per process, for each of the two batches of a step
+        "eval_batch_size": 4,
+        "amp": "auto",                     # auto: bf16 (or fp16 + GradScaler) on CUDA, off on CPU
+        "channels_last": False,
+        "evaluate_every": 1,               # epochs between test-set evaluations (and the last epoch)
+    },
+}
+
+DEMO = {
+    "data.root": "data/synthetic",
+    "data.grading_size": [128, 192],
+    "data.segmentation_size": [192, 288],
+    "data.num_workers": 0,
+    "model.backbone": "resnet18",
+    "model.pretrained": "none",
+    "model.aspp_channels": 64,
+    "model.decoder_channels": 64,
+    "model.head_hidden": 64,
+    "optim.lr": 2e-3,
+    "optim.backbone_lr": 1e-3,
+    "schedule.kind": "cosine",
+    "train.epochs": 12,
+    "train.iterations": 10,
+    "train.batch_size": 8,
+    "train.eval_batch_size": 16,
+    "run.name": "mlt_demo",
+}
+
+
+def validate(config):
+    harness.require(config, "model.backbone", ARCHITECTURES)
+    harness.require(config, "model.num_experts", lambda n: n >= 1, "an integer >= 1")
+    harness.require(config, "routing.top_p", lambda p: 0 < p <= 1, "a number in (0, 1]")
+    harness.require(config, "routing.warmup_fraction", lambda f: 0 <= f <= 1, "a number in [0, 1]")
+    harness.require(config, "loss.weighting", WEIGHTINGS)
+    harness.require(config, "schedule.kind", SCHEDULES)
+    for key in ("train.batch_size", "train.eval_batch_size", "train.iterations", "train.epochs"):
+        harness.require(config, key, lambda n: n >= 1, "an integer >= 1")
+    try:
+        validate_tasks(config["model"]["task_specs"])
+    except ValueError as error:
+        raise harness.ConfigError(f"model.task_specs: {error}") from None
+
+
+def build_model(config):
+    model_config = config["model"]
+    return MultiTaskModel(model_config["task_specs"], model_config["backbone"], model_config["num_experts"],
+                          pretrained=model_config["pretrained"], top_p=config["routing"]["top_p"],
+                          aspp_channels=model_config["aspp_channels"],
+                          decoder_channels=model_config["decoder_channels"], head_hidden=model_config["head_hidden"])
+
+
+def main(config):
+    with harness.Run(config) as run:
+        data, train, device = config["data"], config["train"], run.device
+        if config["run"]["demo"] and distributed.is_main_process():
+            ensure_dataset(data["root"])
+        distributed.barrier()
+        datasets = build_datasets(data["root"], data["grading_size"], data["segmentation_size"],
+                                  data["crop_size"], data["cache_dir"])
+        loader_options = {"num_workers": data["num_workers"], "pin_memory": data["pin_memory"] and device.type == "cuda"}
+        streams = {side: BatchStream(datasets[side]["train"], train["batch_size"], config["seed"],
+                                     distributed.rank(), distributed.world_size(), **loader_options)
+                   for side in ("grading", "segmentation")}
+        test_loaders = {side: harness.EpochLoader(datasets[side]["test"], train["eval_batch_size"], train=False,
+                                                  seed=config["seed"], **loader_options)
+                        for side in ("grading", "segmentation")}
+
+        model = build_model(config).to(device)
+        if train["channels_last"]:
+            model = model.to(memory_format=torch.channels_last)
+        loss_config = config["loss"]
+        criterion = MultiTaskLoss(
+            model.task_specs, loss_config["classification"], loss_config["focal_gamma"],
+            loss_config["segmentation_alpha"], loss_config["segmentation_gamma"], loss_config["focal_weight"],
+            loss_config["dice_weight"], loss_config["weighting"], loss_config["task_weights"],
+            {name: loss_config[f"gate_{name}"] for name in ("sparsity", "load_balance", "entropy")}).to(device)
+        if distributed.is_distributed():
+            model.keep_skipped_experts_in_graph()
+        step = distributed.wrap_model(TrainStep(model, criterion), device)
+        optimizer = make_optimizer([model, criterion], config["optim"]["lr"], config["optim"]["backbone_lr"],
+                                   config["optim"]["weight_decay"], device)
+        schedule = config["schedule"]
+        scheduler = make_scheduler(optimizer, schedule["kind"], train["epochs"], schedule["step_size"], schedule["gamma"])
+        scaler = harness.make_grad_scaler(device, train["amp"])
+        warmup_epochs = round(config["routing"]["warmup_fraction"] * train["epochs"])
+        run.log(f"multi-task model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, "
+                f"{len(model.task_specs)} tasks x {model.num_experts} experts; dense routing for the first "
+                f"{warmup_epochs} epochs, then top-p with p={model.top_p}")
+
+        def train_epoch(epoch):
+            dense = epoch <= warmup_epochs
+            model.set_routing(dense)
+            return train_one_epoch(step, optimizer, streams, epoch, train["iterations"], device, train["amp"],
+                                   scaler, dense, train["channels_last"])
+
+        def evaluate_epoch(epoch):
+            if epoch % train["evaluate_every"] and epoch != train["epochs"]:
+                return {}
+            model.set_routing(False)  # the test split is evaluated as the model will be used: top-p
+            return evaluate(model, test_loaders, device, train["amp"])
+
+        harness.fit(run, model, optimizer, scheduler, train_epoch, evaluate_epoch, train["epochs"], scaler,
+                    loaders=test_loaders.values(), extra_state={"criterion": criterion})
+
+
+if __name__ == "__main__":
+    main(harness.parse_cli(CONFIG, demo_overrides=DEMO, description=__doc__, validate=validate))
