@@ -34,7 +34,7 @@ class MultiTaskModel(nn.Module):
     """Shared ResNet (output stride 16) + one ASPP + per task a gate and ``num_experts`` experts."""
 
     def __init__(self, task_specs, backbone="resnet50", num_experts=3, pretrained="none", top_p=0.8,
-                 aspp_channels=256, head_hidden=256, gate_hidden=128):
+                 aspp_channels=256, decoder_channels=256, head_hidden=256, gate_hidden=128):
         super().__init__()
         if num_experts < 1:
             raise ValueError(f"num_experts must be at least 1, got {num_experts}")
@@ -56,7 +56,7 @@ class MultiTaskModel(nn.Module):
             if task_kind(task) == "classification":
                 experts = [ClassificationHead(high, outputs, head_hidden, conv=True) for _ in range(num_experts)]
             else:
-                experts = [DeepLabDecoder(low, outputs, aspp_channels, separable=True) for _ in range(num_experts)]
+                experts = [DeepLabDecoder(low, outputs, aspp_channels, channels=decoder_channels, separable=True) for _ in range(num_experts)]
             self.experts[task] = ExpertBank(experts)
 
     def set_routing(self, dense):
