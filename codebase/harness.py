@@ -258,15 +258,17 @@ def _coerce(key: str, value, default):
     return value
 
 
+_SCALAR_NAMES = {bool: ("a boolean (true/false, yes/no, 1/0)", "booleans"), int: ("an integer", "integers"),
+                 float: ("a number", "numbers"), str: ("a string", "strings")}
+
+
 def _type_name(default) -> str:
-    if isinstance(default, bool):
-        return "a boolean (true/false, yes/no, 1/0)"
     if isinstance(default, (list, tuple)):
-        element = f" of {_type_name(default[0])}" if default else ""
+        element = f" of {_SCALAR_NAMES.get(type(default[0]), ('', 'values'))[1]}" if default else ""
         return f"a list{element} (JSON like [1, 2] or comma-separated like 1,2)"
     if isinstance(default, dict):
         return 'a JSON object like {"key": 1}'
-    return {int: "an integer", float: "a number", str: "a string"}.get(type(default), type(default).__name__)
+    return _SCALAR_NAMES.get(type(default), (type(default).__name__,))[0]
 
 
 def _locate(config: dict, key: str) -> tuple[dict, str]:

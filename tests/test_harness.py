@@ -75,7 +75,7 @@ def test_unknown_key_suggests_close_matches():
 
 @pytest.mark.parametrize("assignment, expected", [
     ("train.epochs=ten", "an integer"), ("train.epochs=2.5", "an integer"), ("optim.lr=fast", "a number"),
-    ("train.shuffle=maybe", "a boolean"), ("data.image_size=128,wide", "a list of an integer"),
+    ("train.shuffle=maybe", "a boolean"), ("data.image_size=128,wide", "a list of integers"),
     ("model.task_specs=[1]", "JSON object"),
 ])
 def test_wrong_type_names_key_value_and_type(assignment, expected):
