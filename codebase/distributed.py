@@ -123,6 +123,18 @@ def broadcast_object(obj, source: int = 0):
     return box[0]
 
 
+def broadcast_buffers(model: torch.nn.Module, source: int = 0) -> None:
+    """Copy rank `source`'s buffers (BatchNorm running statistics) to every rank.
+
+    Each rank's last training forward updates its own running statistics, so before evaluating
+    the unwrapped model every rank takes rank 0's, the ones its checkpoint holds.
+    """
+    if not is_distributed():
+        return
+    for buffer in unwrap(model).buffers():
+        dist.broadcast(buffer, source)
+
+
 def wrap_model(model: torch.nn.Module, device: torch.device,
                find_unused_parameters: bool = False) -> torch.nn.Module:
     """DistributedDataParallel around `model` when distributed, else `model` itself.

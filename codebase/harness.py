@@ -764,6 +764,7 @@ def fit(run: Run, model: torch.nn.Module, optimizer: torch.optim.Optimizer, sche
                     loader.set_epoch(epoch)
                 train_metrics = train_one_epoch(epoch)
                 _exit_if_stopped(run, epoch, completed)
+                distributed.broadcast_buffers(model)  # evaluate with the statistics that are saved
                 eval_metrics = evaluate(epoch) if evaluate is not None else {}
                 _exit_if_stopped(run, epoch, completed)
                 if scheduler is not None:
@@ -786,21 +787,25 @@ def fit(run: Run, model: torch.nn.Module, optimizer: torch.optim.Optimizer, sche
 
 
 def summary_line(entry: dict, epochs: int) -> str:
-    """"epoch 3/30  lr 1.00e-03  train loss 0.52 | eval loss 0.60 rg_accuracy 0.71 ...  41.7s"."""
+    """"epoch 3/30  lr 1.00e-03  train loss 0.52  eval rg_accuracy 0.71 ...  41.7s".
+
+    Train numbers at the top level only (the loss, not its components); eval numbers one level
+    down too (per-task summaries, not per lesion).
+    """
     parts = [f"epoch {entry['epoch']}/{epochs}", f"lr {entry['lr']:.2e}"]
-    for section in ("train", "eval"):
-        numbers = _shallow_numbers(entry.get(section, {}))
+    for section, depth in (("train", 0), ("eval", 1)):
+        numbers = _shallow_numbers(entry.get(section, {}), depth)
         if numbers:
             parts.append(section + " " + " ".join(f"{name} {value:.4g}" for name, value in numbers))
     parts.append(f"{entry['time']:.1f}s")
     return "  ".join(parts)
 
 
-def _shallow_numbers(metrics: dict) -> list[tuple[str, float]]:
-    """Numbers at the top level and one level down (e.g. per-task summaries, not per lesion)."""
+def _shallow_numbers(metrics: dict, depth: int = 1) -> list[tuple[str, float]]:
+    """Numbers at the top level and, with depth 1, one level down."""
     found = []
     for name, value in metrics.items():
-        if isinstance(value, dict):
+        if isinstance(value, dict) and depth:
             found += [(inner, v) for inner, v in value.items() if _is_number(v)]
         elif _is_number(value):
             found.append((name, value))
