@@ -118,6 +118,7 @@ def build_model(config):
 
 
 def main(config):
+    """Train as configured; returns the history (one dict per epoch)."""
     with harness.Run(config) as run:
         data, train, device = config["data"], config["train"], run.device
         if config["run"]["demo"] and distributed.is_main_process():
@@ -167,7 +168,7 @@ def main(config):
             model.set_routing(False)  # the test split is evaluated as the model will be used: top-p
             return evaluate(model, test_loaders, device, train["amp"])
 
-        harness.fit(run, model, optimizer, scheduler, train_epoch, evaluate_epoch, train["epochs"], scaler,
+        return harness.fit(run, model, optimizer, scheduler, train_epoch, evaluate_epoch, train["epochs"], scaler,
                     loaders=test_loaders.values(), extra_state={"criterion": criterion})
 
 

@@ -129,10 +129,8 @@ def train_one_epoch(step, optimizer, streams, epoch, iterations, device, amp="of
         bar.set_postfix(loss=f"{sums['loss'] / steps:.4f}")
         if should_stop():
             break
-    results = {name: value / max(steps, 1) for name, value in sums.items()}
-    results["routing"] = routing.compute()
-    results["dense_routing"] = float(dense)
-    return results
+    means = {name: value / max(steps, 1) for name, value in sums.items()}
+    return {"loss": means.pop("loss"), "components": means, "routing": routing.compute(), "dense_routing": float(dense)}
 
 
 def evaluate(model, loaders, device, amp="off"):

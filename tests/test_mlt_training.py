@@ -1,0 +1,110 @@
+"""Training the multi-task model end to end: files, new tasks, two processes, learning."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import train_mlt_model
+from codebase import harness
+from codebase.dataset import build_datasets
+from codebase.engine import evaluate
+from codebase.synthetic import generate
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["data.grading_size=64,96", "data.segmentation_size=64,96", "model.aspp_channels=32",
+        "model.decoder_channels=32", "model.head_hidden=32", "train.epochs=2", "train.iterations=2",
+        "train.batch_size=2", "train.eval_batch_size=4", "run.plots=false"]
+
+
+def tiny_argv(root, save_dir, *extra):
+    sets = [arg for item in TINY + list(extra) for arg in ("--set", item)]
+    return ["--demo", "--data-root", str(root), "--set", f"run.save_dir={save_dir}", *sets]
+
+
+def tiny_config(root, save_dir, *extra):
+    return harness.parse_cli(train_mlt_model.CONFIG, tiny_argv(root, save_dir, *extra), train_mlt_model.DEMO,
+                             validate=train_mlt_model.validate)
+
+
+def evaluate_saved(folder):
+    """Single-process top-p evaluation of a run's model.pth on its test splits."""
+    config = json.loads((folder / "config.json").read_text())
+    model = train_mlt_model.build_model(config)
+    model.load_state_dict(torch.load(folder / "model.pth", weights_only=True))
+    model.set_routing(False)
+    data = config["data"]
+    datasets = build_datasets(data["root"], data["grading_size"], data["segmentation_size"])
+    loaders = {side: harness.EpochLoader(datasets[side]["test"], 3, train=False, seed=0)
+               for side in ("grading", "segmentation")}
+    return evaluate(model, loaders, torch.device("cpu"))
+
+
+def assert_close(actual, expected, where="eval"):
+    """Nested metric dicts equal within 1e-6 (NaN equals NaN)."""
+    if isinstance(expected, dict):
+        assert set(actual) == set(expected), where
+        for key in expected:
+            assert_close(actual[key], expected[key], f"{where}.{key}")
+    elif isinstance(expected, list):
+        assert len(actual) == len(expected), where
+        for index, (a, e) in enumerate(zip(actual, expected)):
+            assert_close(a, e, f"{where}[{index}]")
+    else:
+        assert actual == pytest.approx(expected, abs=1e-6, nan_ok=True), where
+
+
+def test_run_writes_its_folder_and_routes_sparsely_after_warm_up(synthetic_root, tmp_path):
+    config = tiny_config(synthetic_root, tmp_path)
+    train_mlt_model.main(config)
+    folder = tmp_path / "mlt_demo"
+    for name in ("config.json", "checkpoint.pth", "model.pth", "history.json", "train_log.txt"):
+        assert (folder / name).is_file(), name
+    history = json.loads((folder / "history.json").read_text())
+    assert [entry["train"]["dense_routing"] for entry in history] == [1.0, 0.0]
+    routing = history[-1]["eval"]["routing"]
+    assert set(routing) == set(config["model"]["task_specs"])
+    for stats in routing.values():
+        assert 1.0 <= stats["experts_per_image"] <= 3.0 and len(stats["usage"]) == 3
+    components = history[0]["train"]["components"]
+    assert {"loss_classification_rg", "loss_segmentation_od", "loss_gate_sparsity",
+            "loss_gate_load_balance"} <= set(components)
+    segmentation = history[-1]["eval"]["segmentation"]
+    assert set(segmentation["OD"]) == {"iou", "dice", "sensitivity", "precision", "aupr"}
+    assert "joint_accuracy" in history[-1]["eval"]["grading"]
+
+
+def test_a_task_added_through_task_specs_trains(synthetic_root, tmp_path):
+    specs = {"classification_rg": 5, "classification_mer": 3, "classification_referable": 2,
+             "segmentation_od": 1, "segmentation_red": 1}
+    config = tiny_config(synthetic_root, tmp_path, f"model.task_specs={json.dumps(specs)}",
+                         "loss.weighting=uncertainty")
+    history = train_mlt_model.main(config)
+    last = history[-1]
+    assert "referable_accuracy" in last["eval"]["grading"] and "RED" in last["eval"]["segmentation"]
+    assert "loss_classification_referable" in last["train"]["components"]
+    checkpoint = torch.load(tmp_path / "mlt_demo" / "checkpoint.pth", weights_only=True)
+    assert "log_variances" in "".join(checkpoint["criterion"])  # learned weighting is saved
+
+
+def test_two_processes_write_once_match_single_process_evaluation_and_resume_in_one(synthetic_root, tmp_path):
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               str(REPO / "train_mlt_model.py"), *tiny_argv(synthetic_root, tmp_path)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "PYTHONPATH": str(REPO)}
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
+    assert finished.returncode == 0, finished.stderr[-4000:]
+    folder = tmp_path / "mlt_demo"
+    log = (folder / "train_log.txt").read_text()
+    assert log.count("epoch 2/2") == 1 and "2 process(es)" in log
+    history = json.loads((folder / "history.json").read_text())
+    assert [entry["epoch"] for entry in history] == [1, 2]
+
+    assert_close(evaluate_saved(folder), history[-1]["eval"])
+
+    train_mlt_model.main(tiny_config(synthetic_root, tmp_path, "train.epochs=3"))
+    history = json.loads((folder / "history.json").read_text())
+    assert [entry["epoch"] for entry in history] == [1, 2, 3]
+    assert "resumed from" in (folder / "train_log.txt").read_text()
