@@ -32,6 +32,7 @@ CONFIG = {
         "cache_dir": None,                 # decoded-image cache; None: <data.root>/.cache
         "num_workers": 2,
         "pin_memory": True,
+        "persistent_workers": False,       # True: faster epochs; augmentations then differ after a resume
     },
     "model": {
         "backbone": "resnet50",
@@ -68,7 +69,8 @@ CONFIG = {
         "batch_size": 9,                   # per process, for each of the two batches of a step
         "eval_batch_size": 4,
         "amp": "auto",                     # auto: bf16 (or fp16 + GradScaler) on CUDA, off on CPU
-        "channels_last": False,
+        "channels_last": True,             # NHWC activations (faster convolutions on GPUs)
+        "compile": False,                  # torch.compile the backbone (minutes of compilation)
         "evaluate_every": 1,               # epochs between test-set evaluations (and the last epoch)
     },
 }
@@ -90,6 +92,7 @@ DEMO = {
     "train.iterations": 10,
     "train.batch_size": 8,
     "train.eval_batch_size": 16,
+    "train.channels_last": False,
     "run.name": "mlt_demo",
 }
 
@@ -127,8 +130,10 @@ def main(config):
         datasets = build_datasets(data["root"], data["grading_size"], data["segmentation_size"],
                                   data["crop_size"], data["cache_dir"])
         loader_options = {"num_workers": data["num_workers"], "pin_memory": data["pin_memory"] and device.type == "cuda"}
+        persistent = data["persistent_workers"] and data["num_workers"] > 0
         streams = {side: BatchStream(datasets[side]["train"], train["batch_size"], config["seed"],
-                                     distributed.rank(), distributed.world_size(), **loader_options)
+                                     distributed.rank(), distributed.world_size(), persistent_workers=persistent,
+                                     **loader_options)
                    for side in ("grading", "segmentation")}
         test_loaders = {side: harness.EpochLoader(datasets[side]["test"], train["eval_batch_size"], train=False,
                                                   seed=config["seed"], **loader_options)
@@ -137,6 +142,8 @@ def main(config):
         model = build_model(config).to(device)
         if train["channels_last"]:
             model = model.to(memory_format=torch.channels_last)
+        if train["compile"]:
+            model.backbone.compile()  # in place: parameter names, so checkpoints, stay the same
         loss_config = config["loss"]
         criterion = MultiTaskLoss(
             model.task_specs, loss_config["classification"], loss_config["focal_gamma"],

@@ -67,6 +67,7 @@ PLOTS_FOLDER = "plots"
 HARNESS_DEFAULTS = {
     "seed": 0,
     "device": "auto",
+    "deterministic": False,  # True: cudnn picks deterministic kernels instead of benchmarking the fastest
     "run": {"name": "run", "save_dir": "saved", "resume": None, "demo": False, "plots": True},
 }
 
@@ -577,6 +578,9 @@ class Run:
     def __init__(self, config: dict, must_match: Iterable[str] = ("model",)):
         self.config = with_defaults(config)
         self.device = resolve_device(self.config["device"])
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = not self.config["deterministic"]
+            torch.backends.cudnn.deterministic = bool(self.config["deterministic"])
         distributed.init(self.device)
         try:
             self._open(list(must_match))
