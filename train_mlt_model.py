@@ -16,8 +16,8 @@ from codebase import distributed, harness
 from codebase.backbone import ARCHITECTURES
 from codebase.dataset import BatchStream, build_datasets, validate_tasks
 from codebase.engine import WEIGHTINGS, MultiTaskLoss, TrainStep, evaluate, train_one_epoch
-from codebase.model import MultiTaskModel
 from codebase.optim import SCHEDULES, make_optimizer, make_scheduler
+from codebase.runs import build_model
 from codebase.synthetic import ensure_dataset
 
 CONFIG = {
@@ -78,21 +78,23 @@ CONFIG = {
 DEMO = {
     "data.root": "data/synthetic",
     "data.grading_size": [128, 192],
-    "data.segmentation_size": [192, 288],
+    "data.segmentation_size": [128, 192],
     "data.num_workers": 0,
     "model.backbone": "resnet18",
     "model.pretrained": "none",
     "model.aspp_channels": 64,
-    "model.decoder_channels": 64,
+    "model.decoder_channels": 32,
     "model.head_hidden": 64,
-    "optim.lr": 2e-3,
-    "optim.backbone_lr": 1e-3,
+    "loss.classification": "ce",
+    "optim.lr": 5e-4,
+    "optim.backbone_lr": 5e-4,
     "schedule.kind": "cosine",
-    "train.epochs": 12,
+    "train.epochs": 16,
     "train.iterations": 10,
     "train.batch_size": 8,
     "train.eval_batch_size": 16,
     "train.channels_last": False,
+    "train.evaluate_every": 4,
     "run.name": "mlt_demo",
 }
 
@@ -110,14 +112,6 @@ def validate(config):
         validate_tasks(config["model"]["task_specs"])
     except ValueError as error:
         raise harness.ConfigError(f"model.task_specs: {error}") from None
-
-
-def build_model(config):
-    model_config = config["model"]
-    return MultiTaskModel(model_config["task_specs"], model_config["backbone"], model_config["num_experts"],
-                          pretrained=model_config["pretrained"], top_p=config["routing"]["top_p"],
-                          aspp_channels=model_config["aspp_channels"],
-                          decoder_channels=model_config["decoder_channels"], head_hidden=model_config["head_hidden"])
 
 
 def main(config):

@@ -5,8 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nbformat
 import pytest
 import torch
+from nbclient import NotebookClient
 
 import train_mlt_model
 from codebase import harness
@@ -15,6 +17,7 @@ from codebase.engine import evaluate
 from codebase.synthetic import generate
 
 REPO = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ["evaluate_mlt.ipynb", "output_mlt.ipynb"]
 TINY = ["data.grading_size=64,96", "data.segmentation_size=64,96", "model.aspp_channels=32",
         "model.decoder_channels=32", "model.head_hidden=32", "train.epochs=2", "train.iterations=2",
         "train.batch_size=2", "train.eval_batch_size=4", "run.plots=false"]
@@ -57,10 +60,17 @@ def assert_close(actual, expected, where="eval"):
         assert actual == pytest.approx(expected, abs=1e-6, nan_ok=True), where
 
 
-def test_run_writes_its_folder_and_routes_sparsely_after_warm_up(synthetic_root, tmp_path):
-    config = tiny_config(synthetic_root, tmp_path)
+@pytest.fixture(scope="module")
+def tiny_run(synthetic_root, tmp_path_factory):
+    """(folder, config) of a two-epoch run: one dense epoch, one top-p epoch."""
+    save_dir = tmp_path_factory.mktemp("mlt_runs")
+    config = tiny_config(synthetic_root, save_dir)
     train_mlt_model.main(config)
-    folder = tmp_path / "mlt_demo"
+    return save_dir / "mlt_demo", config
+
+
+def test_run_writes_its_folder_and_routes_sparsely_after_warm_up(tiny_run):
+    folder, config = tiny_run
     for name in ("config.json", "checkpoint.pth", "model.pth", "history.json", "train_log.txt"):
         assert (folder / name).is_file(), name
     history = json.loads((folder / "history.json").read_text())
@@ -108,3 +118,29 @@ def test_two_processes_write_once_match_single_process_evaluation_and_resume_in_
     history = json.loads((folder / "history.json").read_text())
     assert [entry["epoch"] for entry in history] == [1, 2, 3]
     assert "resumed from" in (folder / "train_log.txt").read_text()
+
+
+def test_notebooks_are_committed_without_outputs():
+    for name in NOTEBOOKS:
+        for cell in nbformat.read(REPO / name, as_version=4).cells:
+            if cell.cell_type == "code":
+                assert cell.outputs == [] and cell.execution_count is None, name
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_executes_on_the_run(tiny_run, tmp_path, monkeypatch, name):
+    folder, _ = tiny_run
+    monkeypatch.setenv("RUN_DIR", str(folder))
+    monkeypatch.setenv("CLASSIFIER_RUN", str(tmp_path / "absent"))
+    monkeypatch.setenv("SEGMENTATION_RUN", str(tmp_path / "absent"))
+    notebook = nbformat.read(REPO / name, as_version=4)
+    NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}).execute()
+    outputs = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    printed = "".join(o.get("text", "") for o in outputs)
+    assert str(folder.resolve()) in printed
+    if name == "evaluate_mlt.ipynb":
+        assert "rg_accuracy" in printed and "OD Optic Disc" in printed
+    else:
+        assert "lesion masks missing (grading image)" in printed and "true missing" in printed
+    assert [o for o in outputs if "image/png" in o.get("data", {})]
