@@ -1,0 +1,239 @@
+"""Compare trained runs on one test split: accuracy per task and lesion, and what each model costs.
+
+    python compare_models.py --runs saved/classifier_demo saved/segmentation_demo saved/mlt_demo
+    python compare_models.py --runs saved/A saved/B saved/C --out saved/comparison --device cuda --data-root data
+
+Every run (any of the three train scripts) is evaluated on the test split of one data root (the
+first run's data.root unless --data-root), each at the image size it was trained at, through
+codebase.evaluation: RG and MER accuracy, quadratic weighted kappa, joint accuracy; per lesion IoU,
+Dice (threshold 0.5) and AUPR. The multi-task model routes top-p, as it is used.
+
+Cost per image, batch 1, on --device, over the first --cost-images test segmentation images
+resized to the run's size: parameters, forward FLOPs (torch.utils.flop_counter; a multiply-add is
+2 FLOPs; mean over the images), latency (median of --repeats runs after warm-up) and peak memory
+(codebase.cost.peak_memory_bytes). A multi-task run whose grading and segmentation sizes differ
+costs two forwards per image, one per side, as predict.py runs it. The multi-task model is
+measured with top-p and with dense routing, with its mean experts per image per task on the test
+split, and set against the classifier and DeepLabV3+ together (ratio of its top-p cost to the sum
+of theirs). Writes comparison.md and comparison.json to --out and prints the markdown.
+"""
+import argparse
+import ctypes
+import itertools
+import json
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import machine
+from codebase.atomic import atomic_write_text
+from codebase.cost import count_parameters, forward_flops, median_seconds, peak_memory_bytes
+from codebase.datasets import GradingDataset, SegmentationDataset
+from codebase.evaluation import evaluate_grading, evaluate_segmentation, task_key
+from codebase.harness import EpochLoader, autocast, resolve_device
+from codebase.idrid import LESIONS, IDRiDError, segmentation_records
+from predict import RunError, forward, forward_passes, input_sizes, load_input, open_run
+
+KIND_NAMES = {"classifier": "ResNet classifier", "segmentation": "DeepLabV3+", "multitask": "multi-task MoE"}
+ACCURACY_ROWS = [("RG accuracy", "grading", "rg_accuracy"), ("RG quadratic weighted kappa", "grading", "rg_kappa"),
+                 ("MER accuracy", "grading", "mer_accuracy"), ("MER quadratic weighted kappa", "grading", "mer_kappa"),
+                 ("joint RG+MER accuracy", "grading", "joint_accuracy")]
+ACCURACY_ROWS += [(f"{lesion} {label}", "segmentation", (lesion, metric))
+                  for lesion in LESIONS for metric, label in (("iou", "IoU"), ("dice", "Dice"), ("aupr", "AUPR"))]
+ACCURACY_ROWS += [(f"mean {label}", "segmentation", f"mean_{metric}")
+                  for metric, label in (("iou", "IoU"), ("dice", "Dice"), ("aupr", "AUPR"))]
+# (label, cost entry, field, scale to the unit in the label)
+COST_ROWS = [("parameters (M)", None, "parameters", 1e-6),
+             ("GFLOPs per image", "cost", "flops", 1e-9),
+             ("latency per image (ms)", "cost", "latency_s", 1e3),
+             ("peak memory (MB)", "cost", "peak_memory_bytes", 1e-6),
+             ("GFLOPs per image, dense routing", "dense_cost", "flops", 1e-9),
+             ("latency per image, dense routing (ms)", "dense_cost", "latency_s", 1e3),
+             ("peak memory, dense routing (MB)", "dense_cost", "peak_memory_bytes", 1e-6)]
+VERSUS_ROWS = COST_ROWS[:3]  # parameters, top-p FLOPs and latency
+
+
+def evaluate_run(run, root, device):
+    """{"grading": metrics, "segmentation": metrics} of the run on root's test split (the sides it has)."""
+    sizes, amp = input_sizes(run), run.config["train"]["amp"]
+    batch = run.config["train"]["eval_batch_size"]
+    results = {}
+    if "classification" in sizes:
+        dataset = GradingDataset(root, "test", sizes["classification"])
+        tasks = run.tasks("classification")
+        results["grading"] = evaluate_grading(lambda images: run.predict(images, side="classification"),
+                                              EpochLoader(dataset, batch, train=False, seed=0), tasks,
+                                              run.task_specs, device, amp)
+    if "segmentation" in sizes:
+        dataset = SegmentationDataset(root, "test", sizes["segmentation"])
+        tasks = run.tasks("segmentation")
+        results["segmentation"] = evaluate_segmentation(lambda images: run.predict(images, side="segmentation"),
+                                                        EpochLoader(dataset, batch, train=False, seed=0), tasks,
+                                                        device, amp)
+    return results
+
+
+def measure_cost(run, paths, device, repeats, dense=None):
+    """{"flops", "latency_s", "peak_memory_bytes"} per image (batch 1) over the images at paths."""
+    passes = forward_passes(run)
+    inputs = [{side: load_input(path, size).to(device) for side, size in passes.items()} for path in paths]
+    amp = run.config["train"]["amp"]
+
+    def run_one(images):
+        with autocast(device, amp):
+            forward(run, images, dense)
+
+    flops = [forward_flops(run.model, lambda images=images: run_one(images))["total"] for images in inputs]
+    cycle = itertools.cycle(inputs)
+    latency = median_seconds(lambda: run_one(next(cycle)), device, repeats=repeats, warmup=2)
+    _return_freed_memory(device)
+    return {"flops": sum(flops) / len(flops), "latency_s": latency,
+            "peak_memory_bytes": peak_memory_bytes(lambda: run_one(inputs[0]), device)}
+
+
+def _return_freed_memory(device):
+    """On glibc CPUs hand freed heap memory back to the OS (malloc_trim), so that the peak-RSS growth
+    peak_memory_bytes reads is a forward's own memory, not 0 because earlier forwards left it resident."""
+    if torch.device(device).type == "cpu":
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc: the reading is what it is
+            pass
+
+
+def describe_run(name, run, root, device, paths, repeats):
+    """Everything comparison.json holds about one run."""
+    entry = {"name": name, "folder": str(run.folder), "kind": run.kind,
+             "input_sizes": {side: list(size) for side, size in input_sizes(run).items()},
+             **evaluate_run(run, root, device), "parameters": count_parameters(run.model),
+             "cost": measure_cost(run, paths, device, repeats)}
+    if run.kind == "multitask":
+        entry["top_p"] = run.model.top_p
+        entry["dense_cost"] = measure_cost(run, paths, device, repeats, dense=True)
+        routing = {**entry.get("grading", {}).pop("routing", {}), **entry.get("segmentation", {}).pop("routing", {})}
+        entry["experts_per_image"] = {task: routing[task]["experts_per_image"] for task in run.task_specs}
+    return entry
+
+
+def versus_baselines(entries):
+    """{multi-task run: {field: {"multitask", "baselines", "ratio"}}}; {} unless one classifier and one DeepLabV3+."""
+    baselines = [e for e in entries if e["kind"] in ("classifier", "segmentation")]
+    if sorted(e["kind"] for e in baselines) != ["classifier", "segmentation"]:
+        return {}
+    result = {}
+    for entry in (e for e in entries if e["kind"] == "multitask"):
+        result[entry["name"]] = {}
+        for _, section, field, _ in VERSUS_ROWS:
+            mine, theirs = _cost_value(entry, section, field), sum(_cost_value(e, section, field) for e in baselines)
+            result[entry["name"]][field] = {"multitask": mine, "baselines": theirs, "ratio": mine / theirs}
+    return result
+
+
+def _cost_value(entry, section, field):
+    return entry[field] if section is None else entry.get(section, {}).get(field)
+
+
+def _accuracy_value(entry, section, key):
+    metrics = entry.get(section, {})
+    if isinstance(key, tuple):
+        return metrics.get(key[0], {}).get(key[1])
+    return metrics.get(key)
+
+
+def _cell(value, scale=1.0, digits=3):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value * scale:.{digits}f}"
+
+
+def _table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def markdown(report):
+    """comparison.md: accuracy and cost tables, one column per run, and the multi-task model against both baselines."""
+    entries = report["runs"]
+    header = [""] + [f"{e['name']} ({KIND_NAMES[e['kind']]})" for e in entries]
+    lines = ["# Model comparison", "",
+             f"Test split of `{report['data_root']}`; cost per image at batch 1 on {report['device']} "
+             f"({report['machine']}), mean FLOPs and median latency over {report['cost_images']} test image(s), "
+             f"{report['repeats']} timed runs after warm-up. A multiply-add counts as 2 FLOPs; "
+             "the multi-task model routes top-p unless a row says dense.", "", "## Accuracy", ""]
+    lines += _table(header, [[label] + [_cell(_accuracy_value(e, section, key)) for e in entries]
+                             for label, section, key in ACCURACY_ROWS])
+    lines += ["", "## Cost", ""]
+    rows = [[label] + [_cell(_cost_value(e, section, field), scale, 2) for e in entries]
+            for label, section, field, scale in COST_ROWS]
+    tasks = dict.fromkeys(t for e in entries for t in e.get("experts_per_image", {}))
+    rows += [[f"experts per image: {task_key(task).upper()}"] + [_cell(e.get("experts_per_image", {}).get(task), 1, 2)
+                                                          for e in entries] for task in tasks]
+    lines += _table(header, rows)
+    lines += ["", "## Multi-task model against both baselines together", ""]
+    if not report["multitask_vs_baselines"]:
+        lines.append("(needs one classifier run, one DeepLabV3+ run and a multi-task run)")
+    for name, fields in report["multitask_vs_baselines"].items():
+        lines += [f"`{name}` with top-p routing against classifier + DeepLabV3+:", ""]
+        lines += _table(["", "multi-task", "classifier + DeepLabV3+", "ratio"],
+                        [[label, _cell(fields[field]["multitask"], scale, 2),
+                          _cell(fields[field]["baselines"], scale, 2), _cell(fields[field]["ratio"], 1, 2) + "x"]
+                         for label, _, field, scale in VERSUS_ROWS])
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _without_nan(value):
+    """NaN (a metric with nothing to measure, e.g. a lesion absent from the split) -> None, for strict JSON."""
+    if isinstance(value, dict):
+        return {key: _without_nan(v) for key, v in value.items()}
+    if isinstance(value, list):
+        return [_without_nan(v) for v in value]
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def run_names(folders):
+    """Column names: folder names, or the paths as given where two folders share a name."""
+    names = [Path(f).name for f in folders]
+    return [name if names.count(name) == 1 else str(folder) for name, folder in zip(names, folders)]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", nargs="+", required=True, help="finished run folders, e.g. saved/mlt_demo")
+    parser.add_argument("--out", default="saved/comparison", help="output folder (default saved/comparison)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    parser.add_argument("--data-root", help="data root whose test split all runs are evaluated on "
+                                            "(default: the first run's data.root)")
+    parser.add_argument("--cost-images", type=int, default=4, help="test images the cost is measured on (default 4)")
+    parser.add_argument("--repeats", type=int, default=10, help="timed runs per latency (default 10)")
+    args = parser.parse_args(argv)
+    try:
+        device = resolve_device(args.device)
+        runs = [open_run(folder, device) for folder in args.runs]
+        root = Path(args.data_root or runs[0].config["data"]["root"])
+        paths = [record.image_path for record in segmentation_records(root, "test")[:args.cost_images]]
+        if not paths:
+            raise IDRiDError(f"{root}: the segmentation test split has no images to measure the cost on")
+    except (RunError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    entries = []
+    for name, run in zip(run_names(args.runs), runs):
+        print(f"{name}: {KIND_NAMES[run.kind]}, evaluating on {root} and measuring its cost on {device}", flush=True)
+        entries.append(describe_run(name, run, root, device, paths, args.repeats))
+    report = {"data_root": str(root), "device": str(device), "machine": machine(device), "cost_images": len(paths),
+              "repeats": args.repeats, "runs": entries, "multitask_vs_baselines": versus_baselines(entries)}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    text = markdown(report)
+    atomic_write_text(out / "comparison.json", json.dumps(_without_nan(report), indent=2, allow_nan=False))
+    atomic_write_text(out / "comparison.md", text)
+    print(text)
+    print(f"written: {out / 'comparison.md'}, {out / 'comparison.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
