@@ -3,6 +3,8 @@
 Every k>1 convolution can be built full or depthwise-separable (``separable=True``); 1x1
 convolutions are always full. Each block is defined once here and composed elsewhere.
 """
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -65,17 +67,21 @@ class DeepLabDecoder(nn.Module):
 
     The ASPP output is upsampled to the low-level size (skipped when the caller already did it,
     which lets several decoders share one upsampling), concatenated with a 1x1 projection of the
-    low-level features, refined by two 3x3 convs and classified by a 1x1 conv.
+    low-level features, refined by two 3x3 convs and classified by a 1x1 conv. The classifier's
+    bias starts at the logit of ``prior`` (as for focal-loss detectors): lesions are rare, so the
+    untrained decoder predicts "background" everywhere instead of p = 0.5, which keeps early
+    training stable and thresholded predictions meaningful from the first epochs.
     """
 
     def __init__(self, low_level_channels, num_classes, in_channels=256, low_level_projection=48,
-                 channels=256, separable=False):
+                 channels=256, separable=False, prior=0.01):
         super().__init__()
         self.project_low = conv_bn_relu(low_level_channels, low_level_projection, 1)
         self.refine = nn.Sequential(
             conv_bn_relu(in_channels + low_level_projection, channels, 3, separable=separable),
             conv_bn_relu(channels, channels, 3, separable=separable))
         self.classifier = nn.Conv2d(channels, num_classes, 1)
+        nn.init.constant_(self.classifier.bias, math.log(prior / (1 - prior)))
 
     def forward(self, context, low_level):
         if context.shape[-2:] != low_level.shape[-2:]:
