@@ -18,7 +18,6 @@ split, and set against the classifier and DeepLabV3+ together (ratio of its top-
 of theirs). Writes comparison.md and comparison.json to --out and prints the markdown.
 """
 import argparse
-import ctypes
 import itertools
 import json
 import math
@@ -88,19 +87,8 @@ def measure_cost(run, paths, device, repeats, dense=None):
     flops = [forward_flops(run.model, lambda images=images: run_one(images))["total"] for images in inputs]
     cycle = itertools.cycle(inputs)
     latency = median_seconds(lambda: run_one(next(cycle)), device, repeats=repeats, warmup=2)
-    _return_freed_memory(device)
     return {"flops": sum(flops) / len(flops), "latency_s": latency,
             "peak_memory_bytes": peak_memory_bytes(lambda: run_one(inputs[0]), device)}
-
-
-def _return_freed_memory(device):
-    """On glibc CPUs hand freed heap memory back to the OS (malloc_trim), so that the peak-RSS growth
-    peak_memory_bytes reads is a forward's own memory, not 0 because earlier forwards left it resident."""
-    if torch.device(device).type == "cpu":
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):  # not glibc: the reading is what it is
-            pass
 
 
 def describe_run(name, run, root, device, paths, repeats):

@@ -1,4 +1,5 @@
 """What a model costs: parameters, forward FLOPs (torch.utils.flop_counter), latency, peak memory."""
+import ctypes
 import statistics
 import time
 from pathlib import Path
@@ -56,6 +57,15 @@ def _resident_kib(field):
     raise OSError(f"{field} not in /proc/self/status")
 
 
+def _return_freed_memory():
+    """Hand freed heap memory back to the OS (glibc's malloc_trim), so that the peak-RSS growth
+    measured next is the run's own memory, not 0 because earlier runs left theirs resident."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the reading is what it is
+        pass
+
+
 def peak_memory_bytes(run, device="cpu"):
     """Peak memory ``run()`` adds: CUDA allocator peak, or on Linux CPUs the growth of peak RSS.
 
@@ -71,6 +81,7 @@ def peak_memory_bytes(run, device="cpu"):
         return torch.cuda.max_memory_allocated(device) - before
     if device.type != "cpu" or not Path("/proc/self/clear_refs").exists():
         return None
+    _return_freed_memory()
     try:
         Path("/proc/self/clear_refs").write_text("5")  # resets the peak-RSS high-water mark
         before = _resident_kib("VmRSS")
