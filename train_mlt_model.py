@@ -174,4 +174,5 @@ def main(config):
 
 
 if __name__ == "__main__":
-    main(harness.parse_cli(CONFIG, demo_overrides=DEMO, description=__doc__, validate=validate))
+    harness.run_main(main, lambda: harness.parse_cli(CONFIG, demo_overrides=DEMO, description=__doc__,
+                                                     validate=validate))

@@ -13,7 +13,7 @@ A train script reads like an experiment:
                         epochs=config["train"]["epochs"], scaler=scaler, loaders=[train_loader])
 
     if __name__ == "__main__":
-        main(harness.parse_cli(CONFIG, demo_overrides=DEMO, description=__doc__))
+        harness.run_main(main, lambda: harness.parse_cli(CONFIG, demo_overrides=DEMO, description=__doc__))
 
 `parse_cli` folds the command-line flags into the config, so the resolved config is one plain,
 JSON-serialisable dict: `--data-root` -> data.root, `--device` -> device, `--run-name` -> run.name,
@@ -23,7 +23,12 @@ run.demo plus the script's demo overrides.
 Run folder saved/<name>/: config.json, checkpoint.pth, model.pth, history.json (schema in
 codebase.plots), train_log.txt, plots/*.png. Every file is replaced atomically; train_log.txt
 is only appended to. `--no-resume` never touches an earlier run: when the folder already holds
-one, the run goes to <name>_2 (or _3, ...) and the log says so.
+one, the run goes to <name>_2 (or _3, ...) and the log says so. A run that fails with an exception
+before its first checkpoint (bad data found while loading it, say) leaves the folder as it found
+it: a folder it created is removed, config.json and train_log.txt are put back.
+
+Bad input (`run_main`): config, data, weights and checkpoint errors, and missing or unreadable
+files, end the script with one `error: <message>` line on stderr and exit code 2, no traceback.
 
 Interrupts: SIGINT/SIGTERM set a flag; engines call `should_stop()` after each optimizer step
 and return early; `fit` then discards the unfinished epoch, keeps the checkpoint of the last
@@ -40,6 +45,7 @@ import math
 import os
 import random
 import shlex
+import shutil
 import signal
 import sys
 import threading
@@ -54,7 +60,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from codebase import distributed, plots
-from codebase.atomic import atomic_torch_save, atomic_write_text, remove_stale_temporaries
+from codebase.atomic import atomic_torch_save, atomic_write, atomic_write_text, remove_stale_temporaries
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_FILE = "checkpoint.pth"
@@ -346,6 +352,52 @@ def _plain(value, key: str):
 
 
 # ---------------------------------------------------------------------------------------------
+# The script entry point
+
+# OSErrors that mean a path the user gave is wrong; other OSErrors keep their traceback.
+_PATH_ERRORS = (FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError, FileExistsError)
+
+
+def run_main(main: Callable[[dict], object], make_config: Callable[[], dict]) -> None:
+    """A train script's entry point: `main(make_config())`, bad input reported in one line.
+
+    ConfigError, CheckpointError, IDRiDError, WeightsError and path errors (file not found,
+    permission denied, ...) print `error: <message>` on stderr and exit with code 2; any other
+    exception keeps its traceback.
+    """
+    try:
+        main(make_config())
+    except Exception as error:
+        message = input_error_message(error)
+        if message is None:
+            raise
+        print("error: " + message.replace("\n", "\n  "), file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def input_error_message(error: Exception) -> str | None:
+    """The message of an error that says the input is wrong, or None for any other error."""
+    # Imported here: the harness itself needs neither the IDRiD reader nor torchvision.
+    from codebase.backbone import WeightsError
+    from codebase.idrid import IDRiDError
+
+    if isinstance(error, (ConfigError, CheckpointError, IDRiDError, WeightsError)):
+        return _unwrap_worker_message(error)
+    if isinstance(error, _PATH_ERRORS) and error.filename is not None:
+        return f"{error.filename}: {error.strerror or error}"
+    return None
+
+
+def _unwrap_worker_message(error: Exception) -> str:
+    """The error's own message, without the traceback a DataLoader worker wraps around it."""
+    text = str(error)
+    raised_as = f"{type(error).__module__}.{type(error).__qualname__}: "
+    if text.startswith("Caught ") and raised_as in text:
+        text = text[text.rindex(raised_as) + len(raised_as):]
+    return text.strip()
+
+
+# ---------------------------------------------------------------------------------------------
 # Seeding and data loading
 
 
@@ -572,11 +624,14 @@ class Run:
     <name>_2, <name>_3, ... instead. When resuming, the checkpoint is loaded now (`checkpoint`)
     and config keys under `must_match` (those that change parameter shapes) must equal the
     checkpoint's, else ConfigError listing them. Only rank 0 writes. Use as a context manager
-    (or call `close`) to leave the process group cleanly.
+    (or call `close`) to leave the process group cleanly; leaving it by an exception before the
+    first checkpoint puts the folder back as it was.
     """
 
     def __init__(self, config: dict, must_match: Iterable[str] = ("model",)):
         self.config = with_defaults(config)
+        self._before: _FolderState | None = None
+        self._saved_checkpoint = False
         self.device = resolve_device(self.config["device"])
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = not self.config["deterministic"]
@@ -584,7 +639,9 @@ class Run:
         distributed.init(self.device)
         try:
             self._open(list(must_match))
-        except BaseException:
+        except BaseException as error:
+            if isinstance(error, Exception):
+                self._undo_writes()
             distributed.shutdown(wait=False)
             raise
 
@@ -619,6 +676,7 @@ class Run:
     def save_checkpoint(self, state: dict) -> None:
         if self.is_main:
             atomic_torch_save(state, self.checkpoint_path)
+            self._saved_checkpoint = True
 
     def save_model(self, model: torch.nn.Module) -> None:
         """Final weights (state dict of the unwrapped model) to model.pth."""
@@ -645,7 +703,15 @@ class Run:
         return self
 
     def __exit__(self, exc_type, *_) -> None:
+        if exc_type is not None and issubclass(exc_type, Exception):
+            self._undo_writes()
         distributed.shutdown(wait=exc_type is None)
+
+    def _undo_writes(self) -> None:
+        """Before the first checkpoint: put the folder back as `_prepare_folder` found it (rank 0)."""
+        if self._before is not None and not self._saved_checkpoint:
+            with contextlib.suppress(OSError):  # the error that ended the run matters more
+                self._before.restore()
 
     def _decide(self, must_match: list[str]):
         """(folder, checkpoint or None, notes for the log, error or None) on rank 0."""
@@ -665,6 +731,7 @@ class Run:
         error = None
         if self.is_main:
             try:
+                self._before = _FolderState(self.folder)
                 (self.folder / PLOTS_FOLDER).mkdir(parents=True, exist_ok=True)
                 remove_stale_temporaries(self.folder)
                 atomic_write_text(self.folder / CONFIG_FILE, json.dumps(self.config, indent=2) + "\n")
@@ -676,6 +743,39 @@ class Run:
             raise ConfigError(error)
         self.log(f"run folder {self.folder} (started {time.strftime('%Y-%m-%d %H:%M:%S')}, "
                  f"device {self.device}, {distributed.world_size()} process(es))")
+
+
+class _FolderState:
+    """What a run folder held before the run wrote to it: enough to undo the writes a run makes
+    before its first checkpoint (folders, config.json, lines of train_log.txt; on resume,
+    history.json and plots are only rewritten with what they held)."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.created = [path for path in (folder / PLOTS_FOLDER, folder, *folder.parents) if not path.exists()]
+        config, log = folder / CONFIG_FILE, folder / LOG_FILE
+        self.config = config.read_bytes() if config.is_file() else None
+        self.log_size = log.stat().st_size if log.is_file() else None
+
+    def restore(self) -> None:
+        if self.folder not in self.created:
+            config, log = self.folder / CONFIG_FILE, self.folder / LOG_FILE
+            if self.config is None:
+                config.unlink(missing_ok=True)
+            else:
+                atomic_write(config, lambda file: file.write(self.config))
+            if self.log_size is None:
+                log.unlink(missing_ok=True)
+            elif log.is_file():
+                os.truncate(log, self.log_size)
+        for path in self.created:  # deepest first
+            if path in (self.folder, self.folder / PLOTS_FOLDER):
+                shutil.rmtree(path, ignore_errors=True)
+                continue
+            try:
+                path.rmdir()  # a parent the run created, unless something else was written there since
+            except OSError:
+                break
 
 
 def load_checkpoint(path: str | Path) -> dict:
