@@ -86,7 +86,7 @@ DEMO = {
     "model.decoder_channels": 32,
     "model.head_hidden": 64,
     "loss.classification": "ce",
-    "optim.lr": 5e-4,
+    "optim.lr": 1e-3,
     "optim.backbone_lr": 5e-4,
     "schedule.kind": "cosine",
     "train.epochs": 16,
@@ -108,6 +108,10 @@ def validate(config):
     harness.require(config, "schedule.kind", SCHEDULES)
     for key in ("train.batch_size", "train.eval_batch_size", "train.iterations", "train.epochs"):
         harness.require(config, key, lambda n: n >= 1, "an integer >= 1")
+    crop = config["data"]["crop_size"]
+    if crop is not None and any(c > s for c, s in zip(crop, config["data"]["segmentation_size"])):
+        raise harness.ConfigError(f"data.crop_size={crop}: expected at most data.segmentation_size="
+                                  f"{config['data']['segmentation_size']}")
     try:
         validate_tasks(config["model"]["task_specs"])
     except ValueError as error:

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from codebase.datasets import GradingDataset, SegmentationDataset
-from codebase.harness import derive_seed, seed_worker
+from codebase.harness import ConfigError, derive_seed, seed_worker
 from codebase.idrid import LESIONS
 
 CLASSIFICATION_TARGETS = {
@@ -105,8 +105,8 @@ class BatchStream:
 
     def __init__(self, dataset, batch_size, seed, rank=0, world_size=1, **loader_kwargs):
         if len(dataset) < batch_size * world_size:
-            raise ValueError(f"{type(dataset).__name__} has {len(dataset)} images, fewer than one batch of "
-                             f"{batch_size} per process x {world_size} processes: lower the batch size")
+            raise ConfigError(f"train.batch_size={batch_size}: {type(dataset).__name__} has only {len(dataset)} "
+                              f"images, fewer than one batch per process x {world_size} process(es); lower it")
         self.seed = seed
         self.sampler = StreamSampler(len(dataset), seed, rank, world_size)
         self.generator = torch.Generator()

@@ -579,7 +579,8 @@ def progress(iterable: Iterable, desc: str = "", total: int | None = None, enabl
     Always a tqdm object, so `set_postfix` works on every rank. Bars vanish when done; print
     other lines with `Run.log` (which uses tqdm.write) so they don't break a live bar.
     """
-    disable = not (enabled and distributed.is_main_process())
+    disable = (not (enabled and distributed.is_main_process())
+               or os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes"))
     return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True, disable=disable)
 
 
