@@ -34,16 +34,22 @@ def tiny_config(root, save_dir, *extra):
 
 
 def evaluate_saved(folder):
-    """Single-process top-p evaluation of a run's model.pth on its test splits."""
+    """Single-process top-p evaluation of a run's model.pth on its test splits, one image per batch
+    as the run evaluated them (so every image goes through the same arithmetic)."""
     config = json.loads((folder / "config.json").read_text())
     model = train_mlt_model.build_model(config)
     model.load_state_dict(torch.load(folder / "model.pth", weights_only=True))
     model.set_routing(False)
     data = config["data"]
     datasets = build_datasets(data["root"], data["grading_size"], data["segmentation_size"])
-    loaders = {side: harness.EpochLoader(datasets[side]["test"], 3, train=False, seed=0)
+    loaders = {side: harness.EpochLoader(datasets[side]["test"], 1, train=False, seed=0)
                for side in ("grading", "segmentation")}
-    return evaluate(model, loaders, torch.device("cpu"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the two processes ran (OMP_NUM_THREADS=1): the same reduction order
+    try:
+        return evaluate(model, loaders, torch.device("cpu"))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def assert_close(actual, expected, where="eval"):
@@ -102,7 +108,7 @@ def test_a_task_added_through_task_specs_trains(synthetic_root, tmp_path):
 
 def test_two_processes_write_once_match_single_process_evaluation_and_resume_in_one(synthetic_root, tmp_path):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               str(REPO / "train_mlt_model.py"), *tiny_argv(synthetic_root, tmp_path)]
+               str(REPO / "train_mlt_model.py"), *tiny_argv(synthetic_root, tmp_path, "train.eval_batch_size=1")]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "PYTHONPATH": str(REPO)}
     finished = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
     assert finished.returncode == 0, finished.stderr[-4000:]
@@ -114,7 +120,7 @@ def test_two_processes_write_once_match_single_process_evaluation_and_resume_in_
 
     assert_close(evaluate_saved(folder), history[-1]["eval"])
 
-    train_mlt_model.main(tiny_config(synthetic_root, tmp_path, "train.epochs=3"))
+    train_mlt_model.main(tiny_config(synthetic_root, tmp_path, "train.eval_batch_size=1", "train.epochs=3"))
     history = json.loads((folder / "history.json").read_text())
     assert [entry["epoch"] for entry in history] == [1, 2, 3]
     assert "resumed from" in (folder / "train_log.txt").read_text()
