@@ -1,0 +1,64 @@
+"""Training and evaluation of the DeepLabV3+ baseline.
+
+The model's five output channels are the five lesion tasks of the multi-task model
+(``segmentation_ma`` ... ``segmentation_od``, LESIONS order), so evaluation runs through the same
+routine (codebase.evaluation) and reports the same numbers under the same names.
+"""
+from collections import defaultdict
+
+import torch
+
+from codebase import distributed
+from codebase.evaluation import evaluate_segmentation
+from codebase.harness import autocast, check_finite, progress, should_stop
+from codebase.idrid import LESIONS
+
+TASKS = tuple(f"segmentation_{lesion.lower()}" for lesion in LESIONS)
+
+
+def task_outputs(logits):
+    """Lesion logits [B, 5, H, W] -> {"logits": {"segmentation_ma": [B, 1, H, W], ...}}, the
+    output format codebase.evaluation expects of every model."""
+    return {"logits": {task: logits[:, index:index + 1] for index, task in enumerate(TASKS)}}
+
+
+def train_one_epoch(model, criterion, optimizer, loader, epoch, device, scaler, amp="off", channels_last=False):
+    """One pass over ``loader``; returns batch means {"loss", "loss_focal", "loss_dice",
+    "lesions": {"MA": {"loss_focal", "loss_dice"}, ...}} (focal and Dice before their weights;
+    per lesion one level down, so the epoch's summary line stays short).
+
+    criterion: a SegmentationLoss over LESIONS; scaler: harness.make_grad_scaler's (disabled: plain steps).
+    """
+    model.train()
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    sums, steps = defaultdict(float), 0
+    bar = progress(loader, f"epoch {epoch} train", total=len(loader))
+    for batch in bar:
+        images = batch["image"].to(device, non_blocking=True, memory_format=memory_format)  # [B, 3, h, w]
+        masks = batch["masks"].to(device, non_blocking=True)  # uint8 [B, 5, h, w]
+        with autocast(device, amp):
+            total, parts = criterion(model(images), masks)
+        check_finite(total, parts, step=steps + 1, epoch=epoch)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(total).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        sums["loss"] += float(total.detach())
+        for name, value in parts.items():
+            sums[name] += float(value)
+        steps += 1
+        bar.set_postfix(loss=f"{sums['loss'] / steps:.4f}")
+        if should_stop():
+            break
+    means = {name: value / max(steps, 1) for name, value in sums.items()}
+    return {"loss": means["loss"], "loss_focal": means["focal"], "loss_dice": means["dice"],
+            "lesions": {k: {"loss_focal": means[f"focal_{k}"], "loss_dice": means[f"dice_{k}"]} for k in LESIONS}}
+
+
+def evaluate(model, loader, device, amp="off", threshold=0.5, keep_meter=False):
+    """Per-lesion IoU, Dice, sensitivity, precision (at ``threshold``) and AUPR over ``loader``,
+    and their means; with ``keep_meter`` also the SegmentationMeter (for precision-recall curves)."""
+    model = distributed.unwrap(model)
+    model.eval()
+    return evaluate_segmentation(lambda images: task_outputs(model(images)), loader, TASKS, device, amp,
+                                 threshold, keep_meter=keep_meter)

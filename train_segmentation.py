@@ -1,0 +1,166 @@
+"""Train the DeepLabV3+ lesion segmentation baseline (MA, HE, EX, SE, OD; one sigmoid output each).
+
+    python train_segmentation.py --demo                  # synthetic data, CPU, a few minutes
+    python train_segmentation.py --data-root data --device cuda
+    python train_segmentation.py --set model.output_stride=16 --set train.batch_size=8
+    torchrun --nproc_per_node=4 train_segmentation.py --data-root data
+
+Defaults are the reference experiment: ResNet50 (ImageNet weights) at output stride 8, images
+resized to 1424x2144 and cropped at random to 1024x1024 for training, evaluated on the whole
+resized test image; batch 12, 100 epochs, AdamW (3e-4, backbone 3e-5, weight decay 1e-4), StepLR
+60/0.1; loss = sigmoid focal (alpha 0.75, gamma 4) + soft Dice per lesion. Writes
+saved/<run.name>/ (config.json, checkpoint.pth, model.pth, history.json, train_log.txt, plots/)
+and prints the per-lesion test metrics at the end.
+"""
+import torch
+
+from codebase import distributed, harness
+from codebase.backbone import ARCHITECTURES
+from codebase.cost import count_parameters
+from codebase.idrid import LESIONS
+from codebase.losses import SegmentationLoss
+from codebase.optim import SCHEDULES, make_optimizer, make_scheduler
+from codebase.synthetic import ensure_dataset
+from codebase.visualize import lesion_metrics_table
+from segmentation.dataset import build_loaders
+from segmentation.engine import evaluate, train_one_epoch
+from segmentation.model import DeepLabV3Plus
+
+CONFIG = {
+    "seed": 0,
+    "device": "auto",
+    "run": {"name": "deeplabv3plus_resnet50"},
+    "data": {
+        "root": "data",
+        "image_size": [1424, 2144],        # (height, width) every image is resized to
+        "crop_size": [1024, 1024],         # random (height, width) training crop; None: whole image
+        "cache_dir": None,                 # decoded-image cache; None: <data.root>/.cache
+        "num_workers": 4,
+        "pin_memory": True,
+    },
+    "model": {                             # the arguments of segmentation.model.DeepLabV3Plus
+        "backbone": "resnet50",
+        "output_stride": 8,
+        "pretrained": "imagenet",          # "imagenet", "none", or a path to a torchvision state dict
+        "channels": 256,                   # ASPP and decoder width
+        "separable": False,                # depthwise-separable 3x3 convs in ASPP and decoder
+    },
+    "loss": {
+        "alpha": 0.75,                     # sigmoid focal loss: weight of positive pixels
+        "gamma": 4.0,                      # sigmoid focal loss: focusing exponent
+        "focal_weight": 1.0,
+        "dice_weight": 1.0,
+        "lesion_weights": {lesion: 1.0 for lesion in LESIONS},
+    },
+    "optim": {"lr": 3e-4, "backbone_lr": 3e-5, "weight_decay": 1e-4},
+    "schedule": {"kind": "step", "step_size": 60, "gamma": 0.1},
+    "train": {
+        "epochs": 100,
+        "batch_size": 12,                  # per process
+        "eval_batch_size": 2,
+        "amp": "auto",                     # auto: bf16 (or fp16 + GradScaler) on CUDA, off on CPU
+        "channels_last": False,
+        "threshold": 0.5,                  # probability above which a pixel counts as lesion (IoU, Dice, ...)
+        "evaluate_every": 1,               # epochs between test-set evaluations (and the last epoch)
+    },
+}
+
+DEMO = {
+    "run.name": "segmentation_demo",
+    "data.root": "data/synthetic",
+    "data.image_size": [192, 288],
+    "data.crop_size": [160, 240],
+    "data.num_workers": 0,
+    "model.backbone": "resnet18",
+    "model.output_stride": 16,
+    "model.pretrained": "none",
+    "model.channels": 64,
+    "optim.lr": 2e-3,
+    "optim.backbone_lr": 1e-3,
+    "schedule.kind": "cosine",
+    "train.epochs": 8,
+    "train.batch_size": 4,
+    "train.eval_batch_size": 12,
+}
+
+
+def _is_size(value):
+    return isinstance(value, list) and len(value) == 2 and all(isinstance(n, int) and n >= 1 for n in value)
+
+
+def validate(config):
+    """Raise ConfigError naming the first setting that is out of range."""
+    require = harness.require
+    require(config, "model.backbone", ARCHITECTURES)
+    require(config, "model.output_stride", (8, 16))
+    require(config, "model.channels", lambda n: n >= 1, "an integer >= 1")
+    require(config, "data.image_size", _is_size, "[height, width], positive integers")
+    image_size = config["data"]["image_size"]
+    require(config, "data.crop_size",
+            lambda c: c is None or (_is_size(c) and c[0] <= image_size[0] and c[1] <= image_size[1]),
+            f"None or [height, width] no larger than data.image_size={image_size}")
+    require(config, "data.num_workers", lambda n: n >= 0, "an integer >= 0")
+    for key in ("loss.alpha", "train.threshold"):
+        require(config, key, lambda p: 0 <= p <= 1, "a number in [0, 1]")
+    for key in ("loss.gamma", "loss.focal_weight", "loss.dice_weight", "optim.weight_decay"):
+        require(config, key, lambda x: x >= 0, "a number >= 0")
+    require(config, "loss.lesion_weights",
+            lambda w: set(w) <= set(LESIONS) and all(v >= 0 for v in w.values()),
+            f"a mapping from lesions ({', '.join(LESIONS)}) to weights >= 0")
+    for key in ("optim.lr", "optim.backbone_lr"):
+        require(config, key, lambda x: x > 0, "a number > 0")
+    require(config, "schedule.kind", SCHEDULES)
+    require(config, "train.amp", harness.AMP_SETTINGS)
+    for key in ("schedule.step_size", "train.epochs", "train.batch_size", "train.eval_batch_size",
+                "train.evaluate_every"):
+        require(config, key, lambda n: n >= 1, "an integer >= 1")
+
+
+def main(config):
+    """Train (or resume) the run the config describes; returns the history."""
+    validate(config)
+    with harness.Run(config) as run:
+        data, train, device = config["data"], config["train"], run.device
+        if config["run"]["demo"] and distributed.is_main_process():
+            ensure_dataset(data["root"])
+        distributed.barrier()
+        loaders = build_loaders(config, device)
+
+        model = DeepLabV3Plus(**config["model"]).to(device)
+        if train["channels_last"]:
+            model = model.to(memory_format=torch.channels_last)
+        run.log(f"DeepLabV3+ {config['model']['backbone']} OS {config['model']['output_stride']}: "
+                f"{count_parameters(model) / 1e6:.2f} M parameters; {len(loaders['train'].dataset)} training, "
+                f"{len(loaders['test'].dataset)} test images")
+        loss = config["loss"]
+        criterion = SegmentationLoss(loss["alpha"], loss["gamma"], loss["focal_weight"], loss["dice_weight"],
+                                     loss["lesion_weights"]).to(device)
+        wrapped = distributed.wrap_model(model, device)
+        optim = config["optim"]
+        optimizer = make_optimizer([model], optim["lr"], optim["backbone_lr"], optim["weight_decay"], device)
+        schedule = config["schedule"]
+        scheduler = make_scheduler(optimizer, schedule["kind"], train["epochs"], schedule["step_size"],
+                                   schedule["gamma"])
+        scaler = harness.make_grad_scaler(device, train["amp"])
+
+        def train_epoch(epoch):
+            return train_one_epoch(wrapped, criterion, optimizer, loaders["train"], epoch, device, scaler,
+                                   train["amp"], train["channels_last"])
+
+        def evaluate_epoch(epoch):
+            if epoch % train["evaluate_every"] and epoch != train["epochs"]:
+                return {}
+            return {"segmentation": evaluate(model, loaders["test"], device, train["amp"], train["threshold"])}
+
+        history = harness.fit(run, wrapped, optimizer, scheduler, train_epoch, evaluate_epoch, train["epochs"],
+                              scaler, loaders=loaders.values())
+        final = history[-1]["eval"]["segmentation"] if history else None
+        if final:
+            run.log(f"test metrics after epoch {history[-1]['epoch']} (threshold {train['threshold']}):\n"
+                    + lesion_metrics_table(final))
+        return history
+
+
+if __name__ == "__main__":
+    harness.run_main(main, lambda: harness.parse_cli(CONFIG, demo_overrides=DEMO, description=__doc__,
+                                                     validate=validate))
