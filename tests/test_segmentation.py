@@ -18,7 +18,7 @@ from segmentation.engine import TASKS, evaluate, task_outputs
 from segmentation.model import DeepLabV3Plus, load_trained
 
 REPO = Path(__file__).resolve().parents[1]
-EPOCHS = 6
+EPOCHS = 5
 NOTEBOOKS = ("evaluate_segmentation.ipynb", "output_segmentation.ipynb")
 
 
