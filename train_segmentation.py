@@ -33,7 +33,7 @@ CONFIG = {
     "data": {
         "root": "data",
         "image_size": [1424, 2144],        # (height, width) every image is resized to
-        "crop_size": [1024, 1024],         # random (height, width) training crop; None: whole image
+        "crop_size": [1024, 1024],         # random (height, width) training crop; = image_size: whole image
         "cache_dir": None,                 # decoded-image cache; None: <data.root>/.cache
         "num_workers": 4,
         "pin_memory": True,
