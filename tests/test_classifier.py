@@ -1,0 +1,132 @@
+"""The baseline classifier: it learns the synthetic grades, writes its run folder, resumes exactly,
+and its evaluation notebook runs headless on the run."""
+import json
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pytest
+import torch
+from nbclient import NotebookClient
+
+import train_classifier
+from classifier.dataset import build_dataset, class_weights, majority_accuracy
+from classifier.engine import GradingLoss
+from codebase import harness
+from codebase.runs import load_run
+from codebase.synthetic import generate
+
+REPO = Path(__file__).resolve().parents[1]
+# Grading images only (one segmentation image per split, which nothing here reads); (W, H) = 192 x 128.
+LEARNING_TREE = {"seed": 1, "size": (192, 128), "seg_train": 1, "seg_test": 1, "grade_train": 96, "grade_test": 48}
+
+
+def tiny_config(data_root, save_dir, **overrides):
+    """CONFIG with a small, fast setting on CPU; overrides as {"a.b": value}."""
+    settings = {
+        "data.root": str(data_root), "data.image_size": [64, 96], "data.num_workers": 0,
+        "model.backbone": "resnet18", "model.pretrained": "none", "model.head_hidden": 32,
+        "optim.lr": 3e-3, "optim.backbone_lr": 3e-3, "schedule.kind": "cosine",
+        "train.epochs": 8, "train.batch_size": 8, "train.eval_batch_size": 48,
+        "device": "cpu", "run.name": "tiny", "run.save_dir": str(save_dir), "run.plots": True,
+        **overrides,
+    }
+    config = harness.with_defaults(train_classifier.CONFIG)
+    for key, value in settings.items():
+        harness.set_value(config, key, value)
+    train_classifier.validate(config)
+    return config
+
+
+@pytest.fixture(scope="module")
+def learning_root(tmp_path_factory):
+    return generate(tmp_path_factory.mktemp("grading") / "data", **LEARNING_TREE)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(learning_root, tmp_path_factory):
+    """(run folder, history, test majority accuracy) of a short training run on LEARNING_TREE."""
+    save_dir = tmp_path_factory.mktemp("saved")
+    config = tiny_config(learning_root, save_dir)
+    history = train_classifier.main(config)
+    return save_dir / "tiny", history, majority_accuracy(build_dataset(config, "test"))
+
+
+def test_learns_the_synthetic_grades(tiny_run):
+    _, history, majority = tiny_run
+    final = history[-1]["eval"]
+    assert history[-1]["train"]["loss"] < history[0]["train"]["loss"]
+    assert final["rg_accuracy"] > majority["rg"] or final["rg_kappa"] > 0.2, final
+
+
+def test_run_folder_holds_every_output(tiny_run):
+    folder, history, _ = tiny_run
+    assert {p.name for p in folder.iterdir()} >= {"config.json", "checkpoint.pth", "model.pth", "history.json",
+                                                  "train_log.txt", "plots"}
+    assert {"loss.png", "loss_components.png", "classification.png"} <= {p.name for p in (folder / "plots").iterdir()}
+    assert json.loads((folder / "history.json").read_text()) == history
+    assert json.loads((folder / "config.json").read_text())["model"]["backbone"] == "resnet18"
+    assert set(history[0]["train"]) == {"loss", "loss_rg", "loss_mer"}
+    log = (folder / "train_log.txt").read_text()
+    assert "test RG accuracy" in log and "(majority" in log
+    assert load_run(folder).kind == "classifier"
+
+
+def test_resumed_run_equals_uninterrupted(synthetic_root, tmp_path):
+    def run(save_dir, epochs):
+        # A step schedule: stopping by asking for fewer epochs would change a cosine schedule's length.
+        config = tiny_config(synthetic_root, save_dir, **{"train.epochs": epochs, "train.batch_size": 4,
+                                                          "run.plots": False, "schedule.kind": "step"})
+        return train_classifier.main(config)
+
+    uninterrupted = run(tmp_path / "straight", 2)
+    run(tmp_path / "resumed", 1)
+    resumed = run(tmp_path / "resumed", 2)
+    same = lambda history: json.dumps([{**e, "time": 0} for e in history])  # NaN-aware comparison
+    assert same(resumed) == same(uninterrupted)
+    expected = torch.load(tmp_path / "straight" / "tiny" / "model.pth", weights_only=True)
+    actual = torch.load(tmp_path / "resumed" / "tiny" / "model.pth", weights_only=True)
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        assert torch.equal(expected[name], actual[name]), name
+    assert "resumed from" in (tmp_path / "resumed" / "tiny" / "train_log.txt").read_text()
+
+
+def test_class_weights_majority_and_loss():
+    assert class_weights(np.array([0, 0, 0, 1]), 3) == pytest.approx([0.5, 1.5, 0.0])
+    logits = torch.randn(6, 5), torch.randn(6, 3)
+    targets = torch.randint(0, 5, (6,)), torch.randint(0, 3, (6,))
+    tasks = ("classification_rg", "classification_mer")
+    total, parts = GradingLoss("ce", rg_weight=2.0, mer_weight=0.5)(dict(zip(tasks, logits)), dict(zip(tasks, targets)))
+    rg, mer = (torch.nn.functional.cross_entropy(x, y) for x, y in zip(logits, targets))
+    assert torch.allclose(total, 2 * rg + 0.5 * mer) and torch.allclose(parts["loss_rg"], rg)
+
+
+def test_config_is_validated():
+    for key, value in (("model.backbone", "resnet19"), ("train.batch_size", 0), ("loss.kind", "hinge"),
+                       ("data.image_size", [64])):
+        broken = harness.with_defaults(train_classifier.CONFIG)
+        harness.set_value(broken, key, value)
+        with pytest.raises(harness.ConfigError, match=key.replace(".", r"\.")):
+            train_classifier.validate(broken)
+
+
+def test_notebook_is_committed_without_outputs():
+    notebook = nbformat.read(REPO / "evaluate_classifier.ipynb", as_version=4)
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None
+
+
+def test_notebook_executes_on_the_tiny_run(tiny_run, monkeypatch):
+    folder, history, _ = tiny_run
+    monkeypatch.setenv("RUN_DIR", str(folder))
+    notebook = nbformat.read(REPO / "evaluate_classifier.ipynb", as_version=4)
+    NotebookClient(notebook, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}).execute()
+    outputs = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    printed = "".join(o.get("text", "") for o in outputs)
+    assert str(folder.resolve()) in printed and "same as the last epoch's evaluation" in printed
+    assert sum("text/markdown" in o.get("data", {}) for o in outputs) == 1
+    figures = sum("image/png" in o.get("data", {}) for o in outputs)
+    assert figures >= 1 + 3  # confusion matrices, then loss, loss components and classification curves
