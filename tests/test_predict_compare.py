@@ -28,7 +28,7 @@ MULTITASK = ["data.grading_size=64,96", "data.segmentation_size=96,128", "model.
              "model.decoder_channels=16", "model.head_hidden=16", "train.iterations=2", "train.batch_size=2",
              "routing.top_p=0.05"]
 CLASSIFIER = ["data.image_size=64,96", "data.num_workers=0", "model.head_hidden=16", "train.batch_size=5"]
-SEGMENTATION = ["data.image_size=64,96", "model.channels=16", "train.batch_size=2"]
+SEGMENTATION = ["data.image_size=64,96", "data.crop_size=64,96", "model.channels=16", "train.batch_size=2"]
 TRAINERS = {"multitask": (train_mlt_model, MULTITASK), "classifier": (train_classifier, CLASSIFIER),
             "segmentation": (train_segmentation, SEGMENTATION)}
 
