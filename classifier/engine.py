@@ -1,7 +1,6 @@
 """Training and evaluation loops of the baseline grading classifier."""
 from collections import defaultdict
 
-import torch
 from torch import nn
 
 from codebase.dataset import classification_targets

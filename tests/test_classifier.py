@@ -2,6 +2,7 @@
 and its evaluation notebook runs headless on the run."""
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import nbformat
 import numpy as np
@@ -17,24 +18,19 @@ from codebase.runs import load_run
 from codebase.synthetic import generate
 
 REPO = Path(__file__).resolve().parents[1]
-# Grading images only (one segmentation image per split, which nothing here reads); (W, H) = 192 x 128.
-LEARNING_TREE = {"seed": 1, "size": (192, 128), "seg_train": 1, "seg_test": 1, "grade_train": 96, "grade_test": 48}
+# The demo's synthetic set (seed, image counts) at a third of its size, (W, H) = 192 x 128; one
+# segmentation image per split, which nothing here reads.
+LEARNING_TREE = {"seed": 0, "size": (192, 128), "seg_train": 1, "seg_test": 1, "grade_train": 160, "grade_test": 60}
 
 
 def tiny_config(data_root, save_dir, **overrides):
-    """CONFIG with a small, fast setting on CPU; overrides as {"a.b": value}."""
-    settings = {
-        "data.root": str(data_root), "data.image_size": [64, 96], "data.num_workers": 0,
-        "model.backbone": "resnet18", "model.pretrained": "none", "model.head_hidden": 32,
-        "optim.lr": 3e-3, "optim.backbone_lr": 3e-3, "schedule.kind": "cosine",
-        "train.epochs": 8, "train.batch_size": 8, "train.eval_batch_size": 48,
-        "device": "cpu", "run.name": "tiny", "run.save_dir": str(save_dir), "run.plots": True,
-        **overrides,
-    }
+    """The demo's settings at 64 x 96 for 10 epochs on CPU; overrides as {"a.b": value}."""
     config = harness.with_defaults(train_classifier.CONFIG)
+    settings = {**train_classifier.DEMO, "data.root": str(data_root), "data.image_size": [64, 96],
+                "data.num_workers": 0, "train.epochs": 10, "train.eval_batch_size": 60, "device": "cpu",
+                "run.name": "tiny", "run.save_dir": str(save_dir), **overrides}
     for key, value in settings.items():
         harness.set_value(config, key, value)
-    train_classifier.validate(config)
     return config
 
 
@@ -56,7 +52,7 @@ def test_learns_the_synthetic_grades(tiny_run):
     _, history, majority = tiny_run
     final = history[-1]["eval"]
     assert history[-1]["train"]["loss"] < history[0]["train"]["loss"]
-    assert final["rg_accuracy"] > majority["rg"] or final["rg_kappa"] > 0.2, final
+    assert final["rg_accuracy"] > majority["rg"] and final["rg_kappa"] > 0.3, final
 
 
 def test_run_folder_holds_every_output(tiny_run):
@@ -94,6 +90,8 @@ def test_resumed_run_equals_uninterrupted(synthetic_root, tmp_path):
 
 def test_class_weights_majority_and_loss():
     assert class_weights(np.array([0, 0, 0, 1]), 3) == pytest.approx([0.5, 1.5, 0.0])
+    labels = np.array([[0, 0], [2, 1], [2, 2], [2, 2]])  # [N, 2]: (rg, mer)
+    assert majority_accuracy(SimpleNamespace(labels=labels)) == {"rg": 0.75, "mer": 0.5}
     logits = torch.randn(6, 5), torch.randn(6, 3)
     targets = torch.randint(0, 5, (6,)), torch.randint(0, 3, (6,))
     tasks = ("classification_rg", "classification_mer")
