@@ -1,11 +1,9 @@
 """Training and evaluation loops of the baseline grading classifier."""
-from collections import defaultdict
-
 from torch import nn
 
 from codebase.dataset import classification_targets
 from codebase.evaluation import evaluate_grading
-from codebase.harness import autocast, check_finite, progress, should_stop
+from codebase.harness import LossSums, autocast, check_finite, optimizer_step, progress, should_stop
 from codebase.idrid import NUM_MER_CLASSES, NUM_RG_CLASSES
 from codebase.losses import classification_loss
 
@@ -38,7 +36,7 @@ def train_one_epoch(model, criterion, optimizer, loader, epoch, device, amp="off
     Stops early (after a step) when the harness says so; raises NonFiniteLossError on a NaN loss.
     """
     model.train()
-    sums, steps = defaultdict(float), 0
+    sums = LossSums()
     bar = progress(loader, f"epoch {epoch} train", total=len(loader))
     for batch in bar:
         images = batch["image"].to(device, non_blocking=True)  # [B, 3, H, W]
@@ -46,23 +44,12 @@ def train_one_epoch(model, criterion, optimizer, loader, epoch, device, amp="off
                                           batch["mer"].to(device, non_blocking=True))  # {task: [B]}
         with autocast(device, amp):
             total, components = criterion(model(images), targets)
-        check_finite(total, components, step=steps + 1, epoch=epoch)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None and scaler.is_enabled():
-            scaler.scale(total).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            total.backward()
-            optimizer.step()
-        sums["loss"] += float(total.detach())
-        for name, value in components.items():
-            sums[name] += float(value)
-        steps += 1
-        bar.set_postfix(loss=f"{sums['loss'] / steps:.4f}")
+        check_finite(total, components, step=sums.steps + 1, epoch=epoch)
+        optimizer_step(total, optimizer, scaler)
+        bar.set_postfix(loss=f"{sums.add(total, components):.4f}")
         if should_stop():
             break
-    return {name: value / max(steps, 1) for name, value in sums.items()}
+    return sums.means()
 
 
 def evaluate(model, loader, device, amp="off"):

@@ -5,15 +5,13 @@ segmentation batch (through the segmentation side). The loss is a weighted sum o
 losses (fixed weights or learned uncertainty weighting) plus the gate regularisers; every
 component is logged. Evaluation runs each split through the side it has labels for only.
 """
-from collections import defaultdict
-
 import torch
 from torch import nn
 
 from codebase import distributed
 from codebase.dataset import classification_targets, segmentation_targets
 from codebase.evaluation import RoutingMeter, evaluate_grading, evaluate_segmentation
-from codebase.harness import autocast, check_finite, progress, should_stop
+from codebase.harness import LossSums, autocast, check_finite, optimizer_step, progress, should_stop
 from codebase.losses import (SegmentationLoss, UncertaintyWeighting, classification_loss, gate_entropy,
                              gate_load_balance, gate_sparsity)
 
@@ -101,7 +99,7 @@ def train_one_epoch(step, optimizer, streams, epoch, iterations, device, amp="of
     step.train()
     grading_batches, segmentation_batches = streams["grading"].epoch(epoch), streams["segmentation"].epoch(epoch)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    sums, routing, steps = defaultdict(float), RoutingMeter(), 0
+    sums, routing = LossSums(), RoutingMeter()
     bar = progress(range(iterations), f"epoch {epoch} train", total=iterations)
     for index in bar:
         graded, segmented = next(grading_batches), next(segmentation_batches)
@@ -113,23 +111,12 @@ def train_one_epoch(step, optimizer, streams, epoch, iterations, device, amp="of
         with autocast(device, amp):
             total, components, routings = step(grading_images, grading_targets, segmentation_images, masks, dense)
         check_finite(total, components, step=index + 1, epoch=epoch)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None and scaler.is_enabled():
-            scaler.scale(total).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            total.backward()
-            optimizer.step()
-        sums["loss"] += float(total.detach())
-        for name, value in components.items():
-            sums[name] += float(value)
+        optimizer_step(total, optimizer, scaler)
+        bar.set_postfix(loss=f"{sums.add(total, components):.4f}")
         routing.update(routings)
-        steps += 1
-        bar.set_postfix(loss=f"{sums['loss'] / steps:.4f}")
         if should_stop():
             break
-    means = {name: value / max(steps, 1) for name, value in sums.items()}
+    means = sums.means()
     return {"loss": means.pop("loss"), "components": means, "routing": routing.compute(), "dense_routing": float(dense)}
 
 

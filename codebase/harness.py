@@ -551,6 +551,36 @@ def should_stop() -> bool:
     return distributed.any_rank(_stop_signal is not None)
 
 
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
+                   scaler: torch.amp.GradScaler | None = None) -> None:
+    """Zero the gradients, backpropagate `loss` and step, through `scaler` when it is enabled (fp16)."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None and scaler.is_enabled():
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+
+
+class LossSums:
+    """Per-step loss and components summed over an epoch; `means()` gives the epoch's averages."""
+
+    def __init__(self):
+        self.sums, self.steps = {}, 0
+
+    def add(self, loss: torch.Tensor, components: dict) -> float:
+        """Add one step; return the running mean loss (for the progress bar)."""
+        for name, value in {"loss": loss.detach(), **components}.items():
+            self.sums[name] = self.sums.get(name, 0.0) + float(value)
+        self.steps += 1
+        return self.sums["loss"] / self.steps
+
+    def means(self) -> dict:
+        return {name: value / max(self.steps, 1) for name, value in self.sums.items()}
+
+
 def check_finite(loss: torch.Tensor, components: dict | None = None, step: int | None = None,
                  epoch: int | None = None) -> None:
     """Raise NonFiniteLossError naming the step and the non-finite components of the loss.

@@ -4,13 +4,11 @@ The model's five output channels are the five lesion tasks of the multi-task mod
 (``segmentation_ma`` ... ``segmentation_od``, LESIONS order), so evaluation runs through the same
 routine (codebase.evaluation) and reports the same numbers under the same names.
 """
-from collections import defaultdict
-
 import torch
 
 from codebase import distributed
 from codebase.evaluation import evaluate_segmentation
-from codebase.harness import autocast, check_finite, progress, should_stop
+from codebase.harness import LossSums, autocast, check_finite, optimizer_step, progress, should_stop
 from codebase.idrid import LESIONS
 
 TASKS = tuple(f"segmentation_{lesion.lower()}" for lesion in LESIONS)
@@ -31,26 +29,19 @@ def train_one_epoch(model, criterion, optimizer, loader, epoch, device, scaler, 
     """
     model.train()
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    sums, steps = defaultdict(float), 0
+    sums = LossSums()
     bar = progress(loader, f"epoch {epoch} train", total=len(loader))
     for batch in bar:
         images = batch["image"].to(device, non_blocking=True, memory_format=memory_format)  # [B, 3, h, w]
         masks = batch["masks"].to(device, non_blocking=True)  # uint8 [B, 5, h, w]
         with autocast(device, amp):
             total, parts = criterion(model(images), masks)
-        check_finite(total, parts, step=steps + 1, epoch=epoch)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(total).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        sums["loss"] += float(total.detach())
-        for name, value in parts.items():
-            sums[name] += float(value)
-        steps += 1
-        bar.set_postfix(loss=f"{sums['loss'] / steps:.4f}")
+        check_finite(total, parts, step=sums.steps + 1, epoch=epoch)
+        optimizer_step(total, optimizer, scaler)
+        bar.set_postfix(loss=f"{sums.add(total, parts):.4f}")
         if should_stop():
             break
-    means = {name: value / max(steps, 1) for name, value in sums.items()}
+    means = sums.means()
     return {"loss": means["loss"], "loss_focal": means["focal"], "loss_dice": means["dice"],
             "lesions": {k: {"loss_focal": means[f"focal_{k}"], "loss_dice": means[f"dice_{k}"]} for k in LESIONS}}
 

@@ -492,3 +492,16 @@ def test_single_process_distributed_helpers_are_no_ops():
     sampler = distributed.train_sampler(list(range(5)), seed=0)
     sampler.set_epoch(1)
     assert sorted(sampler) == [0, 1, 2, 3, 4]
+
+
+def test_optimizer_step_and_loss_sums():
+    layer = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)
+    before = layer.weight.detach().clone()
+    sums = harness.LossSums()
+    for target in (1.0, 3.0):
+        loss = (layer(torch.ones(1, 2)) - target).pow(2).mean()
+        harness.optimizer_step(loss, optimizer, harness.make_grad_scaler(torch.device("cpu"), "off"))
+        running = sums.add(loss, {"part": torch.tensor(target)})
+    assert not torch.equal(before, layer.weight)
+    assert running == pytest.approx(sums.means()["loss"]) and sums.means()["part"] == pytest.approx(2.0)
