@@ -4,11 +4,10 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
-import nbformat
+import notebooks
 import numpy as np
 import pytest
 import torch
-from nbclient import NotebookClient
 
 import train_classifier
 from classifier.dataset import build_dataset, class_weights, majority_accuracy
@@ -110,21 +109,13 @@ def test_config_is_validated():
 
 
 def test_notebook_is_committed_without_outputs():
-    notebook = nbformat.read(REPO / "evaluate_classifier.ipynb", as_version=4)
-    for cell in notebook.cells:
-        if cell.cell_type == "code":
-            assert cell.outputs == [] and cell.execution_count is None
+    notebooks.assert_committed_without_outputs("evaluate_classifier.ipynb")
 
 
 def test_notebook_executes_on_the_tiny_run(tiny_run, monkeypatch):
     folder, history, _ = tiny_run
     monkeypatch.setenv("RUN_DIR", str(folder))
-    notebook = nbformat.read(REPO / "evaluate_classifier.ipynb", as_version=4)
-    NotebookClient(notebook, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}).execute()
-    outputs = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs]
-    assert not [o for o in outputs if o.output_type == "error"]
-    printed = "".join(o.get("text", "") for o in outputs)
+    printed, figures, outputs = notebooks.execute("evaluate_classifier.ipynb")
     assert str(folder.resolve()) in printed and "same as the last epoch's evaluation" in printed
     assert sum("text/markdown" in o.get("data", {}) for o in outputs) == 1
-    figures = sum("image/png" in o.get("data", {}) for o in outputs)
     assert figures >= 1 + 3  # confusion matrices, then loss, loss components and classification curves

@@ -5,10 +5,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import nbformat
+import notebooks
 import pytest
 import torch
-from nbclient import NotebookClient
 
 import train_mlt_model
 from codebase import harness
@@ -128,9 +127,7 @@ def test_two_processes_write_once_match_single_process_evaluation_and_resume_in_
 
 def test_notebooks_are_committed_without_outputs():
     for name in NOTEBOOKS:
-        for cell in nbformat.read(REPO / name, as_version=4).cells:
-            if cell.cell_type == "code":
-                assert cell.outputs == [] and cell.execution_count is None, name
+        notebooks.assert_committed_without_outputs(name)
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
@@ -139,17 +136,13 @@ def test_notebook_executes_on_the_run(tiny_run, tmp_path, monkeypatch, name):
     monkeypatch.setenv("RUN_DIR", str(folder))
     monkeypatch.setenv("CLASSIFIER_RUN", str(tmp_path / "absent"))
     monkeypatch.setenv("SEGMENTATION_RUN", str(tmp_path / "absent"))
-    notebook = nbformat.read(REPO / name, as_version=4)
-    NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}).execute()
-    outputs = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs]
-    assert not [o for o in outputs if o.output_type == "error"]
-    printed = "".join(o.get("text", "") for o in outputs)
+    printed, figures, _ = notebooks.execute(name)
     assert str(folder.resolve()) in printed
     if name == "evaluate_mlt.ipynb":
         assert "rg_accuracy" in printed and "OD Optic Disc" in printed
     else:
         assert "lesion masks missing (grading image)" in printed and "true missing" in printed
-    assert [o for o in outputs if "image/png" in o.get("data", {})]
+    assert figures
 
 
 def test_the_demo_recipe_learns_every_side_at_a_reduced_size(tmp_path_factory):

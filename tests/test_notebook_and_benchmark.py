@@ -2,29 +2,20 @@
 import importlib.util
 from pathlib import Path
 
-import nbformat
-from nbclient import NotebookClient
+import notebooks
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_visualize_notebook_is_committed_without_outputs():
-    notebook = nbformat.read(REPO / "visualize_segmentation_dataset.ipynb", as_version=4)
-    for cell in notebook.cells:
-        if cell.cell_type == "code":
-            assert cell.outputs == [] and cell.execution_count is None
+    notebooks.assert_committed_without_outputs("visualize_segmentation_dataset.ipynb")
 
 
 def test_visualize_notebook_executes(synthetic_root, monkeypatch):
     monkeypatch.setenv("IDRID_ROOT", str(synthetic_root))
-    notebook = nbformat.read(REPO / "visualize_segmentation_dataset.ipynb", as_version=4)
-    NotebookClient(notebook, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}).execute()
-    printed = "".join(o.get("text", "") for c in notebook.cells if c.cell_type == "code" for o in c.outputs)
+    printed, figures, _ = notebooks.execute("visualize_segmentation_dataset.ipynb")
     assert str(synthetic_root.resolve()) in printed
-    errors = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
-    assert not errors
-    figures = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
-    assert len(figures) == 3
+    assert figures == 3
 
 
 def test_data_benchmark_smoke_run(capsys):

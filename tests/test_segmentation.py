@@ -4,10 +4,9 @@ import importlib.util
 import json
 from pathlib import Path
 
-import nbformat
+import notebooks
 import pytest
 import torch
-from nbclient import NotebookClient
 
 import train_segmentation
 from codebase import harness
@@ -110,24 +109,18 @@ def test_run_writes_its_files_and_the_final_table(tiny_run):
 
 def test_notebooks_are_committed_without_outputs():
     for name in NOTEBOOKS:
-        for cell in nbformat.read(REPO / name, as_version=4).cells:
-            if cell.cell_type == "code":
-                assert cell.outputs == [] and cell.execution_count is None, name
+        notebooks.assert_committed_without_outputs(name)
 
 
 @pytest.mark.parametrize("name, figures", [("evaluate_segmentation.ipynb", 5), ("output_segmentation.ipynb", 2)])
 def test_notebook_executes_on_the_run(tiny_run, monkeypatch, name, figures):
     folder, _, _ = tiny_run
     monkeypatch.setenv("RUN_DIR", str(folder))
-    notebook = nbformat.read(REPO / name, as_version=4)
-    NotebookClient(notebook, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}).execute()
-    outputs = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs]
-    assert not [o for o in outputs if o.output_type == "error"]
-    printed = "".join(o.get("text", "") for o in outputs)
+    printed, shown, _ = notebooks.execute(name)
     assert str(folder.resolve()) in printed
     if name.startswith("evaluate"):
         assert "OD Optic Disc" in printed and "aupr" in printed
-    assert len([o for o in outputs if "image/png" in o.get("data", {})]) == figures
+    assert shown == figures
 
 
 def test_cost_benchmark_smoke_run(capsys):
