@@ -1,13 +1,8 @@
 """Baseline DeepLabV3+: ResNet backbone (output stride 8 or 16), ASPP, decoder, one output per lesion."""
-import json
-from pathlib import Path
-
-import torch
 import torch.nn.functional as F
 from torch import nn
 
 from codebase.backbone import ResNetBackbone
-from codebase.harness import CONFIG_FILE, MODEL_FILE
 from codebase.layers import ASPP, DeepLabDecoder
 
 
@@ -33,18 +28,3 @@ class DeepLabV3Plus(nn.Module):
         logits = self.decoder(self.aspp(high_level), low_level)  # [B, classes, H/4, W/4]
         return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
 
-
-def load_trained(run_dir, device="cpu"):
-    """(model in eval mode with the run's final weights, the run's config) from saved/<run>/.
-
-    The backbone is built with pretrained="none": the trained weights replace it anyway.
-    """
-    run_dir = Path(run_dir)
-    weights = run_dir / MODEL_FILE
-    if not weights.is_file():
-        raise FileNotFoundError(f"{weights}: no final weights; train with train_segmentation.py (an unfinished "
-                                f"run completes with --run-name {run_dir.name} --resume)")
-    config = json.loads((run_dir / CONFIG_FILE).read_text())
-    model = DeepLabV3Plus(**{**config["model"], "pretrained": "none"})
-    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    return model.to(device).eval(), config

@@ -11,10 +11,11 @@ import torch
 import train_segmentation
 from codebase import harness
 from codebase.idrid import LESIONS
+from codebase.runs import load_run
 from codebase.synthetic import generate
 from segmentation.dataset import build_loaders
 from segmentation.engine import TASKS, evaluate, task_outputs
-from segmentation.model import DeepLabV3Plus, load_trained
+from segmentation.model import DeepLabV3Plus
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCHS = 5
@@ -103,7 +104,8 @@ def test_run_writes_its_files_and_the_final_table(tiny_run):
     assert set(train["lesions"]) == set(LESIONS) and set(train["lesions"]["MA"]) == {"loss_focal", "loss_dice"}
     log = (folder / "train_log.txt").read_text()
     assert f"test metrics after epoch {EPOCHS}" in log and "OD Optic Disc" in log
-    model, config = load_trained(folder)
+    run = load_run(folder)
+    model, config = run.model, run.config
     assert config["model"]["channels"] == 32 and not model.training
 
 
