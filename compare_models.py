@@ -9,8 +9,9 @@ codebase.evaluation: RG and MER accuracy, quadratic weighted kappa, joint accura
 Dice (threshold 0.5) and AUPR. The multi-task model routes top-p, as it is used.
 
 Cost per image, batch 1, on --device, over the first --cost-images test segmentation images
-resized to the run's size: parameters, forward FLOPs (torch.utils.flop_counter; a multiply-add is
-2 FLOPs; mean over the images), latency (median of --repeats runs after warm-up) and peak memory
+resized to the run's size (or, with --cost-size H,W, every run at that one size, so that models
+trained at different resolutions are compared on equal work): parameters, forward FLOPs
+(torch.utils.flop_counter; a multiply-add is 2 FLOPs; mean over the images), latency (median of --repeats runs after warm-up) and peak memory
 (codebase.cost.peak_memory_bytes). A multi-task run whose grading and segmentation sizes differ
 costs two forwards per image, one per side, as predict.py runs it. The multi-task model is
 measured with top-p and with dense routing, with its mean experts per image per task on the test
@@ -74,9 +75,12 @@ def evaluate_run(run, root, device):
     return results
 
 
-def measure_cost(run, paths, device, repeats, dense=None):
-    """{"flops", "latency_s", "peak_memory_bytes"} per image (batch 1) over the images at paths."""
-    passes = forward_passes(run)
+def measure_cost(run, paths, device, repeats, dense=None, size=None):
+    """{"flops", "latency_s", "peak_memory_bytes"} per image (batch 1) over the images at paths.
+
+    The images are resized to the run's trained sizes, or to size (height, width) when given.
+    """
+    passes = forward_passes(run, size)
     inputs = [{side: load_input(path, size).to(device) for side, size in passes.items()} for path in paths]
     amp = run.config["train"]["amp"]
 
@@ -91,15 +95,16 @@ def measure_cost(run, paths, device, repeats, dense=None):
             "peak_memory_bytes": peak_memory_bytes(lambda: run_one(inputs[0]), device)}
 
 
-def describe_run(name, run, root, device, paths, repeats):
+def describe_run(name, run, root, device, paths, repeats, cost_size=None):
     """Everything comparison.json holds about one run."""
     entry = {"name": name, "folder": str(run.folder), "kind": run.kind,
+             "backbone": run.config["model"]["backbone"],
              "input_sizes": {side: list(size) for side, size in input_sizes(run).items()},
              **evaluate_run(run, root, device), "parameters": count_parameters(run.model),
-             "cost": measure_cost(run, paths, device, repeats)}
+             "cost": measure_cost(run, paths, device, repeats, size=cost_size)}
     if run.kind == "multitask":
         entry["top_p"] = run.model.top_p
-        entry["dense_cost"] = measure_cost(run, paths, device, repeats, dense=True)
+        entry["dense_cost"] = measure_cost(run, paths, device, repeats, dense=True, size=cost_size)
         routing = {**entry.get("grading", {}).pop("routing", {}), **entry.get("segmentation", {}).pop("routing", {})}
         entry["experts_per_image"] = {task: routing[task]["experts_per_image"] for task in run.task_specs}
     return entry
@@ -136,6 +141,19 @@ def _cell(value, scale=1.0, digits=3):
     return f"{value * scale:.{digits}f}"
 
 
+def _cost_size_text(size):
+    return "at each model's trained size" if size is None else f"with every model at {size[0]}x{size[1]}"
+
+
+def _sizes_cell(sizes):
+    """"96x144" for one size; "grading 96x144, segmentation 128x192" when the sides differ."""
+    text = {side: f"{h}x{w}" for side, (h, w) in sizes.items()}
+    if len(set(text.values())) == 1:
+        return next(iter(text.values()))
+    names = {"classification": "grading", "segmentation": "segmentation"}
+    return ", ".join(f"{names[side]} {value}" for side, value in text.items())
+
+
 def _table(header, rows):
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
@@ -146,14 +164,17 @@ def markdown(report):
     entries = report["runs"]
     header = [""] + [f"{e['name']} ({KIND_NAMES[e['kind']]})" for e in entries]
     lines = ["# Model comparison", "",
-             f"Test split of `{report['data_root']}`; cost per image at batch 1 on {report['device']} "
+             f"Test split of `{report['data_root']}`, each model at its trained size; cost per image at batch 1 "
+             f"{_cost_size_text(report['cost_size'])} on {report['device']} "
              f"({report['machine']}), mean FLOPs and median latency over {report['cost_images']} test image(s), "
              f"{report['repeats']} timed runs after warm-up. A multiply-add counts as 2 FLOPs; "
              "the multi-task model routes top-p unless a row says dense.", "", "## Accuracy", ""]
     lines += _table(header, [[label] + [_cell(_accuracy_value(e, section, key)) for e in entries]
                              for label, section, key in ACCURACY_ROWS])
     lines += ["", "## Cost", ""]
-    rows = [[label] + [_cell(_cost_value(e, section, field), scale, 2) for e in entries]
+    rows = [["backbone"] + [e["backbone"] for e in entries],
+            ["trained input size (HxW)"] + [_sizes_cell(e["input_sizes"]) for e in entries]]
+    rows += [[label] + [_cell(_cost_value(e, section, field), scale, 2) for e in entries]
             for label, section, field, scale in COST_ROWS]
     tasks = dict.fromkeys(t for e in entries for t in e.get("experts_per_image", {}))
     rows += [[f"experts per image: {task_key(task).upper()}"] + [_cell(e.get("experts_per_image", {}).get(task), 1, 2)
@@ -181,6 +202,17 @@ def _without_nan(value):
     return None if isinstance(value, float) and math.isnan(value) else value
 
 
+def image_size_arg(text):
+    """"712,1072" or "712x1072" -> (712, 1072)."""
+    try:
+        height, width = (int(part) for part in text.replace("x", ",").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected HEIGHT,WIDTH in pixels, e.g. 712,1072") from None
+    if height < 32 or width < 32:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected at least 32x32 pixels")
+    return height, width
+
+
 def run_names(folders):
     """Column names: folder names, or the paths as given where two folders share a name."""
     names = [Path(f).name for f in folders]
@@ -196,6 +228,9 @@ def main(argv=None):
                                             "(default: the first run's data.root)")
     parser.add_argument("--cost-images", type=int, default=4, help="test images the cost is measured on (default 4)")
     parser.add_argument("--repeats", type=int, default=10, help="timed runs per latency (default 10)")
+    parser.add_argument("--cost-size", type=image_size_arg, metavar="H,W",
+                        help="measure every model's cost at this one image size (default: each at its trained "
+                             "size; accuracy is always measured at the trained size)")
     args = parser.parse_args(argv)
     try:
         device = resolve_device(args.device)
@@ -210,9 +245,9 @@ def main(argv=None):
     entries = []
     for name, run in zip(run_names(args.runs), runs):
         print(f"{name}: {KIND_NAMES[run.kind]}, evaluating on {root} and measuring its cost on {device}", flush=True)
-        entries.append(describe_run(name, run, root, device, paths, args.repeats))
+        entries.append(describe_run(name, run, root, device, paths, args.repeats, args.cost_size))
     report = {"data_root": str(root), "device": str(device), "machine": machine(device), "cost_images": len(paths),
-              "repeats": args.repeats, "runs": entries, "multitask_vs_baselines": versus_baselines(entries)}
+              "cost_size": list(args.cost_size) if args.cost_size else None, "repeats": args.repeats, "runs": entries, "multitask_vs_baselines": versus_baselines(entries)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     text = markdown(report)

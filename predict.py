@@ -71,9 +71,12 @@ def input_sizes(run):
     return {"classification": tuple(data["grading_size"]), "segmentation": tuple(data["segmentation_size"])}
 
 
-def forward_passes(run):
-    """{side: (height, width)}: the forwards one image needs; one "all" pass when both sides share a size."""
-    sizes = input_sizes(run)
+def forward_passes(run, size=None):
+    """{side: (height, width)}: the forwards one image needs; one "all" pass when both sides share a size.
+
+    size (height, width) replaces the trained sizes, e.g. to compare the cost of models at one resolution.
+    """
+    sizes = input_sizes(run) if size is None else dict.fromkeys(input_sizes(run), tuple(size))
     if len(sizes) == 2 and len(set(sizes.values())) == 1:
         return {"all": sizes["classification"]}
     return sizes

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import compare_models
@@ -16,7 +17,7 @@ import train_classifier
 import train_mlt_model
 import train_segmentation
 from codebase import harness
-from codebase.idrid import LESIONS, grading_records
+from codebase.idrid import LESIONS, grading_records, segmentation_records
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "PYTHONPATH": str(REPO)}
@@ -117,6 +118,9 @@ def test_compare_models_reports_every_row_and_top_p_costs_less_than_dense(tiny_r
     rows += [label for label, *_ in compare_models.VERSUS_ROWS]
     for label in rows:
         assert f"| {label} |" in text, label
+    assert "| backbone | resnet18 | resnet18 | resnet18 |" in text
+    assert "| trained input size (HxW) | 64x96 | 64x96 | grading 64x96, segmentation 96x128 |" in text
+
 
     report = json.loads((tmp_path / "comparison.json").read_text())
     runs = {entry["kind"]: entry for entry in report["runs"]}
@@ -132,3 +136,27 @@ def test_compare_models_reports_every_row_and_top_p_costs_less_than_dense(tiny_r
     versus = report["multitask_vs_baselines"][multitask["name"]]
     expected = multitask["parameters"] / (runs["classifier"]["parameters"] + runs["segmentation"]["parameters"])
     assert versus["parameters"]["ratio"] == pytest.approx(expected)
+
+
+def test_cost_size_measures_every_model_at_one_resolution(tiny_runs, synthetic_root):
+    """--cost-size puts all models on equal work: the multi-task model then takes one forward for both sides,
+    and convolution FLOPs grow with the pixel count (x4 from 64x96 to 128x192, up to the size-free heads)."""
+    paths = [record.image_path for record in segmentation_records(synthetic_root, "test")[:1]]
+    cpu = torch.device("cpu")
+    for kind, folder in tiny_runs.items():
+        run = predict.open_run(folder, cpu)
+        assert set(predict.forward_passes(run, (64, 96)).values()) == {(64, 96)}
+        small = compare_models.measure_cost(run, paths, cpu, repeats=1, size=(64, 96))["flops"]
+        large = compare_models.measure_cost(run, paths, cpu, repeats=1, size=(128, 192))["flops"]
+        assert 3.5 < large / small <= 4.0, (kind, large / small)
+    run = predict.open_run(tiny_runs["multitask"], cpu)
+    assert predict.forward_passes(run, (64, 96)) == {"all": (64, 96)}
+    assert set(predict.forward_passes(run)) == {"classification", "segmentation"}
+
+
+def test_cost_size_argument_is_checked():
+    assert compare_models.image_size_arg("712x1072") == (712, 1072)
+    assert compare_models.image_size_arg("64,96") == (64, 96)
+    for bad in ("712", "a,b", "8,8"):
+        with pytest.raises(Exception, match="expected"):
+            compare_models.image_size_arg(bad)
