@@ -5,11 +5,13 @@
 - Some expert skipped or run on a subset of images (top-p): each expert that any image selected
   runs once on exactly those images, and its weighted output is added into their rows. An expert
   no image selected is not called at all.
-- Every expert on every image (warm-up, or p = 1): the experts run as one computation. Their
-  weights are concatenated on the fly (parameters stay per expert, gradients flow through the
+- Every expert on every image (warm-up, or p = 1): on CUDA the experts run as one computation.
+  Their weights are concatenated on the fly (parameters stay per expert, gradients flow through the
   concatenation) and applied with grouped convolutions and batched matrix products, so E experts
   cost a few large kernels instead of E chains of small ones. BatchNorm statistics are computed
-  per expert exactly as in the sequential form and written back to each expert's buffers.
+  per expert exactly as in the sequential form and written back to each expert's buffers. On the
+  CPU, where oneDNN's grouped kernels are slower than separate calls, the experts run one after
+  another on the whole batch (``ExpertBank.grouped`` forces either form).
 """
 import torch
 import torch.nn.functional as F
@@ -69,9 +71,9 @@ def grouped_decoders(decoders, context, low_level):
     """
     count, batch, height, width = len(decoders), context.shape[0], *low_level.shape[-2:]
     low = _grouped_conv_bn_relu_1x1(low_level, [d.project_low for d in decoders])  # [B, E*48, h, w]
-    per_expert = torch.cat([context.unsqueeze(1).expand(-1, count, -1, -1, -1),
-                            low.view(batch, count, -1, height, width)], dim=2)  # [B, E, Cc+48, h, w]
-    x = per_expert.view(batch, -1, height, width)
+    # [context, low_0, context, low_1, ...]: each expert's input as one channel block. One 4-D cat keeps the
+    # inputs' memory format (a channels_last model stays channels_last, no layout copies).
+    x = torch.cat([part for low_e in low.chunk(count, dim=1) for part in (context, low_e)], dim=1)
     for stage in range(len(decoders[0].refine)):
         x = _grouped_separable_block(x, [d.refine[stage] for d in decoders])  # [B, E*256, h, w]
     classifiers = [d.classifier for d in decoders]
@@ -109,12 +111,21 @@ def _groupable(experts):
 
 
 class ExpertBank(nn.Module):
-    """The E experts of one task. ``grouped=False`` forces the sequential dense form (for tests)."""
+    """The E experts of one task.
 
-    def __init__(self, experts, grouped=True):
+    ``grouped`` picks the dense form: True, the grouped computation; False, one expert after another;
+    "auto" (default), grouped on CUDA and sequential elsewhere. On the CPU oneDNN's grouped kernels (the
+    depthwise backward over E times the channels above all) are slower than E separate calls: a dense
+    training step takes about 1.5x as long grouped (benchmarks/bench_routing.py prints both forms).
+    """
+
+    def __init__(self, experts, grouped="auto"):
         super().__init__()
+        if grouped not in (True, False, "auto"):
+            raise ValueError(f"grouped={grouped!r}: expected True, False or 'auto'")
         self.experts = nn.ModuleList(experts)
-        self.grouped = grouped and _groupable(self.experts)
+        self.grouped = grouped
+        self.groupable = _groupable(self.experts)
         self.keep_skipped_in_graph = False
 
     def __len__(self):
@@ -123,11 +134,16 @@ class ExpertBank(nn.Module):
     def __getitem__(self, index):
         return self.experts[index]
 
+    def runs_grouped(self, device):
+        """Whether the dense form on `device` is the grouped computation."""
+        wanted = device.type == "cuda" if self.grouped == "auto" else self.grouped
+        return wanted and self.groupable
+
     def run_all(self, inputs):
         """Every expert on every image: -> [B, E, ...]."""
-        if self.grouped and isinstance(self.experts[0], DeepLabDecoder):
-            return grouped_decoders(list(self.experts), *inputs)
-        if self.grouped:
+        if self.runs_grouped(inputs[0].device):
+            if isinstance(self.experts[0], DeepLabDecoder):
+                return grouped_decoders(list(self.experts), *inputs)
             return grouped_classification_heads(list(self.experts), *inputs)
         return torch.stack([expert(*inputs) for expert in self.experts], dim=1)
 

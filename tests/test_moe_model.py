@@ -4,6 +4,7 @@ import copy
 import pytest
 import torch
 
+from codebase.experts import ExpertBank
 from codebase.model import MultiTaskModel, task_kind
 from codebase.routing import dispatch_plan, renormalise, route, top_p_mask
 
@@ -23,6 +24,19 @@ def fix_gate(model, task, logits):
 def count_calls(module):
     calls = []
     module.register_forward_hook(lambda mod, args, out: calls.append(args[0].shape[0]))
+    return calls
+
+
+def count_expert_calls(model):
+    """{(task, expert index): forward calls so far} for every expert module of the model."""
+    calls = {}
+    for task, bank in model.experts.items():
+        for index, expert in enumerate(bank.experts):
+            calls[task, index] = 0
+
+            def hook(mod, args, out, key=(task, index)):
+                calls[key] += 1
+            expert.register_forward_hook(hook)
     return calls
 
 
@@ -121,18 +135,21 @@ def test_each_image_gets_exactly_its_own_mixture():
     assert torch.allclose(out, expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
 @pytest.mark.parametrize("training", [False, True])
-def test_grouped_dense_experts_equal_the_sequential_form(training):
-    model = small_model().train(training)
+def test_grouped_dense_experts_equal_the_sequential_form(training, memory_format):
+    model = small_model().train(training).to(memory_format=memory_format)
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
     sequential_model = copy.deepcopy(model)
-    for bank in sequential_model.experts.values():
-        assert bank.grouped
-        bank.grouped = False
-    images = torch.randn(2, 3, 64, 96)
+    for bank, other in zip(model.experts.values(), sequential_model.experts.values()):
+        assert bank.groupable
+        bank.grouped, other.grouped = True, False
+    calls = count_expert_calls(model)
+    images = torch.randn(2, 3, 64, 96).contiguous(memory_format=memory_format)
     grouped = model(images, dense=True)["logits"]
+    assert sum(calls.values()) == 0  # the grouped form never calls an expert module
     sequential = sequential_model(images, dense=True)["logits"]
     for task in SPECS:
         assert torch.allclose(grouped[task], sequential[task], atol=1e-5), task
@@ -161,3 +178,20 @@ def test_a_new_task_is_one_entry_in_task_specs():
     assert set(out["routing"]) == set(specs)
     only_grading = model.forward_classification(torch.randn(2, 3, 64, 96))
     assert set(only_grading["logits"]) == {"classification_rg", "classification_mer", "classification_referable"}
+
+
+def test_dense_form_is_grouped_on_cuda_and_sequential_on_cpu_by_default():
+    """"auto" runs the grouped computation where it is the fast form (CUDA) and expert after expert on the CPU,
+    where oneDNN's grouped kernels are slower (benchmarks/bench_routing.py)."""
+    model = small_model()
+    for bank in model.experts.values():
+        assert bank.grouped == "auto"
+        assert bank.runs_grouped(torch.device("cuda")) and not bank.runs_grouped(torch.device("cpu"))
+        bank.grouped = True
+        assert bank.runs_grouped(torch.device("cpu"))
+    model = small_model()
+    calls = count_expert_calls(model)
+    model(torch.randn(2, 3, 64, 96), dense=True)
+    assert set(calls.values()) == {1}  # on the CPU every expert module runs once, on the whole batch
+    with pytest.raises(ValueError, match="grouped"):
+        ExpertBank([], grouped="yes")
