@@ -164,8 +164,8 @@ def markdown(report):
     entries = report["runs"]
     header = [""] + [f"{e['name']} ({KIND_NAMES[e['kind']]})" for e in entries]
     lines = ["# Model comparison", "",
-             f"Test split of `{report['data_root']}`, each model at its trained size; cost per image at batch 1 "
-             f"{_cost_size_text(report['cost_size'])} on {report['device']} "
+             f"Accuracy on the test split of `{report['data_root']}`, each model at its trained size. Cost per "
+             f"image at batch 1 {_cost_size_text(report['cost_size'])} on {report['device']} "
              f"({report['machine']}), mean FLOPs and median latency over {report['cost_images']} test image(s), "
              f"{report['repeats']} timed runs after warm-up. A multiply-add counts as 2 FLOPs; "
              "the multi-task model routes top-p unless a row says dense.", "", "## Accuracy", ""]
