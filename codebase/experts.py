@@ -164,6 +164,11 @@ class ExpertBank(nn.Module):
                 if self.keep_skipped_in_graph and self.training:
                     untouched += [p.sum() for p in self.experts[expert_index].parameters()]
                 continue
+            if indices.numel() == batch:  # every image (the plan lists them in batch order): no gather, no scatter
+                out = self.experts[expert_index](*inputs)
+                part = out * mixture[:, expert_index].to(out.dtype).view(-1, *[1] * (out.dim() - 1))
+                mixed = part if mixed is None else mixed + part
+                continue
             out = self.experts[expert_index](*(x.index_select(0, indices) for x in inputs))
             weight = mixture[indices, expert_index].to(out.dtype).view(-1, *[1] * (out.dim() - 1))
             if mixed is None:

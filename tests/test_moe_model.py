@@ -195,3 +195,20 @@ def test_dense_form_is_grouped_on_cuda_and_sequential_on_cpu_by_default():
     assert set(calls.values()) == {1}  # on the CPU every expert module runs once, on the whole batch
     with pytest.raises(ValueError, match="grouped"):
         ExpertBank([], grouped="yes")
+
+
+def test_mix_with_an_expert_on_the_whole_batch_and_one_on_a_subset():
+    """An expert every image selected runs on the batch as it is; one selected by some images runs on exactly
+    those; one selected by none never runs. The sum is each image's own weighted mixture."""
+    torch.manual_seed(0)
+    experts = [torch.nn.Conv2d(4, 2, 1) for _ in range(3)]
+    bank = ExpertBank(experts)
+    calls = [count_calls(expert) for expert in experts]
+    x = torch.randn(3, 4, 5, 6)
+    mixture = torch.tensor([[1.0, 0.0, 0.0], [0.6, 0.4, 0.0], [1.0, 0.0, 0.0]])
+    plan = [torch.arange(3), torch.tensor([1]), None]
+    out = bank.mix((x,), mixture, plan)
+    assert calls == [[3], [1], []]
+    expected = torch.stack([experts[0](x[i:i + 1])[0] * mixture[i, 0] + experts[1](x[i:i + 1])[0] * mixture[i, 1]
+                            for i in range(3)])
+    assert torch.allclose(out, expected, atol=1e-6)
