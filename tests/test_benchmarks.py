@@ -1,5 +1,18 @@
-"""The routing and GPU benchmark scripts keep working (tiny sizes; timings are not asserted)."""
-from benchmarks import bench_gpu, bench_routing
+"""The benchmark scripts keep working (tiny sizes; timings are not asserted)."""
+from benchmarks import bench_data, bench_gpu, bench_routing, bench_segmentation_cost
+
+
+def test_data_benchmark_smoke_run(capsys):
+    assert bench_data.main(["--smoke"]) == 0
+    printed = capsys.readouterr().out
+    for row in ("reference: full-size decode", "cold cache", "warm cache: load + train preset", "ratio", "samples/s"):
+        assert row in printed
+
+
+def test_segmentation_cost_benchmark_smoke_run(capsys):
+    assert bench_segmentation_cost.main(["--smoke"]) == 0
+    printed = capsys.readouterr().out
+    assert "params (M)" in printed and "OS 8" in printed and "OS 16" in printed
 
 
 def test_routing_benchmark_smoke_run(capsys):

@@ -1,6 +1,5 @@
 """DeepLabV3+ baseline: config checks, the engine's task outputs, learning on synthetic data (one tiny
-run shared by the tests below), the run's files, the two notebooks, and the cost benchmark."""
-import importlib.util
+run shared by the tests below), the run's files and the two notebooks."""
 import json
 from pathlib import Path
 
@@ -17,7 +16,6 @@ from segmentation.dataset import build_loaders
 from segmentation.engine import TASKS, evaluate, task_outputs
 from segmentation.model import DeepLabV3Plus
 
-REPO = Path(__file__).resolve().parents[1]
 EPOCHS = 5
 NOTEBOOKS = ("evaluate_segmentation.ipynb", "output_segmentation.ipynb")
 
@@ -123,21 +121,3 @@ def test_notebook_executes_on_the_run(tiny_run, monkeypatch, name, figures):
     if name.startswith("evaluate"):
         assert "OD Optic Disc" in printed and "aupr" in printed
     assert shown == figures
-
-
-def test_cost_benchmark_smoke_run(capsys):
-    spec = importlib.util.spec_from_file_location("bench", REPO / "benchmarks" / "bench_segmentation_cost.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    assert bench.main(["--smoke"]) == 0
-    out = capsys.readouterr().out
-    assert "params (M)" in out and "OS 8" in out and "OS 16" in out
-
-
-def test_rerunning_a_finished_run_resumes_without_training(tiny_run):
-    folder, history, _ = tiny_run
-    config = json.loads((folder / "config.json").read_text())
-    again = train_segmentation.main(config)
-    assert [(e["epoch"], e["train"]["loss"]) for e in again] == [(e["epoch"], e["train"]["loss"]) for e in history]
-    log = (folder / "train_log.txt").read_text()
-    assert f"resumed from {folder / 'checkpoint.pth'} after epoch {EPOCHS}" in log
