@@ -3,7 +3,7 @@ from torch import nn
 
 from codebase.dataset import classification_targets
 from codebase.evaluation import evaluate_grading
-from codebase.harness import LossSums, autocast, check_finite, optimizer_step, progress, should_stop
+from codebase.harness import train_steps
 from codebase.idrid import NUM_MER_CLASSES, NUM_RG_CLASSES
 from codebase.losses import classification_loss
 
@@ -36,20 +36,14 @@ def train_one_epoch(model, criterion, optimizer, loader, epoch, device, amp="off
     Stops early (after a step) when the harness says so; raises NonFiniteLossError on a NaN loss.
     """
     model.train()
-    sums = LossSums()
-    bar = progress(loader, f"epoch {epoch} train", total=len(loader))
-    for batch in bar:
+
+    def loss_of(batch):
         images = batch["image"].to(device, non_blocking=True)  # [B, 3, H, W]
         targets = classification_targets(list(TASKS), batch["rg"].to(device, non_blocking=True),
                                           batch["mer"].to(device, non_blocking=True))  # {task: [B]}
-        with autocast(device, amp):
-            total, components = criterion(model(images), targets)
-        check_finite(total, components, step=sums.steps + 1, epoch=epoch)
-        optimizer_step(total, optimizer, scaler)
-        bar.set_postfix(loss=f"{sums.add(total, components):.4f}")
-        if should_stop():
-            break
-    return sums.means()
+        return criterion(model(images), targets)
+
+    return train_steps(loader, loss_of, optimizer, device, amp, scaler, epoch, total=len(loader))
 
 
 def evaluate(model, loader, device, amp="off"):

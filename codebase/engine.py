@@ -11,7 +11,7 @@ from torch import nn
 from codebase import distributed
 from codebase.dataset import classification_targets, segmentation_targets
 from codebase.evaluation import RoutingMeter, evaluate_grading, evaluate_segmentation
-from codebase.harness import LossSums, autocast, check_finite, optimizer_step, progress, should_stop
+from codebase.harness import train_steps
 from codebase.losses import (SegmentationLoss, UncertaintyWeighting, classification_loss, gate_entropy,
                              gate_load_balance, gate_sparsity)
 
@@ -99,24 +99,20 @@ def train_one_epoch(step, optimizer, streams, epoch, iterations, device, amp="of
     step.train()
     grading_batches, segmentation_batches = streams["grading"].epoch(epoch), streams["segmentation"].epoch(epoch)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    sums, routing = LossSums(), RoutingMeter()
-    bar = progress(range(iterations), f"epoch {epoch} train", total=iterations)
-    for index in bar:
-        graded, segmented = next(grading_batches), next(segmentation_batches)
+    routing = RoutingMeter()
+
+    def loss_of(pair):
+        graded, segmented = pair
         grading_images = graded["image"].to(device, non_blocking=True, memory_format=memory_format)
         segmentation_images = segmented["image"].to(device, non_blocking=True, memory_format=memory_format)
         grading_targets = classification_targets(classification, graded["rg"].to(device, non_blocking=True),
                                                  graded["mer"].to(device, non_blocking=True))
         masks = segmentation_targets(segmentation, segmented["masks"].to(device, non_blocking=True))
-        with autocast(device, amp):
-            total, components, routings = step(grading_images, grading_targets, segmentation_images, masks, dense)
-        check_finite(total, components, step=index + 1, epoch=epoch)
-        optimizer_step(total, optimizer, scaler)
-        bar.set_postfix(loss=f"{sums.add(total, components):.4f}")
-        routing.update(routings)
-        if should_stop():
-            break
-    means = sums.means()
+        return step(grading_images, grading_targets, segmentation_images, masks, dense)  # loss, parts, routings
+
+    pairs = ((next(grading_batches), next(segmentation_batches)) for _ in range(iterations))
+    means = train_steps(pairs, loss_of, optimizer, device, amp, scaler, epoch, total=iterations,
+                        after_step=routing.update)
     return {"loss": means.pop("loss"), "components": means, "routing": routing.compute(), "dense_routing": float(dense)}
 
 

@@ -581,6 +581,29 @@ class LossSums:
         return {name: value / max(self.steps, 1) for name, value in self.sums.items()}
 
 
+def train_steps(batches: Iterable, loss_of, optimizer: torch.optim.Optimizer, device: torch.device, amp: str,
+                scaler: torch.amp.GradScaler | None, epoch: int, total: int | None = None, after_step=None) -> dict:
+    """The training loop every engine runs: per batch, its loss under autocast, a finiteness check, one
+    optimizer step and the progress bar; stops early (after a step) when `should_stop`.
+
+    loss_of(batch) -> (loss, {component: tensor}, *extra); after_step(*extra), when given, sees each step's
+    extra outputs (the multi-task engine's routing). Returns LossSums.means() over the steps taken.
+    """
+    sums = LossSums()
+    bar = progress(batches, f"epoch {epoch} train", total=total)
+    for batch in bar:
+        with autocast(device, amp):
+            loss, components, *extra = loss_of(batch)
+        check_finite(loss, components, step=sums.steps + 1, epoch=epoch)
+        optimizer_step(loss, optimizer, scaler)
+        bar.set_postfix(loss=f"{sums.add(loss, components):.4f}")
+        if after_step is not None:
+            after_step(*extra)
+        if should_stop():
+            break
+    return sums.means()
+
+
 def check_finite(loss: torch.Tensor, components: dict | None = None, step: int | None = None,
                  epoch: int | None = None) -> None:
     """Raise NonFiniteLossError naming the step and the non-finite components of the loss.

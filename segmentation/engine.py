@@ -8,7 +8,7 @@ import torch
 
 from codebase import distributed
 from codebase.evaluation import evaluate_segmentation
-from codebase.harness import LossSums, autocast, check_finite, optimizer_step, progress, should_stop
+from codebase.harness import train_steps
 from codebase.idrid import LESIONS
 
 TASKS = tuple(f"segmentation_{lesion.lower()}" for lesion in LESIONS)
@@ -29,19 +29,13 @@ def train_one_epoch(model, criterion, optimizer, loader, epoch, device, scaler, 
     """
     model.train()
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    sums = LossSums()
-    bar = progress(loader, f"epoch {epoch} train", total=len(loader))
-    for batch in bar:
+
+    def loss_of(batch):
         images = batch["image"].to(device, non_blocking=True, memory_format=memory_format)  # [B, 3, h, w]
         masks = batch["masks"].to(device, non_blocking=True)  # uint8 [B, 5, h, w]
-        with autocast(device, amp):
-            total, parts = criterion(model(images), masks)
-        check_finite(total, parts, step=sums.steps + 1, epoch=epoch)
-        optimizer_step(total, optimizer, scaler)
-        bar.set_postfix(loss=f"{sums.add(total, parts):.4f}")
-        if should_stop():
-            break
-    means = sums.means()
+        return criterion(model(images), masks)
+
+    means = train_steps(loader, loss_of, optimizer, device, amp, scaler, epoch, total=len(loader))
     return {"loss": means["loss"], "loss_focal": means["focal"], "loss_dice": means["dice"],
             "lesions": {k: {"loss_focal": means[f"focal_{k}"], "loss_dice": means[f"dice_{k}"]} for k in LESIONS}}
 
