@@ -18,7 +18,7 @@ from PIL import Image
 
 from codebase import idrid
 
-_VERSION = 1  # bump when the decoding or resizing below changes
+_VERSION = 2  # bump when the decoding or resizing below changes
 
 
 def load_resized_image(path, size_hw: tuple[int, int]) -> np.ndarray:
@@ -41,7 +41,9 @@ def load_resized_mask(path, size_hw: tuple[int, int], expected_size: tuple[int, 
     height, width = size_hw
     mask = idrid.read_mask_image(path, expected_size)
     if mask.size != (width, height):
-        mask = mask.resize((width, height), Image.BOX)
+        # reducing_gap=1: block means over the whole-number part of the scale (Image.reduce, ~4x faster
+        # than a box resize at full size), then a box resize of what is left; both average by area.
+        mask = mask.resize((width, height), Image.BOX, reducing_gap=1.0)
     return (np.asarray(mask) >= 128).astype(np.uint8)
 
 

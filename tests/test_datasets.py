@@ -9,13 +9,14 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision import tv_tensors
+from torchvision.transforms import v2
 
 from codebase import cache as cache_module
 from codebase import idrid
 from codebase.cache import ResizedCache, load_resized_mask
 from codebase.datasets import GradingDataset, SegmentationDataset
-from codebase.transforms import (IMAGENET_MEAN, IMAGENET_STD, RandomHueShift, eval_transforms, to_tv_tensors,
-                                 train_transforms)
+from codebase.transforms import (IMAGENET_MEAN, IMAGENET_STD, GaussianBlur3, MasksAsBits, RandomHueShift,
+                                 eval_transforms, to_tv_tensors, train_transforms)
 
 SIZE = (64, 96)  # (H, W)
 
@@ -239,3 +240,35 @@ def test_workers_share_a_cold_cache(synthetic_root, tmp_path):
     np.testing.assert_array_equal(uncached, serial[0][idrid.LESIONS.index("OD")].numpy())
     assert cache_module.ResizedCache(folder).entry_path("mask", dataset.records[0].mask_paths["OD"], SIZE,
                                                         (dataset.records[0].image_path,)).is_file()
+
+
+def test_blur_equals_torchvisions_gaussian_blur():
+    image = tv_tensors.Image(torch.rand(3, 20, 30))
+    for seed in range(3):
+        torch.manual_seed(seed)
+        ours = GaussianBlur3(sigma=(0.1, 1.0))(image)
+        torch.manual_seed(seed)
+        theirs = v2.GaussianBlur(kernel_size=3, sigma=(0.1, 1.0))(image)
+        assert isinstance(ours, tv_tensors.Image)
+        torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=0)
+    masks = tv_tensors.Mask(torch.ones(5, 20, 30, dtype=torch.uint8))
+    assert GaussianBlur3()({"image": image, "masks": masks})["masks"] is masks
+
+
+def test_masks_carried_as_bits_come_out_as_each_mask_transformed_alone():
+    """The train preset moves the five masks as bits of one channel; the result must equal the same
+    steps (same random draws) applied to the five masks themselves."""
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    masks = (rng.random((5, 48, 64)) > 0.7).astype(np.uint8)
+    packed = train_transforms(crop_size=(40, 56))
+    plain = v2.Compose(list(packed.transforms))
+    assert isinstance(packed, MasksAsBits) and type(plain) is v2.Compose
+    for seed in range(12):
+        torch.manual_seed(seed)
+        ours = packed(to_tv_tensors(image, masks))
+        torch.manual_seed(seed)
+        theirs = plain(to_tv_tensors(image, masks))
+        assert ours["masks"].dtype == torch.uint8 and ours["masks"].shape == (5, 40, 56)
+        assert torch.equal(ours["masks"], theirs["masks"]), seed
+        assert torch.equal(ours["image"], theirs["image"]), seed
