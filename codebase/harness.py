@@ -50,7 +50,6 @@ import signal
 import sys
 import threading
 import time
-from numbers import Number
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -251,7 +250,7 @@ def _coerce(key: str, value, default):
     elif isinstance(default, int):
         fits = isinstance(value, int) and not isinstance(value, bool)
     elif isinstance(default, float):
-        fits = _is_number(value)
+        fits = plots.is_number(value)
     elif isinstance(default, (list, tuple)):
         fits = isinstance(value, list)
     else:
@@ -964,14 +963,10 @@ def _shallow_numbers(metrics: dict, depth: int = 1) -> list[tuple[str, float]]:
     found = []
     for name, value in metrics.items():
         if isinstance(value, dict) and depth:
-            found += [(inner, v) for inner, v in value.items() if _is_number(v)]
-        elif _is_number(value):
+            found += [(inner, v) for inner, v in value.items() if plots.is_number(v)]
+        elif plots.is_number(value):
             found.append((name, value))
     return found
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, Number) and not isinstance(value, bool)
 
 
 def _save(run: Run, tracked: dict, epoch: int) -> None:

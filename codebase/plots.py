@@ -89,9 +89,9 @@ def _series(history: list[dict]):
         for path, value in _leaves(entry):
             if path == ("epoch",):
                 continue
-            if _is_number(value):
+            if is_number(value):
                 target = scalars
-            elif isinstance(value, list) and value and all(_is_number(v) for v in value):
+            elif isinstance(value, list) and value and all(is_number(v) for v in value):
                 target = lists
             else:
                 continue
@@ -109,7 +109,8 @@ def _leaves(node, path: KeyPath = ()):
         yield path, node
 
 
-def _is_number(value) -> bool:
+def is_number(value) -> bool:
+    """A real number that is not a bool (history values, config floats)."""
     return isinstance(value, Real) and not isinstance(value, bool)
 
 
