@@ -564,20 +564,25 @@ def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
 
 
 class LossSums:
-    """Per-step loss and components summed over an epoch; `means()` gives the epoch's averages."""
+    """Per-step loss and components summed over an epoch; `means()` gives the epoch's averages.
+
+    Tensor components are summed where they live, so a step reads one number back from the device
+    (the running loss, for the progress bar) however many components the loss has.
+    """
 
     def __init__(self):
         self.sums, self.steps = {}, 0
 
     def add(self, loss: torch.Tensor, components: dict) -> float:
         """Add one step; return the running mean loss (for the progress bar)."""
-        for name, value in {"loss": loss.detach(), **components}.items():
-            self.sums[name] = self.sums.get(name, 0.0) + float(value)
+        for name, value in {"loss": loss, **components}.items():
+            value = value.detach().float() if isinstance(value, torch.Tensor) else float(value)
+            self.sums[name] = self.sums.get(name, 0.0) + value
         self.steps += 1
-        return self.sums["loss"] / self.steps
+        return float(self.sums["loss"]) / self.steps
 
     def means(self) -> dict:
-        return {name: value / max(self.steps, 1) for name, value in self.sums.items()}
+        return {name: float(value) / max(self.steps, 1) for name, value in self.sums.items()}
 
 
 def train_steps(batches: Iterable, loss_of, optimizer: torch.optim.Optimizer, device: torch.device, amp: str,
