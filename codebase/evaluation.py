@@ -24,14 +24,14 @@ class RoutingMeter:
     """Per task: how many experts each image ran, and the share of images that ran each expert."""
 
     def __init__(self):
-        self.sums = {}  # task -> float64 [E + 2]: per-expert selections, experts run, images
+        self.sums = {}  # task -> int64 [E + 2]: per-expert selections, experts run, images (exact counts)
 
     def update(self, routings):
         for task, routing in routings.items():
             mask = routing.mask.detach()
             row = torch.cat([mask.sum(dim=0), mask.sum().view(1), torch.tensor([mask.shape[0]], device=mask.device)])
             total = self.sums.get(task)
-            self.sums[task] = row.double() if total is None else total + row.double()
+            self.sums[task] = row if total is None else total + row
 
     def state_tensors(self):
         return [self.sums[task] for task in sorted(self.sums)]
