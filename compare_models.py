@@ -5,14 +5,14 @@
 
 Every run (any of the three train scripts) is evaluated on the test split of one data root (the
 first run's data.root unless --data-root), each at the image size it was trained at, through
-codebase.evaluation: RG and MER accuracy, quadratic weighted kappa, joint accuracy; per lesion IoU,
+codebase.evaluation.evaluate: RG and MER accuracy, quadratic weighted kappa, joint accuracy; per lesion IoU,
 Dice (threshold 0.5) and AUPR. The multi-task model routes top-p, as it is used.
 
 Cost per image, batch 1, on --device, over the first --cost-images test segmentation images
 resized to the run's size (or, with --cost-size H,W, every run at that one size, so that models
 trained at different resolutions are compared on equal work): parameters, forward FLOPs
 (torch.utils.flop_counter; a multiply-add is 2 FLOPs; mean over the images), latency (median of --repeats runs after warm-up) and peak memory
-(codebase.cost.peak_memory_bytes). A multi-task run whose grading and segmentation sizes differ
+(codebase.evaluation.cost.peak_memory_bytes). A multi-task run whose grading and segmentation sizes differ
 costs two forwards per image, one per side, as predict.py runs it. The multi-task model is
 measured with top-p and with dense routing, with its mean experts per image per task on the test
 split, and set against the classifier and DeepLabV3+ together (ratio of its top-p cost to the sum
@@ -25,16 +25,24 @@ import math
 import sys
 from pathlib import Path
 
-import torch
-
-from benchmarks.common import machine
-from codebase.atomic import atomic_write_text
-from codebase.cost import count_parameters, forward_flops, median_seconds, peak_memory_bytes
-from codebase.datasets import GradingDataset, SegmentationDataset
-from codebase.evaluation import evaluate_grading, evaluate_segmentation, task_key
-from codebase.harness import EpochLoader, autocast, resolve_device
-from codebase.idrid import LESIONS, IDRiDError, segmentation_records
-from predict import RunError, forward, forward_passes, input_sizes, load_input, open_run
+from codebase.data.idrid import LESIONS, IDRiDError, segmentation_records
+from codebase.data.image_datasets import GradingDataset, SegmentationDataset
+from codebase.data.loaders import EpochLoader
+from codebase.evaluation.cost import (
+    count_parameters,
+    forward_flops,
+    machine,
+    median_seconds,
+    peak_memory_bytes,
+)
+from codebase.evaluation.evaluate import (
+    evaluate_grading,
+    evaluate_segmentation,
+)
+from codebase.training.atomic import atomic_write_text
+from codebase.training.device import autocast, resolve_device
+from inference.predictor import forward, forward_passes, load_input
+from inference.runs import RunError, open_run
 
 KIND_NAMES = {"classifier": "ResNet classifier", "segmentation": "DeepLabV3+", "multitask": "multi-task MoE"}
 ACCURACY_ROWS = [("RG accuracy", "grading", "rg_accuracy"), ("RG quadratic weighted kappa", "grading", "rg_kappa"),
@@ -57,7 +65,7 @@ VERSUS_ROWS = COST_ROWS[:3]  # parameters, top-p FLOPs and latency
 
 def evaluate_run(run, root, device):
     """{"grading": metrics, "segmentation": metrics} of the run on root's test split (the sides it has)."""
-    sizes, amp = input_sizes(run), run.config["train"]["amp"]
+    sizes, amp = run.input_sizes(), run.config["train"]["amp"]
     batch = run.config["train"]["eval_batch_size"]
     results = {}
     if "classification" in sizes:
@@ -65,7 +73,7 @@ def evaluate_run(run, root, device):
         tasks = run.tasks("classification")
         results["grading"] = evaluate_grading(lambda images: run.predict(images, side="classification"),
                                               EpochLoader(dataset, batch, train=False, seed=0), tasks,
-                                              run.task_specs, device, amp)
+                                              device, amp)
     if "segmentation" in sizes:
         dataset = SegmentationDataset(root, "test", sizes["segmentation"])
         tasks = run.tasks("segmentation")
@@ -99,7 +107,7 @@ def describe_run(name, run, root, device, paths, repeats, cost_size=None):
     """Everything comparison.json holds about one run."""
     entry = {"name": name, "folder": str(run.folder), "kind": run.kind,
              "backbone": run.config["model"]["backbone"],
-             "input_sizes": {side: list(size) for side, size in input_sizes(run).items()},
+             "input_sizes": {side: list(size) for side, size in run.input_sizes().items()},
              **evaluate_run(run, root, device), "parameters": count_parameters(run.model),
              "cost": measure_cost(run, paths, device, repeats, size=cost_size)}
     if run.kind == "multitask":
@@ -177,8 +185,8 @@ def markdown(report):
     rows += [[label] + [_cell(_cost_value(e, section, field), scale, 2) for e in entries]
             for label, section, field, scale in COST_ROWS]
     tasks = dict.fromkeys(t for e in entries for t in e.get("experts_per_image", {}))
-    rows += [[f"experts per image: {task_key(task).upper()}"] + [_cell(e.get("experts_per_image", {}).get(task), 1, 2)
-                                                          for e in entries] for task in tasks]
+    rows += [[f"experts per image: {task.split('_', 1)[1].upper()}"]
+             + [_cell(e.get("experts_per_image", {}).get(task), 1, 2) for e in entries] for task in tasks]
     lines += _table(header, rows)
     lines += ["", "## Multi-task model against both baselines together", ""]
     if not report["multitask_vs_baselines"]:

@@ -25,115 +25,18 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from matplotlib.figure import Figure
 from PIL import Image
 
-from codebase.atomic import atomic_write, atomic_write_text
-from codebase.cache import load_resized_image
-from codebase.evaluation import task_key
-from codebase.harness import autocast, resolve_device
-from codebase.idrid import IDRiDError, image_size, read_image
-from codebase.runs import load_run
-from codebase.transforms import eval_transforms, to_tv_tensors
-from codebase.visualize import LESION_COLOURS, lesion_legend, overlay
+from codebase.data.idrid import IDRiDError, image_size, read_image
+from codebase.evaluation.evaluate import task_key
+from codebase.evaluation.visualize import LESION_COLOURS, lesion_legend, overlay
+from codebase.training.atomic import atomic_write, atomic_write_text
+from codebase.training.device import resolve_device
+from inference.predictor import IMAGE_SUFFIXES, collect_inputs, predict_image
+from inference.runs import RunError, open_run
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 OVERLAY_MAX_SIDE = 1024  # pixels; the overlay is a picture to look at, the masks keep full resolution
-EVAL_PRESET = eval_transforms()
-
-
-class RunError(Exception):
-    """A run folder that cannot be rebuilt; the message names the folder."""
-
-
-def open_run(folder, device):
-    """load_run, with every way a folder can fail to be a run turned into a RunError naming it."""
-    try:
-        return load_run(folder, device)
-    except FileNotFoundError as error:
-        raise RunError(str(error)) from None
-    except KeyError as error:
-        raise RunError(f"{folder}: config.json has no setting {error}; expected the config of a run written by "
-                       "train_classifier.py, train_segmentation.py or train_mlt_model.py") from None
-    except (ValueError, RuntimeError) as error:
-        raise RunError(f"{folder}: cannot rebuild the model from config.json and model.pth ({error})") from None
-
-
-def input_sizes(run):
-    """{side: (height, width)} the run's images were trained at, for the sides it predicts."""
-    data = run.config["data"]
-    if run.kind == "classifier":
-        return {"classification": tuple(data["image_size"])}
-    if run.kind == "segmentation":
-        return {"segmentation": tuple(data["image_size"])}
-    return {"classification": tuple(data["grading_size"]), "segmentation": tuple(data["segmentation_size"])}
-
-
-def forward_passes(run, size=None):
-    """{side: (height, width)}: the forwards one image needs; one "all" pass when both sides share a size.
-
-    size (height, width) replaces the trained sizes, e.g. to compare the cost of models at one resolution.
-    """
-    sizes = input_sizes(run) if size is None else dict.fromkeys(input_sizes(run), tuple(size))
-    if len(sizes) == 2 and len(set(sizes.values())) == 1:
-        return {"all": sizes["classification"]}
-    return sizes
-
-
-def load_input(path, size):
-    """An image file -> float32 [1, 3, H, W] at size (height, width), normalised as in evaluation."""
-    image = load_resized_image(path, size)  # uint8 [H, W, 3], decoded and resized as the datasets do
-    return EVAL_PRESET(to_tv_tensors(image))["image"].as_subclass(torch.Tensor).unsqueeze(0)
-
-
-@torch.no_grad()
-def forward(run, images, dense=None):
-    """images {side: [B, 3, H, W]} (see forward_passes) -> {"logits": {task: ...}, "routing": {task: Routing}}."""
-    logits, routing = {}, {}
-    for side, batch in images.items():
-        out = run.predict(batch, side=side, dense=dense)
-        logits.update(out["logits"])
-        routing.update(out.get("routing", {}))
-    return {"logits": logits, "routing": routing}
-
-
-def collect_inputs(paths):
-    """Files as given; folders -> their image files (by suffix), sorted. Missing paths are kept (and fail later)."""
-    files = []
-    for path in map(Path, paths):
-        if path.is_dir():
-            files += sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        else:
-            files.append(path)
-    return files
-
-
-def predict_image(run, path, device, dense, threshold):
-    """One image -> (record for predictions.json, {lesion: bool [H, W] mask at the input's resolution})."""
-    images = {side: load_input(path, size).to(device) for side, size in forward_passes(run).items()}
-    width, height = image_size(path)
-    with autocast(device, run.config["train"]["amp"]):
-        out = forward(run, images, dense)
-    logits = out["logits"]
-    record = {"input": str(path), "size": [height, width], "grades": {}, "lesions": {}, "experts": {}}
-    for task in run.tasks("classification"):
-        probabilities = torch.softmax(logits[task][0].float(), dim=0)  # [classes]
-        record["grades"][task_key(task)] = {"grade": int(probabilities.argmax()),
-                                            "probabilities": [round(p, 4) for p in probabilities.tolist()]}
-    masks = {}
-    for task in run.tasks("segmentation"):
-        full = F.interpolate(logits[task].float(), size=(height, width), mode="bilinear", align_corners=False)
-        mask = (torch.sigmoid(full[0, 0]) >= threshold).cpu().numpy()  # bool [H, W]
-        masks[task_key(task)] = mask
-        pixels = int(mask.sum())
-        record["lesions"][task_key(task)] = {"pixels": pixels, "percent": round(100 * pixels / mask.size, 4)}
-    for task, routing in out["routing"].items():
-        chosen = routing.mask[0].nonzero().flatten().tolist()
-        weights = routing.mixture[0, chosen].tolist()
-        record["experts"][task] = {"experts": chosen, "weights": [round(w, 4) for w in weights]}
-    return record, masks
 
 
 def title(name, record):

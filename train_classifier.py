@@ -2,7 +2,7 @@
 
     python train_classifier.py --demo                    # synthetic data, CPU, about 3 minutes
     python train_classifier.py --data-root data --device cuda
-    python train_classifier.py --set model.backbone=resnet18 --set loss.kind=ce --set loss.class_weights=true
+    python train_classifier.py --set model.backbone=resnet18 --set loss.classification=ce --set loss.class_weights=true
     torchrun --nproc_per_node=4 train_classifier.py --data-root data
 
 The defaults are the reference experiment: ResNet50 from ImageNet weights, images resized to
@@ -10,17 +10,28 @@ The defaults are the reference experiment: ResNet50 from ImageNet weights, image
 1e-4, the learning rate x0.2 every 8 epochs, 30 epochs of batch 64. Writes saved/<run.name>/
 (config.json, checkpoint.pth, model.pth, history.json, train_log.txt, plots/).
 """
-from codebase import distributed, harness
-from codebase.backbone import ARCHITECTURES
-from codebase.cost import count_parameters
-from codebase.losses import CLASSIFICATION_LOSSES
-from codebase.optim import SCHEDULES, make_optimizer, make_scheduler
-from codebase.runs import build_model
-from codebase.synthetic import ensure_dataset
-from classifier.dataset import build_dataset, build_loader, grading_class_weights, majority_accuracy
+from classifier.dataset import (
+    build_dataset,
+    build_loader,
+    grading_class_weights,
+    majority_accuracy,
+)
 from classifier.engine import GradingLoss, evaluate, train_one_epoch
+from classifier.model import build_model
+from codebase.config import parse_cli, require
+from codebase.data.synthetic import ensure_dataset
+from codebase.errors import run_main
+from codebase.evaluation.cost import count_parameters
+from codebase.networks.backbones import BACKBONES
+from codebase.training import distributed
+from codebase.training.device import AMP_SETTINGS, make_grad_scaler
+from codebase.training.loop import fit
+from codebase.training.losses import CLASSIFICATION_LOSSES
+from codebase.training.optim import SCHEDULES, make_optimizer, make_scheduler
+from codebase.training.run_folder import Run
 
 CONFIG = {
+    "kind": "classifier",                  # the model kind, recorded so a run folder can be rebuilt
     "seed": 0,
     "device": "auto",
     "run": {"name": "resnet50_classifier"},
@@ -38,7 +49,7 @@ CONFIG = {
         "dropout": 0.2,
     },
     "loss": {
-        "kind": "focal",                   # "focal" or "ce"
+        "classification": "focal",         # "focal" or "ce"
         "focal_gamma": 4.0,
         "class_weights": False,            # weigh classes by inverse training-set frequency
         "rg_weight": 1.0,
@@ -61,7 +72,7 @@ DEMO = {
     "model.backbone": "resnet18",
     "model.pretrained": "none",
     "model.head_hidden": 128,
-    "loss.kind": "ce",
+    "loss.classification": "ce",
     "optim.lr": 2.5e-4,                    # from scratch on 160 images, higher rates sit at the class prior longer
     "optim.backbone_lr": 2.5e-4,
     "schedule.kind": "cosine",
@@ -74,23 +85,23 @@ DEMO = {
 
 def validate(config):
     """Raise ConfigError naming the first setting that is out of range."""
-    harness.require(config, "model.backbone", ARCHITECTURES)
-    harness.require(config, "loss.kind", CLASSIFICATION_LOSSES)
-    harness.require(config, "schedule.kind", SCHEDULES)
-    harness.require(config, "loss.focal_gamma", lambda g: g >= 0, "a number >= 0")
-    harness.require(config, "schedule.gamma", lambda g: g > 0, "a number > 0")
-    harness.require(config, "model.dropout", lambda p: 0 <= p < 1, "a number in [0, 1)")
-    harness.require(config, "train.amp", harness.AMP_SETTINGS)
-    harness.require(config, "data.image_size",
+    require(config, "model.backbone", BACKBONES)
+    require(config, "loss.classification", CLASSIFICATION_LOSSES)
+    require(config, "schedule.kind", SCHEDULES)
+    require(config, "loss.focal_gamma", lambda g: g >= 0, "a number >= 0")
+    require(config, "schedule.gamma", lambda g: g > 0, "a number > 0")
+    require(config, "model.dropout", lambda p: 0 <= p < 1, "a number in [0, 1)")
+    require(config, "train.amp", AMP_SETTINGS)
+    require(config, "data.image_size",
                     lambda size: len(size) == 2 and all(isinstance(n, int) and n >= 32 for n in size),
                     "[height, width], integers >= 32")
-    harness.require(config, "optim.lr", lambda x: x > 0, "a number > 0")
+    require(config, "optim.lr", lambda x: x > 0, "a number > 0")
     for key in ("optim.backbone_lr", "optim.weight_decay", "loss.rg_weight", "loss.mer_weight"):
-        harness.require(config, key, lambda x: x >= 0, "a number >= 0")
+        require(config, key, lambda x: x >= 0, "a number >= 0")
     for key in ("train.batch_size", "train.eval_batch_size", "train.epochs", "model.head_hidden",
                 "schedule.step_size"):
-        harness.require(config, key, lambda n: n >= 1, "an integer >= 1")
-    harness.require(config, "data.num_workers", lambda n: n >= 0, "an integer >= 0")
+        require(config, key, lambda n: n >= 1, "an integer >= 1")
+    require(config, "data.num_workers", lambda n: n >= 0, "an integer >= 0")
 
 
 def final_line(metrics, majority):
@@ -103,7 +114,7 @@ def final_line(metrics, majority):
 def main(config):
     """Train (or resume) the run that `config` describes; return its history."""
     validate(config)
-    with harness.Run(config) as run:
+    with Run(config) as run:
         device, train = run.device, config["train"]
         if config["run"]["demo"] and distributed.is_main_process():
             ensure_dataset(config["data"]["root"])
@@ -115,7 +126,7 @@ def main(config):
         model = build_model(config).to(device)
         loss = config["loss"]
         weights = grading_class_weights(datasets["train"]) if loss["class_weights"] else None
-        criterion = GradingLoss(loss["kind"], loss["focal_gamma"], loss["rg_weight"], loss["mer_weight"],
+        criterion = GradingLoss(loss["classification"], loss["focal_gamma"], loss["rg_weight"], loss["mer_weight"],
                                 weights).to(device)
         wrapped = distributed.wrap_model(model, device)
         optimizer = make_optimizer([model], config["optim"]["lr"], config["optim"]["backbone_lr"],
@@ -123,14 +134,14 @@ def main(config):
         schedule = config["schedule"]
         scheduler = make_scheduler(optimizer, schedule["kind"], train["epochs"], schedule["step_size"],
                                    schedule["gamma"])
-        scaler = harness.make_grad_scaler(device, train["amp"])
+        scaler = make_grad_scaler(device, train["amp"])
         run.log(f"classifier: {config['model']['backbone']} ({config['model']['pretrained']} weights), "
                 f"{count_parameters(model) / 1e6:.2f} M parameters; "
                 f"{len(datasets['train'])} training and {len(datasets['test'])} test images at "
                 f"{'x'.join(map(str, config['data']['image_size']))}; test majority-class accuracy "
                 f"RG {majority['rg']:.3f}, MER {majority['mer']:.3f}")
 
-        history = harness.fit(
+        history = fit(
             run, wrapped, optimizer, scheduler,
             lambda epoch: train_one_epoch(wrapped, criterion, optimizer, loaders["train"], epoch, device,
                                           train["amp"], scaler),
@@ -142,5 +153,5 @@ def main(config):
 
 
 if __name__ == "__main__":
-    harness.run_main(main, lambda: harness.parse_cli(CONFIG, demo_overrides=DEMO, description=__doc__,
+    run_main(main, lambda: parse_cli(CONFIG, demo_overrides=DEMO, description=__doc__,
                                                      validate=validate))

@@ -12,15 +12,29 @@ history.json, train_log.txt, plots/).
 """
 import torch
 
-from codebase import distributed, harness
-from codebase.backbone import ARCHITECTURES
-from codebase.dataset import BatchStream, build_datasets, validate_tasks
-from codebase.engine import WEIGHTINGS, MultiTaskLoss, TrainStep, evaluate, train_one_epoch
-from codebase.optim import SCHEDULES, make_optimizer, make_scheduler
-from codebase.runs import build_model
-from codebase.synthetic import ensure_dataset
+from codebase.config import ConfigError, parse_cli, require
+from codebase.data.loaders import EpochLoader
+from codebase.data.synthetic import ensure_dataset
+from codebase.dataset import BatchStream, build_datasets
+from codebase.engine import (
+    WEIGHTINGS,
+    MultiTaskLoss,
+    TrainStep,
+    evaluate,
+    train_one_epoch,
+)
+from codebase.errors import run_main
+from codebase.model import build_model
+from codebase.networks.backbones import BACKBONES
+from codebase.tasks import parse_tasks
+from codebase.training import distributed
+from codebase.training.device import make_grad_scaler
+from codebase.training.loop import fit
+from codebase.training.optim import SCHEDULES, make_optimizer, make_scheduler
+from codebase.training.run_folder import Run
 
 CONFIG = {
+    "kind": "multitask",                   # the model kind, recorded so a run folder can be rebuilt
     "seed": 0,
     "device": "auto",
     "run": {"name": "mlt_resnet50"},
@@ -100,27 +114,24 @@ DEMO = {
 
 
 def validate(config):
-    harness.require(config, "model.backbone", ARCHITECTURES)
-    harness.require(config, "model.num_experts", lambda n: n >= 1, "an integer >= 1")
-    harness.require(config, "routing.top_p", lambda p: 0 < p <= 1, "a number in (0, 1]")
-    harness.require(config, "routing.warmup_fraction", lambda f: 0 <= f <= 1, "a number in [0, 1]")
-    harness.require(config, "loss.weighting", WEIGHTINGS)
-    harness.require(config, "schedule.kind", SCHEDULES)
+    require(config, "model.backbone", BACKBONES)
+    require(config, "model.num_experts", lambda n: n >= 1, "an integer >= 1")
+    require(config, "routing.top_p", lambda p: 0 < p <= 1, "a number in (0, 1]")
+    require(config, "routing.warmup_fraction", lambda f: 0 <= f <= 1, "a number in [0, 1]")
+    require(config, "loss.weighting", WEIGHTINGS)
+    require(config, "schedule.kind", SCHEDULES)
     for key in ("train.batch_size", "train.eval_batch_size", "train.iterations", "train.epochs"):
-        harness.require(config, key, lambda n: n >= 1, "an integer >= 1")
+        require(config, key, lambda n: n >= 1, "an integer >= 1")
     crop = config["data"]["crop_size"]
     if crop is not None and any(c > s for c, s in zip(crop, config["data"]["segmentation_size"])):
-        raise harness.ConfigError(f"data.crop_size={crop}: expected at most data.segmentation_size="
+        raise ConfigError(f"data.crop_size={crop}: expected at most data.segmentation_size="
                                   f"{config['data']['segmentation_size']}")
-    try:
-        validate_tasks(config["model"]["task_specs"])
-    except ValueError as error:
-        raise harness.ConfigError(f"model.task_specs: {error}") from None
+    parse_tasks(config["model"]["task_specs"])
 
 
 def main(config):
     """Train as configured; returns the history (one dict per epoch)."""
-    with harness.Run(config) as run:
+    with Run(config) as run:
         data, train, device = config["data"], config["train"], run.device
         if config["run"]["demo"] and distributed.is_main_process():
             ensure_dataset(data["root"])
@@ -133,7 +144,7 @@ def main(config):
                                      distributed.rank(), distributed.world_size(), persistent_workers=persistent,
                                      **loader_options)
                    for side in ("grading", "segmentation")}
-        test_loaders = {side: harness.EpochLoader(datasets[side]["test"], train["eval_batch_size"], train=False,
+        test_loaders = {side: EpochLoader(datasets[side]["test"], train["eval_batch_size"], train=False,
                                                   seed=config["seed"], **loader_options)
                         for side in ("grading", "segmentation")}
 
@@ -144,9 +155,7 @@ def main(config):
             model.backbone.compile()  # in place: parameter names, so checkpoints, stay the same
         loss_config = config["loss"]
         criterion = MultiTaskLoss(
-            model.task_specs, loss_config["classification"], loss_config["focal_gamma"],
-            loss_config["segmentation_alpha"], loss_config["segmentation_gamma"], loss_config["focal_weight"],
-            loss_config["dice_weight"], loss_config["weighting"], loss_config["task_weights"],
+            model.tasks, loss_config, loss_config["weighting"], loss_config["task_weights"],
             {name: loss_config[f"gate_{name}"] for name in ("sparsity", "load_balance", "entropy")}).to(device)
         if distributed.is_distributed():
             model.keep_skipped_experts_in_graph()
@@ -155,7 +164,7 @@ def main(config):
                                    config["optim"]["weight_decay"], device)
         schedule = config["schedule"]
         scheduler = make_scheduler(optimizer, schedule["kind"], train["epochs"], schedule["step_size"], schedule["gamma"])
-        scaler = harness.make_grad_scaler(device, train["amp"])
+        scaler = make_grad_scaler(device, train["amp"])
         warmup_epochs = round(config["routing"]["warmup_fraction"] * train["epochs"])
         run.log(f"multi-task model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, "
                 f"{len(model.task_specs)} tasks x {model.num_experts} experts; dense routing for the first "
@@ -173,10 +182,10 @@ def main(config):
             model.set_routing(False)  # the test split is evaluated as the model will be used: top-p
             return evaluate(model, test_loaders, device, train["amp"])
 
-        return harness.fit(run, model, optimizer, scheduler, train_epoch, evaluate_epoch, train["epochs"], scaler,
+        return fit(run, model, optimizer, scheduler, train_epoch, evaluate_epoch, train["epochs"], scaler,
                     loaders=test_loaders.values(), extra_state={"criterion": criterion})
 
 
 if __name__ == "__main__":
-    harness.run_main(main, lambda: harness.parse_cli(CONFIG, demo_overrides=DEMO, description=__doc__,
+    run_main(main, lambda: parse_cli(CONFIG, demo_overrides=DEMO, description=__doc__,
                                                      validate=validate))

@@ -14,19 +14,25 @@ and prints the per-lesion test metrics at the end.
 """
 import torch
 
-from codebase import distributed, harness
-from codebase.backbone import ARCHITECTURES
-from codebase.cost import count_parameters
-from codebase.idrid import LESIONS
-from codebase.losses import SegmentationLoss
-from codebase.optim import SCHEDULES, make_optimizer, make_scheduler
-from codebase.synthetic import ensure_dataset
-from codebase.visualize import lesion_metrics_table
+from codebase.config import parse_cli, require
+from codebase.data.idrid import LESIONS
+from codebase.data.synthetic import ensure_dataset
+from codebase.errors import run_main
+from codebase.evaluation.cost import count_parameters
+from codebase.evaluation.visualize import lesion_metrics_table
+from codebase.networks.backbones import BACKBONES
+from codebase.training import distributed
+from codebase.training.device import AMP_SETTINGS, make_grad_scaler
+from codebase.training.loop import fit
+from codebase.training.losses import SegmentationLoss
+from codebase.training.optim import SCHEDULES, make_optimizer, make_scheduler
+from codebase.training.run_folder import Run
 from segmentation.dataset import build_loaders
 from segmentation.engine import evaluate, train_one_epoch
-from segmentation.model import DeepLabV3Plus
+from segmentation.model import build_model
 
 CONFIG = {
+    "kind": "segmentation",                # the model kind, recorded so a run folder can be rebuilt
     "seed": 0,
     "device": "auto",
     "run": {"name": "deeplabv3plus_resnet50"},
@@ -42,12 +48,13 @@ CONFIG = {
         "backbone": "resnet50",
         "output_stride": 8,
         "pretrained": "imagenet",          # "imagenet", "none", or a path to a torchvision state dict
-        "channels": 256,                   # ASPP and decoder width
+        "aspp_channels": 256,              # ASPP output width
+        "decoder_channels": 256,           # decoder refinement width
         "separable": False,                # depthwise-separable 3x3 convs in ASPP and decoder
     },
     "loss": {
-        "alpha": 0.75,                     # sigmoid focal loss: weight of positive pixels
-        "gamma": 4.0,                      # sigmoid focal loss: focusing exponent
+        "segmentation_alpha": 0.75,        # sigmoid focal loss: weight of positive pixels
+        "segmentation_gamma": 4.0,                     # sigmoid focal loss: focusing exponent
         "focal_weight": 1.0,
         "dice_weight": 1.0,
         "lesion_weights": {lesion: 1.0 for lesion in LESIONS},
@@ -74,7 +81,8 @@ DEMO = {
     "model.backbone": "resnet18",
     "model.output_stride": 16,
     "model.pretrained": "none",
-    "model.channels": 64,
+    "model.aspp_channels": 64,
+    "model.decoder_channels": 64,
     "optim.lr": 2e-3,
     "optim.backbone_lr": 1e-3,
     "schedule.kind": "cosine",
@@ -90,19 +98,21 @@ def _is_size(value):
 
 def validate(config):
     """Raise ConfigError naming the first setting that is out of range."""
-    require = harness.require
-    require(config, "model.backbone", ARCHITECTURES)
-    require(config, "model.output_stride", (8, 16))
-    require(config, "model.channels", lambda n: n >= 1, "an integer >= 1")
+    require(config, "model.backbone", BACKBONES)
+    backbone = BACKBONES[config["model"]["backbone"]]
+    require(config, "model.output_stride", lambda stride: stride in (8, 16) and stride in backbone.output_strides,
+            f"8 or 16, and one that {config['model']['backbone']} supports ({backbone.output_strides})")
+    for key in ("model.aspp_channels", "model.decoder_channels"):
+        require(config, key, lambda n: n >= 1, "an integer >= 1")
     require(config, "data.image_size", _is_size, "[height, width], positive integers")
     image_size = config["data"]["image_size"]
     require(config, "data.crop_size",
             lambda c: c is None or (_is_size(c) and c[0] <= image_size[0] and c[1] <= image_size[1]),
             f"None or [height, width] no larger than data.image_size={image_size}")
     require(config, "data.num_workers", lambda n: n >= 0, "an integer >= 0")
-    for key in ("loss.alpha", "train.threshold"):
+    for key in ("loss.segmentation_alpha", "train.threshold"):
         require(config, key, lambda p: 0 <= p <= 1, "a number in [0, 1]")
-    for key in ("loss.gamma", "loss.focal_weight", "loss.dice_weight", "optim.weight_decay"):
+    for key in ("loss.segmentation_gamma", "loss.focal_weight", "loss.dice_weight", "optim.weight_decay"):
         require(config, key, lambda x: x >= 0, "a number >= 0")
     require(config, "loss.lesion_weights",
             lambda w: set(w) <= set(LESIONS) and all(v >= 0 for v in w.values()),
@@ -110,7 +120,7 @@ def validate(config):
     for key in ("optim.lr", "optim.backbone_lr"):
         require(config, key, lambda x: x > 0, "a number > 0")
     require(config, "schedule.kind", SCHEDULES)
-    require(config, "train.amp", harness.AMP_SETTINGS)
+    require(config, "train.amp", AMP_SETTINGS)
     for key in ("schedule.step_size", "train.epochs", "train.batch_size", "train.eval_batch_size",
                 "train.evaluate_every"):
         require(config, key, lambda n: n >= 1, "an integer >= 1")
@@ -119,21 +129,21 @@ def validate(config):
 def main(config):
     """Train (or resume) the run the config describes; returns the history."""
     validate(config)
-    with harness.Run(config) as run:
+    with Run(config) as run:
         data, train, device = config["data"], config["train"], run.device
         if config["run"]["demo"] and distributed.is_main_process():
             ensure_dataset(data["root"])
         distributed.barrier()
         loaders = build_loaders(config, device)
 
-        model = DeepLabV3Plus(**config["model"]).to(device)
+        model = build_model(config).to(device)
         if train["channels_last"]:
             model = model.to(memory_format=torch.channels_last)
         run.log(f"DeepLabV3+ {config['model']['backbone']} OS {config['model']['output_stride']}: "
                 f"{count_parameters(model) / 1e6:.2f} M parameters; {len(loaders['train'].dataset)} training, "
                 f"{len(loaders['test'].dataset)} test images")
         loss = config["loss"]
-        criterion = SegmentationLoss(loss["alpha"], loss["gamma"], loss["focal_weight"], loss["dice_weight"],
+        criterion = SegmentationLoss(loss["segmentation_alpha"], loss["segmentation_gamma"], loss["focal_weight"], loss["dice_weight"],
                                      loss["lesion_weights"]).to(device)
         wrapped = distributed.wrap_model(model, device)
         optim = config["optim"]
@@ -141,18 +151,18 @@ def main(config):
         schedule = config["schedule"]
         scheduler = make_scheduler(optimizer, schedule["kind"], train["epochs"], schedule["step_size"],
                                    schedule["gamma"])
-        scaler = harness.make_grad_scaler(device, train["amp"])
+        scaler = make_grad_scaler(device, train["amp"])
 
         def train_epoch(epoch):
-            return train_one_epoch(wrapped, criterion, optimizer, loaders["train"], epoch, device, scaler,
-                                   train["amp"], train["channels_last"])
+            return train_one_epoch(wrapped, criterion, optimizer, loaders["train"], epoch, device, train["amp"],
+                                   scaler, train["channels_last"])
 
         def evaluate_epoch(epoch):
             if epoch % train["evaluate_every"] and epoch != train["epochs"]:
                 return {}
             return {"segmentation": evaluate(model, loaders["test"], device, train["amp"], train["threshold"])}
 
-        history = harness.fit(run, wrapped, optimizer, scheduler, train_epoch, evaluate_epoch, train["epochs"],
+        history = fit(run, wrapped, optimizer, scheduler, train_epoch, evaluate_epoch, train["epochs"],
                               scaler, loaders=loaders.values())
         final = history[-1]["eval"]["segmentation"] if history else None
         if final:
@@ -162,5 +172,5 @@ def main(config):
 
 
 if __name__ == "__main__":
-    harness.run_main(main, lambda: harness.parse_cli(CONFIG, demo_overrides=DEMO, description=__doc__,
+    run_main(main, lambda: parse_cli(CONFIG, demo_overrides=DEMO, description=__doc__,
                                                      validate=validate))

@@ -21,10 +21,10 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from codebase import idrid  # noqa: E402
-from codebase.datasets import SegmentationDataset  # noqa: E402
-from codebase.synthetic import _parse_size, ensure_dataset  # noqa: E402
-from codebase.transforms import to_tv_tensors, train_transforms  # noqa: E402
+from codebase.data import idrid  # noqa: E402
+from codebase.data.image_datasets import SegmentationDataset  # noqa: E402
+from codebase.data.synthetic import ensure_dataset, parse_size  # noqa: E402
+from codebase.data.transforms import to_tv_tensors, train_transforms  # noqa: E402
 
 
 def per_sample(get, count: int, passes: int) -> float:
@@ -64,8 +64,8 @@ def loader_rate(dataset, workers: int, samples: int, batch_size: int) -> float:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, help="synthetic data root (default data/bench_<size>, made if absent)")
-    parser.add_argument("--size", type=_parse_size, default=(4288, 2848), help="source image size WxH")
-    parser.add_argument("--image-size", type=_parse_size, default=(1072, 712), help="training size WxH")
+    parser.add_argument("--size", type=parse_size, default=(4288, 2848), help="source image size WxH")
+    parser.add_argument("--image-size", type=parse_size, default=(1072, 712), help="training size WxH")
     parser.add_argument("--images", type=int, default=4, help="segmentation images to time")
     parser.add_argument("--passes", type=int, default=2, help="passes over the images per timing")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])

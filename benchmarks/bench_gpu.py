@@ -23,13 +23,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_routing import TASKS, one_expert_router  # noqa: E402
-from benchmarks.common import machine, print_table  # noqa: E402
-from codebase.cost import forward_flops, median_seconds, synchronize  # noqa: E402
+from benchmarks.common import TASKS, one_expert_router, print_table  # noqa: E402
 from codebase.engine import MultiTaskLoss, TrainStep  # noqa: E402
-from codebase.losses import SegmentationLoss  # noqa: E402
+from codebase.evaluation.cost import (  # noqa: E402
+    forward_flops,
+    machine,  # noqa: E402
+    median_seconds,
+    synchronize,
+)
 from codebase.model import MultiTaskModel  # noqa: E402
-from codebase.optim import make_optimizer  # noqa: E402
+from codebase.training.losses import SegmentationLoss  # noqa: E402
+from codebase.training.optim import make_optimizer  # noqa: E402
 from segmentation.model import DeepLabV3Plus  # noqa: E402
 
 

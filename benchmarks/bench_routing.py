@@ -21,24 +21,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import machine, print_table, ratio  # noqa: E402
-from codebase.cost import forward_flops, median_seconds, synchronize  # noqa: E402
-from codebase.losses import SegmentationLoss  # noqa: E402
+from benchmarks.common import TASKS, one_expert_router, print_table, ratio  # noqa: E402
+from codebase.evaluation.cost import (  # noqa: E402
+    forward_flops,
+    machine,  # noqa: E402
+    median_seconds,
+    synchronize,
+)
 from codebase.model import MultiTaskModel  # noqa: E402
-from codebase.routing import routing_weights, top_p_mask  # noqa: E402
-
-TASKS = {"classification_rg": 5, "classification_mer": 3, "segmentation_ma": 1, "segmentation_he": 1,
-         "segmentation_ex": 1, "segmentation_se": 1, "segmentation_od": 1}
-
-
-def one_expert_router(model):
-    """Bias every gate so each image's weight on one expert (image-dependent) exceeds p."""
-    for index, gate in enumerate(model.gates.values()):
-        last = gate.net[-1]
-        with torch.no_grad():
-            last.weight.mul_(0.01)
-            last.bias.zero_()
-            last.bias[index % model.num_experts] = 8.0
+from codebase.networks.routing import routing_weights, top_p_mask  # noqa: E402
+from codebase.training.losses import SegmentationLoss  # noqa: E402
 
 
 def flops_table(model, size, device):

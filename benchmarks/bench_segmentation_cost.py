@@ -1,6 +1,6 @@
 """What the DeepLabV3+ baseline costs: parameters and forward FLOPs, at output stride 8 and 16.
 
-FLOPs are counted by torch.utils.flop_counter (codebase.cost.forward_flops) for one image, with
+FLOPs are counted by torch.utils.flop_counter (codebase.evaluation.cost.forward_flops) for one image, with
 the model and the image on the meta device: shapes only, no arithmetic, so the count is exact
 and takes seconds even for ResNet50 at output stride 8. A multiply-add counts as two FLOPs.
 
@@ -17,8 +17,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import print_table  # noqa: E402
-from codebase.backbone import ARCHITECTURES  # noqa: E402
-from codebase.cost import count_parameters, forward_flops  # noqa: E402
+from codebase.evaluation.cost import count_parameters, forward_flops  # noqa: E402
+from codebase.networks.backbones import BACKBONES  # noqa: E402
 from segmentation.model import DeepLabV3Plus  # noqa: E402
 
 PARTS = ("backbone", "aspp", "decoder")
@@ -27,14 +27,14 @@ PARTS = ("backbone", "aspp", "decoder")
 def measure(backbone, output_stride, size, channels, separable):
     """(parameters, {"total": FLOPs, "backbone": ..., "aspp": ..., "decoder": ...}) for one image."""
     with torch.device("meta"):
-        model = DeepLabV3Plus(backbone, output_stride, "none", channels=channels, separable=separable).eval()
+        model = DeepLabV3Plus(backbone, output_stride, "none", aspp_channels=channels, decoder_channels=channels, separable=separable).eval()
         image = torch.empty(1, 3, *size)
     return count_parameters(model), forward_flops(model, lambda: model(image))
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backbone", default="resnet50", choices=sorted(ARCHITECTURES))
+    parser.add_argument("--backbone", default="resnet50", choices=sorted(BACKBONES))
     parser.add_argument("--size", type=int, nargs=2, default=(712, 1072), metavar=("HEIGHT", "WIDTH"))
     parser.add_argument("--channels", type=int, default=256, help="ASPP and decoder width")
     parser.add_argument("--separable", action="store_true", help="depthwise-separable 3x3 convs in ASPP and decoder")

@@ -1,8 +1,18 @@
-"""Helpers the benchmark scripts share: a plain-text table and the machine's description."""
-import os
-import platform
-
+"""Helpers the benchmark scripts share: a plain-text table, ratios, the routing benchmarks' tasks."""
 import torch
+
+TASKS = {"classification_rg": 5, "classification_mer": 3, "segmentation_ma": 1, "segmentation_he": 1,
+         "segmentation_ex": 1, "segmentation_se": 1, "segmentation_od": 1}
+
+
+def one_expert_router(model):
+    """Bias every gate so each image's weight on one expert (image-dependent) exceeds p."""
+    for index, gate in enumerate(model.gates.values()):
+        last = gate.net[-1]
+        with torch.no_grad():
+            last.weight.mul_(0.01)
+            last.bias.zero_()
+            last.bias[index % model.num_experts] = 8.0
 
 
 def print_table(title, header, rows):
@@ -15,13 +25,6 @@ def print_table(title, header, rows):
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
         if index == 0:
             print("  ".join("-" * width for width in widths))
-
-
-def machine(device):
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
 
 
 def ratio(numerator, denominator):

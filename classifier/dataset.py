@@ -6,9 +6,10 @@ Reads the ``data`` and ``train`` sections of a train_classifier config:
 """
 import numpy as np
 
-from codebase.datasets import GradingDataset
-from codebase.harness import ConfigError, EpochLoader
-from codebase.idrid import NUM_MER_CLASSES, NUM_RG_CLASSES
+from codebase.config import ConfigError
+from codebase.data.idrid import NUM_MER_CLASSES, NUM_RG_CLASSES
+from codebase.data.image_datasets import GradingDataset
+from codebase.data.loaders import EpochLoader
 
 NUM_CLASSES = {"rg": NUM_RG_CLASSES, "mer": NUM_MER_CLASSES}
 

@@ -8,12 +8,20 @@ component is logged. Evaluation runs each split through the side it has labels f
 import torch
 from torch import nn
 
-from codebase import distributed
-from codebase.dataset import classification_targets, segmentation_targets
-from codebase.evaluation import RoutingMeter, evaluate_grading, evaluate_segmentation
-from codebase.harness import train_steps
-from codebase.losses import (SegmentationLoss, UncertaintyWeighting, classification_loss, gate_entropy,
-                             gate_load_balance, gate_sparsity)
+from codebase.evaluation.evaluate import (
+    RoutingMeter,
+    evaluate_grading,
+    evaluate_segmentation,
+)
+from codebase.tasks import on_side
+from codebase.training import distributed
+from codebase.training.loop import train_steps
+from codebase.training.losses import (
+    UncertaintyWeighting,
+    gate_entropy,
+    gate_load_balance,
+    gate_sparsity,
+)
 
 WEIGHTINGS = ("fixed", "uncertainty")
 GATE_REGULARISERS = {"sparsity": gate_sparsity, "load_balance": gate_load_balance, "entropy": gate_entropy}
@@ -27,38 +35,29 @@ class MultiTaskLoss(nn.Module):
     per segmentation task, its focal and Dice parts.
     """
 
-    def __init__(self, task_specs, classification="focal", focal_gamma=2.0, segmentation_alpha=0.75,
-                 segmentation_gamma=4.0, focal_weight=1.0, dice_weight=1.0, weighting="fixed", task_weights=None,
-                 gate_weights=None):
+    def __init__(self, tasks, loss_config=None, weighting="fixed", task_weights=None, gate_weights=None):
         super().__init__()
+        loss_config = loss_config or {}
         if weighting not in WEIGHTINGS:
             raise ValueError(f"loss.weighting must be one of {WEIGHTINGS}, got {weighting!r}")
-        unknown = set(task_weights or {}) - set(task_specs)
+        names = [task.name for task in tasks]
+        unknown = set(task_weights or {}) - set(names)
         if unknown:
             raise ValueError(f"loss.task_weights names tasks not in task_specs: {sorted(unknown)}")
         unknown = set(gate_weights or {}) - set(GATE_REGULARISERS)
         if unknown:
             raise ValueError(f"unknown gate regularisers {sorted(unknown)}; known: {sorted(GATE_REGULARISERS)}")
-        self.tasks = list(task_specs)
-        self.losses = nn.ModuleDict()
-        for task in self.tasks:
-            if task.startswith("classification_"):
-                self.losses[task] = classification_loss(classification, focal_gamma)
-            else:
-                self.losses[task] = SegmentationLoss(segmentation_alpha, segmentation_gamma, focal_weight,
-                                                     dice_weight, lesions=("mask",))
-        self.task_weights = {task: float((task_weights or {}).get(task, 1.0)) for task in self.tasks}
-        self.uncertainty = UncertaintyWeighting(self.tasks) if weighting == "uncertainty" else None
+        self.tasks = list(tasks)
+        self.losses = nn.ModuleDict({task.name: task.make_loss(loss_config) for task in self.tasks})
+        self.task_weights = {name: float((task_weights or {}).get(name, 1.0)) for name in names}
+        self.uncertainty = UncertaintyWeighting(names) if weighting == "uncertainty" else None
         self.gate_weights = {name: float(w) for name, w in (gate_weights or {}).items() if w}
 
     def forward(self, logits, targets, routings):
         task_losses, components = {}, {}
         for task, output in logits.items():
-            if task.startswith("classification_"):
-                task_losses[task] = self.losses[task](output.float(), targets[task])
-            else:
-                task_losses[task], parts = self.losses[task](output, targets[task])
-                components[f"loss_{task}_focal"], components[f"loss_{task}_dice"] = parts["focal"], parts["dice"]
+            task_losses[task], parts = self.losses[task](output, targets[task])
+            components.update({f"loss_{task}_{part}": value for part, value in parts.items() if "_" not in part})
         if self.uncertainty is not None:
             total = self.uncertainty(task_losses)
         else:
@@ -78,12 +77,12 @@ class TrainStep(nn.Module):
         super().__init__()
         self.model, self.criterion = model, criterion
 
-    def forward(self, grading_images, grading_targets, segmentation_images, segmentation_targets_, dense):
+    def forward(self, grading_images, grading_targets, segmentation_images, segmentation_targets, dense):
         graded = self.model(grading_images, side="classification", dense=dense)
         segmented = self.model(segmentation_images, side="segmentation", dense=dense)
         logits = {**graded["logits"], **segmented["logits"]}
         routings = {**graded["routing"], **segmented["routing"]}
-        total, components = self.criterion(logits, {**grading_targets, **segmentation_targets_}, routings)
+        total, components = self.criterion(logits, {**grading_targets, **segmentation_targets}, routings)
         return total, components, routings
 
 
@@ -94,8 +93,7 @@ def train_one_epoch(step, optimizer, streams, epoch, iterations, device, amp="of
     step: a TrainStep (possibly DDP-wrapped); streams: {"grading": BatchStream, "segmentation": ...}.
     """
     tasks = distributed.unwrap(step).criterion.tasks
-    classification = [t for t in tasks if t.startswith("classification_")]
-    segmentation = [t for t in tasks if t.startswith("segmentation_")]
+    classification, segmentation = on_side(tasks, "classification"), on_side(tasks, "segmentation")
     step.train()
     grading_batches, segmentation_batches = streams["grading"].epoch(epoch), streams["segmentation"].epoch(epoch)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -105,10 +103,11 @@ def train_one_epoch(step, optimizer, streams, epoch, iterations, device, amp="of
         graded, segmented = pair
         grading_images = graded["image"].to(device, non_blocking=True, memory_format=memory_format)
         segmentation_images = segmented["image"].to(device, non_blocking=True, memory_format=memory_format)
-        grading_targets = classification_targets(classification, graded["rg"].to(device, non_blocking=True),
-                                                 graded["mer"].to(device, non_blocking=True))
-        masks = segmentation_targets(segmentation, segmented["masks"].to(device, non_blocking=True))
-        return step(grading_images, grading_targets, segmentation_images, masks, dense)  # loss, parts, routings
+        grades = {key: graded[key].to(device, non_blocking=True) for key in ("rg", "mer")}
+        masks = {"masks": segmented["masks"].to(device, non_blocking=True)}
+        grading_targets = {task.name: task.target_of(grades) for task in classification}
+        segmentation_targets = {task.name: task.target_of(masks) for task in segmentation}
+        return step(grading_images, grading_targets, segmentation_images, segmentation_targets, dense)
 
     pairs = ((next(grading_batches), next(segmentation_batches)) for _ in range(iterations))
     means = train_steps(pairs, loss_of, optimizer, device, amp, scaler, epoch, total=iterations,
@@ -126,12 +125,12 @@ def evaluate(model, loaders, device, amp="off"):
     results, routing = {}, {}
     if loaders.get("grading") is not None and model.classification_tasks:
         grading = evaluate_grading(lambda x: model(x, side="classification"), loaders["grading"],
-                                   model.classification_tasks, model.task_specs, device, amp)
+                                   on_side(model.tasks, "classification"), device, amp)
         routing.update(grading.pop("routing", {}))
         results["grading"] = grading
     if loaders.get("segmentation") is not None and model.segmentation_tasks:
         segmentation = evaluate_segmentation(lambda x: model(x, side="segmentation"), loaders["segmentation"],
-                                             model.segmentation_tasks, device, amp)
+                                             on_side(model.tasks, "segmentation"), device, amp)
         routing.update(segmentation.pop("routing", {}))
         results["segmentation"] = segmentation
     results["routing"] = routing

@@ -1,10 +1,10 @@
 """The Mixture-of-Experts multi-task model: one backbone, per-task gates and experts.
 
-Tasks come only from ``task_specs`` (name -> number of outputs). A name starting with
-``classification_`` gets pooled classification experts; one starting with ``segmentation_`` gets
-DeepLabV3+ decoder experts fed by the shared ASPP. Adding a task is one entry in the dict.
+Tasks come only from ``task_specs`` (name -> number of outputs), parsed by codebase/tasks.py. A
+task on the classification side gets pooled classification experts; one on the segmentation side
+gets DeepLabV3+ decoder experts fed by the shared ASPP. Adding a task is one entry in the dict.
 
-Routing (see codebase/routing.py): in dense mode every expert runs on every image and outputs are
+Routing (see codebase/networks/routing.py): in dense mode every expert runs on every image and outputs are
 mixed by the routing weights; in top-p mode each image runs only the experts it selected, each
 expert runs only on the images that selected it, and an expert nobody selected does not run.
 """
@@ -12,22 +12,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from codebase.backbone import ResNetBackbone
-from codebase.experts import ExpertBank
-from codebase.layers import ASPP, ClassificationHead, DeepLabDecoder, Gate
-from codebase.routing import dispatch_plan, route
+from codebase.networks.backbones import make_backbone
+from codebase.networks.experts import ExpertBank
+from codebase.networks.layers import ASPP, ClassificationHead, DeepLabDecoder, Gate
+from codebase.networks.routing import dispatch_plan, route
+from codebase.tasks import SIDES as TASK_SIDES
+from codebase.tasks import on_side, parse_tasks
 
-TASK_KINDS = ("classification", "segmentation")
-SIDES = ("all",) + TASK_KINDS
-
-
-def task_kind(name):
-    """'classification_rg' -> 'classification'; anything else without a known prefix is an error."""
-    kind = name.split("_", 1)[0]
-    if kind not in TASK_KINDS or "_" not in name:
-        raise ValueError(f"task name {name!r} must start with one of "
-                         f"{', '.join(k + '_' for k in TASK_KINDS)} (e.g. 'segmentation_od')")
-    return kind
+SIDES = ("all",) + TASK_SIDES
 
 
 class MultiTaskModel(nn.Module):
@@ -38,26 +30,26 @@ class MultiTaskModel(nn.Module):
         super().__init__()
         if num_experts < 1:
             raise ValueError(f"num_experts must be at least 1, got {num_experts}")
-        if not task_specs:
-            raise ValueError("task_specs is empty: name at least one task")
-        self.task_specs = dict(task_specs)
-        self.classification_tasks = [t for t in self.task_specs if task_kind(t) == "classification"]
-        self.segmentation_tasks = [t for t in self.task_specs if task_kind(t) == "segmentation"]
+        self.tasks = parse_tasks(task_specs)
+        self.task_specs = {task.name: task.outputs for task in self.tasks}
+        self.classification_tasks = [task.name for task in on_side(self.tasks, "classification")]
+        self.segmentation_tasks = [task.name for task in on_side(self.tasks, "segmentation")]
         self.num_experts = num_experts
         self.top_p = top_p
         self.dense = False
 
-        self.backbone = ResNetBackbone(backbone, output_stride=16, pretrained=pretrained)
+        self.backbone = make_backbone(backbone, 16, pretrained)
         high, low = self.backbone.high_level_channels, self.backbone.low_level_channels
         self.aspp = ASPP(high, aspp_channels, 16, separable=True) if self.segmentation_tasks else None
         self.gates = nn.ModuleDict({task: Gate(high, num_experts, gate_hidden) for task in self.task_specs})
         self.experts = nn.ModuleDict()
-        for task, outputs in self.task_specs.items():
-            if task_kind(task) == "classification":
-                experts = [ClassificationHead(high, outputs, head_hidden, conv=True) for _ in range(num_experts)]
+        for task in self.tasks:
+            if task.side == "classification":
+                experts = [ClassificationHead(high, task.outputs, head_hidden, conv=True) for _ in range(num_experts)]
             else:
-                experts = [DeepLabDecoder(low, outputs, aspp_channels, channels=decoder_channels, separable=True) for _ in range(num_experts)]
-            self.experts[task] = ExpertBank(experts)
+                experts = [DeepLabDecoder(low, task.outputs, aspp_channels, channels=decoder_channels, separable=True)
+                           for _ in range(num_experts)]
+            self.experts[task.name] = ExpertBank(experts)
 
     def set_routing(self, dense):
         """Dense (every expert, warm-up) or top-p routing for the following forwards."""
@@ -82,7 +74,7 @@ class MultiTaskModel(nn.Module):
         """
         if side not in SIDES:
             raise ValueError(f"side must be one of {SIDES}, got {side!r}")
-        tasks = [t for t in self.task_specs if side == "all" or task_kind(t) == side]
+        tasks = [task.name for task in self.tasks if side == "all" or task.side == side]
         low_level, high_level = self.backbone(images)  # [B, Cl, H/4, W/4], [B, Ch, H/16, W/16]
         pooled = high_level.mean(dim=(2, 3))           # [B, Ch]
         dense = self.dense if dense is None else dense
@@ -114,3 +106,16 @@ class MultiTaskModel(nn.Module):
         # One upsampling for all tasks: [B, sum(outputs), H/4, W/4] -> [B, sum(outputs), H, W].
         full = F.interpolate(torch.cat(stride4, dim=1), size=size, mode="bilinear", align_corners=False)
         return dict(zip(tasks, full.split([self.task_specs[t] for t in tasks], dim=1)))
+
+
+def build_model(config):
+    """The multi-task model a run's config describes."""
+    model = config["model"]
+    return MultiTaskModel(model["task_specs"], model["backbone"], model["num_experts"], model["pretrained"],
+                          top_p=config["routing"]["top_p"], aspp_channels=model["aspp_channels"],
+                          decoder_channels=model["decoder_channels"], head_hidden=model["head_hidden"])
+
+
+def predict(model, images, side="all", dense=None):
+    """The uniform prediction format: {"logits": {task: ...}, "routing": {task: Routing}}."""
+    return model(images, side=side, dense=dense)

@@ -3,8 +3,8 @@
 Training images are resized to data.image_size and randomly cropped to data.crop_size (None: no
 crop) with the train augmentations; test images are the full resized image, normalised only.
 """
-from codebase.datasets import SegmentationDataset
-from codebase.harness import EpochLoader
+from codebase.data.image_datasets import SegmentationDataset
+from codebase.data.loaders import EpochLoader
 
 
 def build_datasets(data):

@@ -2,30 +2,23 @@
 
 The model's five output channels are the five lesion tasks of the multi-task model
 (``segmentation_ma`` ... ``segmentation_od``, LESIONS order), so evaluation runs through the same
-routine (codebase.evaluation) and reports the same numbers under the same names.
+routine (codebase.evaluation.evaluate) and reports the same numbers under the same names.
 """
 import torch
 
-from codebase import distributed
-from codebase.evaluation import evaluate_segmentation
-from codebase.harness import train_steps
-from codebase.idrid import LESIONS
-
-TASKS = tuple(f"segmentation_{lesion.lower()}" for lesion in LESIONS)
-
-
-def task_outputs(logits):
-    """Lesion logits [B, 5, H, W] -> {"logits": {"segmentation_ma": [B, 1, H, W], ...}}, the
-    output format codebase.evaluation expects of every model."""
-    return {"logits": {task: logits[:, index:index + 1] for index, task in enumerate(TASKS)}}
+from codebase.data.idrid import LESIONS
+from codebase.evaluation.evaluate import evaluate_segmentation
+from codebase.training import distributed
+from codebase.training.loop import train_steps
+from segmentation.model import TASKS, predict
 
 
-def train_one_epoch(model, criterion, optimizer, loader, epoch, device, scaler, amp="off", channels_last=False):
+def train_one_epoch(model, criterion, optimizer, loader, epoch, device, amp="off", scaler=None, channels_last=False):
     """One pass over ``loader``; returns batch means {"loss", "loss_focal", "loss_dice",
     "lesions": {"MA": {"loss_focal", "loss_dice"}, ...}} (focal and Dice before their weights;
     per lesion one level down, so the epoch's summary line stays short).
 
-    criterion: a SegmentationLoss over LESIONS; scaler: harness.make_grad_scaler's (disabled: plain steps).
+    criterion: a SegmentationLoss over LESIONS; scaler: make_grad_scaler's (disabled: plain steps).
     """
     model.train()
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -45,5 +38,5 @@ def evaluate(model, loader, device, amp="off", threshold=0.5, keep_meter=False):
     and their means; with ``keep_meter`` also the SegmentationMeter (for precision-recall curves)."""
     model = distributed.unwrap(model)
     model.eval()
-    return evaluate_segmentation(lambda images: task_outputs(model(images)), loader, TASKS, device, amp,
+    return evaluate_segmentation(lambda images: predict(model, images), loader, TASKS, device, amp,
                                  threshold, keep_meter=keep_meter)

@@ -1,7 +1,7 @@
 """Shared fixtures: a small synthetic IDRiD tree, generated once per test session."""
 import pytest
 
-from codebase.synthetic import generate
+from codebase.data.synthetic import generate
 
 # Size is (W, H); counts per split. Grading train quotas give every RG and MER class at least once.
 SYNTHETIC_TREE = {"seed": 0, "size": (192, 128), "seg_train": 4, "seg_test": 2, "grade_train": 10, "grade_test": 5}

@@ -19,7 +19,13 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from codebase import distributed, harness  # noqa: E402
+from codebase.config import parse_cli
+from codebase.data.loaders import EpochLoader
+from codebase.training import distributed
+from codebase.training.device import autocast, make_grad_scaler
+from codebase.training.loop import check_finite, fit, should_stop
+from codebase.training.progress import progress
+from codebase.training.run_folder import Run  # noqa: E402
 
 CONFIG = {
     "seed": 0,
@@ -81,26 +87,26 @@ def evaluate_model(model: nn.Module, loader, device) -> dict:
 
 def main(config: dict) -> list[dict]:
     toy = config["toy"]
-    with harness.Run(config) as run:
+    with Run(config) as run:
         device = run.device
         model = ToyModel(config["model"]["hidden"], config["model"]["ballast"]).to(device)
         model = distributed.wrap_model(model, device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=config["train"]["lr"])
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=2, gamma=0.5)
-        scaler = harness.make_grad_scaler(device, config["train"]["amp"])
-        train_loader = harness.EpochLoader(ToyData(toy["samples"], train=True), config["train"]["batch_size"],
+        scaler = make_grad_scaler(device, config["train"]["amp"])
+        train_loader = EpochLoader(ToyData(toy["samples"], train=True), config["train"]["batch_size"],
                                            train=True, seed=config["seed"],
                                            num_workers=config["train"]["num_workers"])
-        eval_loader = harness.EpochLoader(ToyData(toy["samples"] // 2, train=False), 16, train=False,
+        eval_loader = EpochLoader(ToyData(toy["samples"] // 2, train=False), 16, train=False,
                                           seed=config["seed"])
 
         def train_one_epoch(epoch: int) -> dict:
             model.train()
             total = 0.0
-            for step, (inputs, labels) in enumerate(harness.progress(train_loader, f"epoch {epoch}")):
+            for step, (inputs, labels) in enumerate(progress(train_loader, f"epoch {epoch}")):
                 if toy["print_steps"]:
                     print(f"step {epoch} {step}", flush=True)
-                with harness.autocast(device, config["train"]["amp"]):
+                with autocast(device, config["train"]["amp"]):
                     logits = model(inputs.to(device))
                     cross_entropy = nn.functional.cross_entropy(logits, labels.to(device))
                 # numpy and python RNGs must be restored on resume too
@@ -108,7 +114,7 @@ def main(config: dict) -> list[dict]:
                 if toy["nan_at"] == [epoch, step]:
                     penalty = penalty * float("nan")
                 loss = cross_entropy + penalty
-                harness.check_finite(loss, {"cross_entropy": cross_entropy, "penalty": penalty}, step, epoch)
+                check_finite(loss, {"cross_entropy": cross_entropy, "penalty": penalty}, step, epoch)
                 optimizer.zero_grad()
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
@@ -116,16 +122,16 @@ def main(config: dict) -> list[dict]:
                 total += loss.item()
                 if toy["interrupt_at"] == [epoch, step]:
                     os.kill(os.getpid(), getattr(signal, toy["signal"]))
-                if harness.should_stop():
+                if should_stop():
                     break
             return {"loss": total / (step + 1), "loss_cross_entropy": cross_entropy.item()}
 
         def evaluate(epoch: int) -> dict:
             return evaluate_model(distributed.unwrap(model), eval_loader, device)
 
-        return harness.fit(run, model, optimizer, scheduler, train_one_epoch, evaluate,
+        return fit(run, model, optimizer, scheduler, train_one_epoch, evaluate,
                            config["train"]["epochs"], scaler, loaders=[train_loader])
 
 
 if __name__ == "__main__":
-    main(harness.parse_cli(CONFIG, description=__doc__))
+    main(parse_cli(CONFIG, description=__doc__))

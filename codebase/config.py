@@ -1,0 +1,294 @@
+"""Configuration: a script's CONFIG dict, the command line folded into it, and validation.
+
+Order: defaults every run has < the script's CONFIG < demo overrides (with --demo) <
+--data-root, --device, --run-name, --resume/--no-resume < --set KEY=VALUE (left to right).
+The resolved config is one plain, JSON-serialisable dict. `require` checks one setting and
+raises ConfigError naming its key and what was expected.
+"""
+import argparse
+import copy
+import difflib
+import json
+from numbers import Real
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+
+from codebase.errors import ProjectError
+
+# Keys every run has; a script's CONFIG may override any of them.
+# Keys every run has; a script's CONFIG may override any of them.
+HARNESS_DEFAULTS = {
+    "seed": 0,
+    "device": "auto",
+    "deterministic": False,  # True: cudnn picks deterministic kernels instead of benchmarking the fastest
+    "run": {"name": "run", "save_dir": "saved", "resume": None, "demo": False, "plots": True},
+}
+
+
+class ConfigError(ProjectError, ValueError):
+    """A configuration value or command-line flag is wrong; the message names the key."""
+
+
+def is_number(value) -> bool:
+    """A real number that is not a bool (config floats, history values)."""
+    return isinstance(value, Real) and not isinstance(value, bool)
+
+# ---------------------------------------------------------------------------------------------
+# Configuration
+
+
+def parse_cli(config: dict, argv: list[str] | None = None, demo_overrides: dict | None = None,
+              description: str = "", validate: Callable[[dict], None] | None = None) -> dict:
+    """The script's CONFIG with the command line applied, as a new plain dict.
+
+    Order: harness defaults < CONFIG < demo overrides (with --demo) < --data-root, --device,
+    --run-name, --resume/--no-resume < --set (left to right). `validate(config)` runs last and
+    may raise ConfigError (see `require`).
+    """
+    parser = argparse.ArgumentParser(description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, nested keys with dots "
+                             "(e.g. --set optim.lr=3e-4 --set data.image_size=128,192); repeatable")
+    parser.add_argument("--data-root", help="dataset folder (data.root)")
+    parser.add_argument("--device", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
+    parser.add_argument("--run-name", help="run folder name under run.save_dir (run.name)")
+    parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=None,
+                        help="resume from the run folder's checkpoint (default: resume when one "
+                             "exists); --no-resume starts a new folder <name>_2, ... and never "
+                             "deletes an earlier run")
+    parser.add_argument("--demo", action="store_true",
+                        help="small built-in experiment on synthetic data (the script's demo settings)")
+    args = parser.parse_args(argv)
+
+    resolved = with_defaults(config)
+    if args.demo:
+        for key, value in (demo_overrides or {}).items():
+            set_value(resolved, key, value)
+        resolved["run"]["demo"] = True
+    flags = {"data.root": args.data_root, "device": args.device, "run.name": args.run_name,
+             "run.resume": args.resume}
+    for key, value in flags.items():
+        if value is not None:
+            set_value(resolved, key, value)
+    resolved = apply_overrides(resolved, args.set)
+    if validate is not None:
+        validate(resolved)
+    return resolved
+
+
+def with_defaults(config: dict) -> dict:
+    """A deep, JSON-plain copy of `config` with the harness's keys filled in where absent."""
+    merged = copy.deepcopy(HARNESS_DEFAULTS)
+    _merge_into(merged, _config_data(config, "config"))
+    return merged
+
+
+def apply_overrides(config: dict, assignments: Iterable[str]) -> dict:
+    """A copy of `config` with each "a.b=value" applied, the text parsed to the default's type."""
+    config = copy.deepcopy(config)
+    for assignment in assignments:
+        key, separator, text = assignment.partition("=")
+        key = key.strip()
+        if not separator or not key:
+            raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE, e.g. --set optim.lr=0.001")
+        parent, leaf = _locate(config, key)
+        parent[leaf] = parse_value(key, text, parent[leaf])
+    return config
+
+
+def set_value(config: dict, key: str, value) -> None:
+    """Set an existing dotted key to an already-typed value, checked against the default's type."""
+    parent, leaf = _locate(config, key)
+    parent[leaf] = _coerce(key, _config_data(value, key), parent[leaf])
+
+
+def get_value(config: dict, key: str):
+    parent, leaf = _locate(config, key)
+    return parent[leaf]
+
+
+def require(config: dict, key: str, check, expected: str | None = None) -> None:
+    """Raise ConfigError unless the value at `key` passes `check`.
+
+    `check` is a predicate (`lambda p: 0 < p <= 1`, with `expected="a number in (0, 1]"`) or a
+    collection of allowed values (`("resnet18", "resnet50")`).
+    """
+    value = get_value(config, key)
+    if callable(check):
+        try:
+            passed = bool(check(value))
+        except TypeError:
+            passed = False
+    else:
+        passed = value in check
+        expected = expected or "one of " + ", ".join(repr(choice) for choice in check)
+    if not passed:
+        raise ConfigError(f"{key}={value!r}: expected {expected or 'a valid value'}")
+
+
+def parse_value(key: str, text: str, default):
+    """Parse command-line `text` to the type of `default` (None defaults take JSON, else text)."""
+    try:
+        if default is None:
+            return _json_or_text(text)
+        if isinstance(default, (list, tuple)):
+            return _parse_list(key, text, default)
+        if isinstance(default, dict):
+            value = json.loads(text)
+            if isinstance(value, dict):
+                return value
+            raise ValueError(text)
+        return _parse_scalar(text, default)
+    except ValueError:
+        raise ConfigError(f"{key}={text!r}: expected {_type_name(default)}") from None
+
+
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def _parse_scalar(text: str, default):
+    if isinstance(default, bool):
+        word = text.strip().lower()
+        if word in _TRUE + _FALSE:
+            return word in _TRUE
+        raise ValueError(text)
+    if isinstance(default, int):
+        return int(text)
+    if isinstance(default, float):
+        return float(text)
+    return text
+
+
+def _parse_list(key: str, text: str, default) -> list:
+    text = text.strip()
+    if text.startswith("["):
+        items = json.loads(text)
+        if not isinstance(items, list):
+            raise ValueError(text)
+    else:
+        items = [part.strip() for part in text.split(",")] if text else []
+    if not default:
+        return items
+    return [_parse_scalar(item, default[0]) if isinstance(item, str) else _coerce(key, item, default[0])
+            for item in items]
+
+
+def _json_or_text(text: str):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _coerce(key: str, value, default):
+    """`value` if it fits the type of `default` (ints widen to float), else ConfigError."""
+    if default is None or value is None:
+        return value
+    if isinstance(default, bool):
+        fits = isinstance(value, bool)
+    elif isinstance(default, int):
+        fits = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        fits = is_number(value)
+    elif isinstance(default, (list, tuple)):
+        fits = isinstance(value, list)
+    else:
+        fits = isinstance(value, type(default))
+    if not fits:
+        raise ConfigError(f"{key}={value!r}: expected {_type_name(default)}")
+    if isinstance(default, float):
+        return float(value)
+    if isinstance(default, (list, tuple)) and default:
+        return [_coerce(key, item, default[0]) for item in value]
+    return value
+
+
+_SCALAR_NAMES = {bool: ("a boolean (true/false, yes/no, 1/0)", "booleans"), int: ("an integer", "integers"),
+                 float: ("a number", "numbers"), str: ("a string", "strings")}
+
+
+def _type_name(default) -> str:
+    if isinstance(default, (list, tuple)):
+        element = f" of {_SCALAR_NAMES.get(type(default[0]), ('', 'values'))[1]}" if default else ""
+        return f"a list{element} (JSON like [1, 2] or comma-separated like 1,2)"
+    if isinstance(default, dict):
+        return 'a JSON object like {"key": 1}'
+    return _SCALAR_NAMES.get(type(default), (type(default).__name__,))[0]
+
+
+def _locate(config: dict, key: str) -> tuple[dict, str]:
+    """(section dict, leaf name) of an existing dotted key, or ConfigError with suggestions."""
+    node = config
+    parts = key.split(".")
+    for depth, part in enumerate(parts):
+        if not isinstance(node, dict) or part not in node:
+            raise ConfigError(_unknown_key_message(config, key, ".".join(parts[:depth])))
+        if depth < len(parts) - 1:
+            node = node[part]
+    return node, parts[-1]
+
+
+def _unknown_key_message(config: dict, key: str, known_prefix: str) -> str:
+    keys = list(flatten(config))
+    leaf = key.rsplit(".", 1)[-1]
+
+    def similarity(candidate: str) -> float:
+        whole = difflib.SequenceMatcher(None, key, candidate).ratio()
+        last = difflib.SequenceMatcher(None, leaf, candidate.rsplit(".", 1)[-1]).ratio()
+        return max(whole, last)
+
+    close = sorted((k for k in keys if similarity(k) >= 0.6), key=similarity, reverse=True)[:3]
+    message = f"unknown config key {key!r}"
+    if close:
+        return message + "; did you mean " + " or ".join(repr(k) for k in close) + "?"
+    section = get_value(config, known_prefix) if known_prefix else config
+    if isinstance(section, dict):
+        where = f"under {known_prefix!r}" if known_prefix else "at the top level"
+        return message + f"; keys {where}: " + ", ".join(sorted(section))
+    return message + f"; {known_prefix!r} is a value, not a section"
+
+
+def flatten(config: dict, prefix: str = "") -> dict:
+    """{"a.b": value} for every leaf (an empty dict is a leaf)."""
+    flat = {}
+    for name, value in config.items():
+        key = f"{prefix}{name}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, key + "."))
+        else:
+            flat[key] = value
+    return flat
+
+
+def _merge_into(target: dict, source: dict) -> None:
+    for key, value in source.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            _merge_into(target[key], value)
+        else:
+            target[key] = value
+
+
+def _config_data(value, key: str):
+    try:
+        return as_json_data(value, key)
+    except TypeError as error:
+        raise ConfigError(f"{error}; config values must be numbers, strings, booleans, None, "
+                          "lists or dicts") from None
+
+
+def as_json_data(value, key: str):
+    """`value` as JSON data: tuples become lists, tensors and numpy values numbers or lists."""
+    if isinstance(value, (torch.Tensor, np.ndarray, np.generic)):
+        return value.tolist() if value.ndim else value.item()
+    if isinstance(value, dict):
+        return {str(name): as_json_data(item, f"{key}.{name}") for name, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [as_json_data(item, key) for item in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"{key} is a {type(value).__name__}")
+
+

@@ -1,0 +1,434 @@
+"""IDRiD on disk: folder and file names, readers, validation and `python -m codebase.data.idrid check`.
+
+This is the only module that knows how IDRiD is laid out (see data/README.md). Everything else asks
+it for records (image path, mask paths, grades) and reads pixels through `read_image`/`read_mask`.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import re
+import sys
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageChops, UnidentifiedImageError
+from tqdm import tqdm
+
+from codebase.errors import ProjectError
+
+LESIONS = ("MA", "HE", "EX", "SE", "OD")
+LESION_NAMES = {
+    "MA": "Microaneurysms",
+    "HE": "Haemorrhages",
+    "EX": "Hard Exudates",
+    "SE": "Soft Exudates",
+    "OD": "Optic Disc",
+}
+SPLITS = ("train", "test")
+NUM_RG_CLASSES = 5
+NUM_MER_CLASSES = 3
+
+SEGMENTATION_DIR = "A. Segmentation"
+GRADING_DIR = "B. Disease Grading"
+_IMAGES_DIR = "1. Original Images"
+_MASKS_DIR = "2. All Segmentation Groundtruths"
+_LABELS_DIR = "2. Groundtruths"
+_SPLIT_DIRS = {"train": "a. Training Set", "test": "b. Testing Set"}
+_LESION_DIRS = {code: f"{i}. {LESION_NAMES[code]}" for i, code in enumerate(LESIONS, start=1)}
+_LABEL_FILES = {
+    "train": "a. IDRiD_Disease Grading_Training Labels.csv",
+    "test": "b. IDRiD_Disease Grading_Testing Labels.csv",
+}
+IMAGE_SUFFIX = ".jpg"
+MASK_SUFFIX = ".tif"
+
+# Grading CSV header as distributed (note the trailing space of the third column).
+CSV_NAME_COLUMN = "Image name"
+CSV_RG_COLUMN = "Retinopathy grade"
+CSV_MER_COLUMN = "Risk of macular edema "
+CSV_HEADER = (CSV_NAME_COLUMN, CSV_RG_COLUMN, CSV_MER_COLUMN)
+
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\- ]*")
+
+
+class IDRiDError(ProjectError, ValueError):
+    """Bad dataset input. `problems` lists every problem found (the message joins them)."""
+
+    def __init__(self, problems: str | list[str]):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+@dataclass(frozen=True)
+class GradingRecord:
+    name: str
+    image_path: Path
+    retinopathy_grade: int
+    macular_edema_risk: int
+
+
+@dataclass(frozen=True)
+class SegmentationRecord:
+    name: str
+    image_path: Path
+    mask_paths: dict[str, Path | None]  # None: lesion absent, all pixels negative
+
+
+# ----------------------------------------------------------------------------- paths
+def _check_split(split: str) -> str:
+    if split not in _SPLIT_DIRS:
+        raise IDRiDError(f"split {split!r}: expected one of {SPLITS}")
+    return _SPLIT_DIRS[split]
+
+
+def segmentation_image_dir(root, split: str) -> Path:
+    return Path(root) / SEGMENTATION_DIR / _IMAGES_DIR / _check_split(split)
+
+
+def segmentation_mask_dir(root, split: str, lesion: str) -> Path:
+    if lesion not in _LESION_DIRS:
+        raise IDRiDError(f"lesion {lesion!r}: expected one of {LESIONS}")
+    return Path(root) / SEGMENTATION_DIR / _MASKS_DIR / _check_split(split) / _LESION_DIRS[lesion]
+
+
+def segmentation_image_path(root, split: str, name: str) -> Path:
+    return segmentation_image_dir(root, split) / f"{name}{IMAGE_SUFFIX}"
+
+
+def segmentation_mask_path(root, split: str, name: str, lesion: str) -> Path:
+    return segmentation_mask_dir(root, split, lesion) / f"{name}_{lesion}{MASK_SUFFIX}"
+
+
+def grading_image_dir(root, split: str) -> Path:
+    return Path(root) / GRADING_DIR / _IMAGES_DIR / _check_split(split)
+
+
+def grading_image_path(root, split: str, name: str) -> Path:
+    return grading_image_dir(root, split) / f"{name}{IMAGE_SUFFIX}"
+
+
+def grading_labels_path(root, split: str) -> Path:
+    _check_split(split)
+    return Path(root) / GRADING_DIR / _LABELS_DIR / _LABEL_FILES[split]
+
+
+def segmentation_image_name(number: int) -> str:
+    """IDRiD_01, IDRiD_02, ...: segmentation images; the test split continues the numbering."""
+    return f"IDRiD_{number:02d}"
+
+
+def grading_image_name(number: int) -> str:
+    """IDRiD_001, ...: grading images; each split starts again at 1."""
+    return f"IDRiD_{number:03d}"
+
+
+def tree_present(root) -> bool:
+    """True when both halves of the IDRiD tree exist under `root` (contents not checked)."""
+    return (Path(root) / SEGMENTATION_DIR).is_dir() and (Path(root) / GRADING_DIR).is_dir()
+
+
+# ----------------------------------------------------------------------------- pixels
+def _open(path) -> Image.Image:
+    path = Path(path)
+    if not path.is_file():
+        raise IDRiDError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise IDRiDError(f"{path}: empty file (0 bytes), expected an image")
+    try:
+        return Image.open(path)
+    except (UnidentifiedImageError, OSError) as error:
+        raise IDRiDError(f"{path}: not a readable image ({error})") from error
+
+
+def _load(image: Image.Image, path) -> None:
+    try:
+        image.load()
+    except (OSError, ValueError, SyntaxError) as error:  # truncated or corrupt data
+        raise IDRiDError(f"{path}: unreadable or truncated image data ({error})") from error
+
+
+def image_size(path) -> tuple[int, int]:
+    """(W, H) from the file header, without decoding pixels."""
+    with _open(path) as image:
+        return image.size
+
+
+def read_image(path, draft_size: tuple[int, int] | None = None) -> Image.Image:
+    """Decode an RGB image (greyscale, CMYK, palette... are converted).
+
+    draft_size=(W, H): a JPEG may be decoded at a reduced scale (1/2, 1/4, 1/8) that is still at
+    least this big, which is much faster for full-size fundus photographs.
+    """
+    with _open(path) as image:
+        if draft_size is not None:
+            image.draft(None, tuple(draft_size))
+        _load(image, path)
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _nonzero(channel: Image.Image) -> Image.Image:
+    return channel.point(lambda value: 255 if value else 0)
+
+
+def read_mask_image(path, expected_size: tuple[int, int] | None = None) -> Image.Image:
+    """A lesion mask as an 'L' image of 0 / 255, whatever the file's pixel format.
+
+    Foreground is any non-zero value; RGBA / LA masks keep it in alpha; palette masks by colour.
+    expected_size=(W, H): the size of the image the mask belongs to.
+    """
+    with _open(path) as image:
+        _load(image, path)
+    if expected_size is not None and image.size != tuple(expected_size):
+        raise IDRiDError(
+            f"{path}: mask is {image.size[0]}x{image.size[1]}, expected "
+            f"{expected_size[0]}x{expected_size[1]} (the size of its image)"
+        )
+    mode = image.mode
+    if mode == "1":
+        return image.convert("L")
+    if mode == "L":
+        return _nonzero(image)
+    if mode in ("RGBA", "LA", "PA"):
+        return _nonzero(image.getchannel("A"))
+    if mode == "P":
+        palette = np.zeros((256, 3), np.uint8)
+        colours = np.asarray(image.getpalette() or [], np.uint8).reshape(-1, 3)[:256]
+        palette[: len(colours)] = colours
+        lookup = np.where(palette.any(axis=1), 255, 0).astype(np.uint8)
+        return Image.fromarray(lookup[np.asarray(image)])
+    if mode.startswith("I") or mode == "F":
+        return Image.fromarray(np.where(np.asarray(image) != 0, 255, 0).astype(np.uint8))
+    rgb = image if mode == "RGB" else image.convert("RGB")
+    red, green, blue = rgb.split()
+    return _nonzero(ImageChops.lighter(ImageChops.lighter(red, green), blue))
+
+
+def read_mask(path, expected_size: tuple[int, int] | None = None) -> np.ndarray:
+    """A lesion mask as uint8 [H, W] of 0/1 (see `read_mask_image`)."""
+    return (np.asarray(read_mask_image(path, expected_size)) > 0).astype(np.uint8)
+
+
+# ----------------------------------------------------------------------------- records
+def _require_dir(path: Path, what: str, problems: list[str]) -> bool:
+    if not path.is_dir():
+        problems.append(f"{path}: missing folder, expected {what}")
+        return False
+    return True
+
+
+def _require_root(root) -> Path:
+    root = Path(root)
+    if not root.is_dir():
+        raise IDRiDError(
+            f"{root}: data root not found, expected a folder holding '{SEGMENTATION_DIR}' and "
+            f"'{GRADING_DIR}' (see data/README.md, or make a synthetic one with "
+            f"`python -m codebase.data.synthetic {root}`)"
+        )
+    return root
+
+
+def _parse_label(text: str, column: str, upper: int, where: str, problems: list[str]) -> int | None:
+    text = text.strip()
+    if not re.fullmatch(r"[+-]?\d+", text):
+        problems.append(f"{where}: {column.strip()!r} is {text!r}, expected an integer 0-{upper}")
+        return None
+    value = int(text)
+    if not 0 <= value <= upper:
+        problems.append(f"{where}: {column.strip()!r} is {value}, expected 0-{upper}")
+        return None
+    return value
+
+
+def _image_name(text: str, where: str, problems: list[str]) -> str | None:
+    """The CSV's image name, refused when it could point outside its folder."""
+    name = text.strip()
+    if name.lower().endswith(IMAGE_SUFFIX):
+        name = name[: -len(IMAGE_SUFFIX)]
+    if not _SAFE_NAME.fullmatch(name) or ".." in name:
+        problems.append(
+            f"{where}: image name {text!r} refused, expected a plain file name such as IDRiD_001 "
+            f"(no folders, no '..', not absolute)"
+        )
+        return None
+    return name
+
+
+def _scan_grading(root: Path, split: str, problems: list[str]) -> list[GradingRecord]:
+    csv_path = grading_labels_path(root, split)
+    image_dir = grading_image_dir(root, split)
+    if not _require_dir(image_dir, f"the grading {split} images", problems):
+        return []
+    if not csv_path.is_file():
+        problems.append(f"{csv_path}: missing grading labels, expected a CSV file")
+        return []
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as file:
+            rows = list(csv.reader(file))
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        problems.append(f"{csv_path}: unreadable CSV ({error})")
+        return []
+    if not rows:
+        problems.append(f"{csv_path}: empty file, expected a header {', '.join(map(repr, CSV_HEADER))}")
+        return []
+    header = [cell.strip() for cell in rows[0]]
+    columns = {}
+    for wanted in CSV_HEADER:
+        if wanted.strip() not in header:
+            problems.append(f"{csv_path}: missing column {wanted!r}; found {[c for c in rows[0] if c]}")
+        else:
+            columns[wanted] = header.index(wanted.strip())
+    if len(columns) < len(CSV_HEADER):
+        return []
+
+    records, first_line = [], {}
+    for line_number, row in enumerate(rows[1:], start=2):
+        if not any(cell.strip() for cell in row):
+            continue  # blank or comma-only line
+        where = f"{csv_path}, line {line_number}"
+        cells = [row[columns[c]] if columns[c] < len(row) else "" for c in CSV_HEADER]
+        name = _image_name(cells[0], where, problems)
+        rg = _parse_label(cells[1], CSV_RG_COLUMN, NUM_RG_CLASSES - 1, where, problems)
+        mer = _parse_label(cells[2], CSV_MER_COLUMN, NUM_MER_CLASSES - 1, where, problems)
+        if name is None:
+            continue
+        if name in first_line:
+            problems.append(f"{where}: duplicate image name {name!r} (first on line {first_line[name]})")
+            continue
+        first_line[name] = line_number
+        image_path = grading_image_path(root, split, name)
+        if not image_path.is_file():
+            problems.append(f"{where}: image {name!r} listed but {image_path} not found")
+            continue
+        if rg is not None and mer is not None:
+            records.append(GradingRecord(name, image_path, rg, mer))
+    return records
+
+
+def _scan_segmentation(root: Path, split: str, problems: list[str]) -> list[SegmentationRecord]:
+    image_dir = segmentation_image_dir(root, split)
+    mask_dirs = {lesion: segmentation_mask_dir(root, split, lesion) for lesion in LESIONS}
+    found = [_require_dir(image_dir, f"the segmentation {split} images", problems)]
+    found += [_require_dir(d, f"{LESION_NAMES[k]} masks (may be empty)", problems) for k, d in mask_dirs.items()]
+    if not all(found):
+        return []
+    names = sorted(p.stem for p in image_dir.iterdir() if p.suffix.lower() == IMAGE_SUFFIX and p.is_file())
+    if not names:
+        problems.append(f"{image_dir}: no {IMAGE_SUFFIX} images found")
+    known = set(names)
+    for lesion, mask_dir in mask_dirs.items():
+        for path in sorted(mask_dir.glob(f"*{MASK_SUFFIX}")):
+            if not path.stem.endswith(f"_{lesion}"):
+                problems.append(f"{path}: unexpected name, expected <image name>_{lesion}{MASK_SUFFIX}")
+            elif path.stem[: -len(lesion) - 1] not in known:
+                owner = image_dir / f"{path.stem[: -len(lesion) - 1]}{IMAGE_SUFFIX}"
+                problems.append(f"{path}: mask without an image, expected {owner}")
+    records = []
+    for name in names:
+        masks = {}
+        for lesion in LESIONS:
+            path = segmentation_mask_path(root, split, name, lesion)
+            masks[lesion] = path if path.is_file() else None
+        records.append(SegmentationRecord(name, image_dir / f"{name}{IMAGE_SUFFIX}", masks))
+    return records
+
+
+def grading_records(root, split: str) -> list[GradingRecord]:
+    """Records of a grading split, in CSV order; IDRiDError lists every problem found."""
+    problems: list[str] = []
+    records = _scan_grading(_require_root(root), split, problems)
+    if problems:
+        raise IDRiDError(problems)
+    return records
+
+
+def segmentation_records(root, split: str) -> list[SegmentationRecord]:
+    """Records of a segmentation split, sorted by name; absent masks are None."""
+    problems: list[str] = []
+    records = _scan_segmentation(_require_root(root), split, problems)
+    if problems:
+        raise IDRiDError(problems)
+    return records
+
+
+# ----------------------------------------------------------------------------- check
+def _verify_image(path: Path, problems: list[str]) -> tuple[int, int] | None:
+    """Decode at 1/8 scale (which still reads every byte) to catch truncation; return (W, H)."""
+    try:
+        with _open(path) as image:
+            size = image.size
+            image.draft(None, (max(1, size[0] // 8), max(1, size[1] // 8)))
+            _load(image, path)
+        return size
+    except IDRiDError as error:
+        problems.extend(error.problems)
+        return None
+
+
+def check(root) -> tuple[dict, list[str]]:
+    """Read and verify the whole tree: (summary, problems). Every file is decoded once."""
+    problems: list[str] = []
+    root = _require_root(root)
+    summary: dict = {"segmentation": {}, "grading": {}}
+    for split in SPLITS:
+        records = _scan_segmentation(root, split, problems)
+        masks = Counter()
+        for record in tqdm(records, desc=f"check segmentation {split}", leave=False):
+            size = _verify_image(record.image_path, problems)
+            for lesion, path in record.mask_paths.items():
+                if path is None:
+                    continue
+                masks[lesion] += 1
+                try:
+                    read_mask_image(path, expected_size=size)
+                except IDRiDError as error:
+                    problems.extend(error.problems)
+        summary["segmentation"][split] = {"images": len(records), "masks": {k: masks[k] for k in LESIONS}}
+
+        records = _scan_grading(root, split, problems)
+        for record in tqdm(records, desc=f"check grading {split}", leave=False):
+            _verify_image(record.image_path, problems)
+        summary["grading"][split] = {
+            "images": len(records),
+            "rg": [sum(r.retinopathy_grade == g for r in records) for g in range(NUM_RG_CLASSES)],
+            "mer": [sum(r.macular_edema_risk == g for r in records) for g in range(NUM_MER_CLASSES)],
+        }
+    return summary, problems
+
+
+def format_summary(root, summary: dict) -> str:
+    lines = [f"IDRiD at {root}", "", "Segmentation    images  " + "  ".join(f"{k:>3}" for k in LESIONS)]
+    for split, info in summary["segmentation"].items():
+        counts = "  ".join(f"{info['masks'][k]:>3}" for k in LESIONS)
+        lines.append(f"  {split:<14}{info['images']:>6}  {counts}")
+    lines += ["", "Grading         images  RG 0..4                MER 0..2"]
+    for split, info in summary["grading"].items():
+        rg = " ".join(f"{n:>4}" for n in info["rg"])
+        mer = " ".join(f"{n:>4}" for n in info["mer"])
+        lines.append(f"  {split:<14}{info['images']:>6}  {rg}   {mer}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m codebase.data.idrid", description="IDRiD dataset tools")
+    commands = parser.add_subparsers(dest="command", required=True)
+    check_parser = commands.add_parser("check", help="verify a data root; print a summary or every problem")
+    check_parser.add_argument("root", nargs="?", default="data", help="data root (default: data)")
+    args = parser.parse_args(argv)
+    try:
+        summary, problems = check(args.root)
+    except IDRiDError as error:
+        summary, problems = None, error.problems
+    if problems:
+        print(f"{len(problems)} problem(s) in {args.root}:", file=sys.stderr)
+        for problem in problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return 1
+    print(format_summary(args.root, summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""What a model costs: parameters, forward FLOPs (torch.utils.flop_counter), latency, peak memory."""
+import ctypes
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def count_parameters(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+def forward_flops(module, run):
+    """FLOPs of ``run()`` (a forward through ``module``): {"total": n, "<child>": n per direct child}.
+
+    A child's count covers work inside its own forward; work a parent does with the child's
+    weights (the grouped expert path, say) counts in the total only.
+    """
+    with torch.no_grad(), FlopCounterMode(display=False, depth=None) as counter:
+        run()
+    counts = counter.get_flop_counts()
+    root = type(module).__name__
+    result = {"total": int(counter.get_total_flops())}
+    for name, _ in module.named_children():
+        result[name] = int(sum(counts.get(f"{root}.{name}", {}).values()))
+    return result
+
+
+def synchronize(device):
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def median_seconds(run, device="cpu", repeats=10, warmup=2):
+    """Median wall time of ``run()`` over ``repeats`` calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        run()
+    synchronize(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _resident_kib(field):
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise OSError(f"{field} not in /proc/self/status")
+
+
+def _return_freed_memory():
+    """Hand freed heap memory back to the OS (glibc's malloc_trim), so that the peak-RSS growth
+    measured next is the run's own memory, not 0 because earlier runs left theirs resident."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the reading is what it is
+        pass
+
+
+def peak_memory_bytes(run, device="cpu"):
+    """Peak memory ``run()`` adds: CUDA allocator peak, or on Linux CPUs the growth of peak RSS.
+
+    Returns None where neither can be read (macOS CPU, MPS).
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        run()
+        synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - before
+    if device.type != "cpu" or not Path("/proc/self/clear_refs").exists():
+        return None
+    _return_freed_memory()
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets the peak-RSS high-water mark
+        before = _resident_kib("VmRSS")
+        run()
+        return max(0, _resident_kib("VmHWM") - before) * 1024
+    except OSError:
+        return None
+
+
+def machine(device) -> str:
+    """The device in words, for the heading of a measurement: GPU name, or CPU, cores and threads."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} threads"

@@ -1,0 +1,109 @@
+"""Evaluation over a whole split, shared by the three models, the notebooks and compare_models.py.
+
+A model is seen through a ``predict(images) -> {"logits": {task: tensor}, "routing": {...}}``
+function ("routing" only for the multi-task model). Grading images go through the
+classification tasks only, segmentation images through the segmentation tasks only. Under
+several processes each rank evaluates its shard and the meters' counts are summed, so the
+result equals a single-process evaluation of the same model on the same data.
+"""
+import torch
+
+from codebase.evaluation.metrics import JointAccuracyMeter, SegmentationMeter
+from codebase.training import distributed
+from codebase.training.device import autocast
+from codebase.training.progress import progress
+
+
+def task_key(task):
+    """'classification_rg' -> 'rg'; 'segmentation_ma' -> 'MA' (lesion codes are upper case)."""
+    kind, key = task.split("_", 1)
+    return key.upper() if kind == "segmentation" else key
+
+
+class RoutingMeter:
+    """Per task: how many experts each image ran, and the share of images that ran each expert."""
+
+    def __init__(self):
+        self.sums = {}  # task -> int64 [E + 2]: per-expert selections, experts run, images (exact counts)
+
+    def update(self, routings):
+        for task, routing in routings.items():
+            mask = routing.mask.detach()
+            row = torch.cat([mask.sum(dim=0), mask.sum().view(1), torch.tensor([mask.shape[0]], device=mask.device)])
+            total = self.sums.get(task)
+            self.sums[task] = row if total is None else total + row
+
+    def state_tensors(self):
+        return [self.sums[task] for task in sorted(self.sums)]
+
+    def compute(self):
+        result = {}
+        for task in sorted(self.sums):
+            *selections, experts_run, images = self.sums[task].tolist()
+            result[task] = {"experts_per_image": experts_run / images, "usage": [s / images for s in selections]}
+        return result
+
+
+def _reduce(meters):
+    if distributed.is_distributed():
+        distributed.all_reduce_sum([t for meter in meters for t in meter.state_tensors()])
+
+
+@torch.no_grad()
+def evaluate_grading(predict, loader, tasks, device, amp="off", desc="eval grading"):
+    """Accuracy, quadratic kappa, confusion and recall per classification task; joint RG+MER accuracy.
+
+    tasks: classification-side Tasks (codebase/tasks.py). Returns {"rg_accuracy": ...,
+    "joint_accuracy": ...} and "routing" when the model routes.
+    """
+    meters = {task.name: task.kind.make_meter(task) for task in tasks}
+    by_key = {task.key: task.name for task in tasks}
+    joint = JointAccuracyMeter() if {"rg", "mer"} <= set(by_key) else None
+    routing = RoutingMeter()
+    for batch in progress(loader, desc, total=len(loader)):
+        images = batch["image"].to(device, non_blocking=True)
+        with autocast(device, amp):
+            out = predict(images)
+        grades = {key: batch[key].to(device) for key in ("rg", "mer")}
+        logits = {task.name: out["logits"][task.name].float() for task in tasks}
+        targets = {task.name: task.target_of(grades) for task in tasks}
+        for name, meter in meters.items():
+            meter.update(logits[name], targets[name])
+        if joint is not None:
+            rg, mer = by_key["rg"], by_key["mer"]
+            joint.update(logits[rg], logits[mer], targets[rg], targets[mer])
+        routing.update(out.get("routing", {}))
+    _reduce(list(meters.values()) + [routing] + ([joint] if joint else []))
+    results = {}
+    for task in tasks:
+        results.update({f"{task.key}_{name}": value for name, value in meters[task.name].compute().items()})
+    if joint is not None:
+        results["joint_accuracy"] = joint.compute()
+    if routing.sums:
+        results["routing"] = routing.compute()
+    return results
+
+
+@torch.no_grad()
+def evaluate_segmentation(predict, loader, tasks, device, amp="off", threshold=0.5, desc="eval segmentation",
+                          keep_meter=False):
+    """Per target IoU, Dice, sensitivity, precision at ``threshold`` and AUPR; their means.
+
+    tasks: segmentation-side Tasks, each one channel. With ``keep_meter`` the SegmentationMeter
+    (for precision-recall curves) is returned as well.
+    """
+    meter = SegmentationMeter([task.key for task in tasks], threshold=threshold)
+    routing = RoutingMeter()
+    for batch in progress(loader, desc, total=len(loader)):
+        images = batch["image"].to(device, non_blocking=True)
+        with autocast(device, amp):
+            out = predict(images)
+        probs = torch.cat([torch.sigmoid(out["logits"][task.name].float()) for task in tasks], dim=1)  # [B, T, H, W]
+        masks = {"masks": batch["masks"].to(device, non_blocking=True)}
+        meter.update(probs, torch.cat([task.target_of(masks) for task in tasks], dim=1))
+        routing.update(out.get("routing", {}))
+    _reduce([meter, routing])
+    results = meter.compute()
+    if routing.sums:
+        results["routing"] = routing.compute()
+    return (results, meter) if keep_meter else results

@@ -1,0 +1,319 @@
+"""The training loop: one optimizer step per batch (`train_steps`) and the epochs (`fit`).
+
+A train script reads like an experiment:
+
+    CONFIG = {"seed": 0, "device": "auto", "run": {"name": "resnet50_classifier"}, "model": {...}, ...}
+    DEMO = {"train.epochs": 6, ...}                      # applied by --demo, before --set
+
+    def main(config):
+        with Run(config) as run:                          # device, process group, seeds, saved/<name>/
+            model = distributed.wrap_model(build_model(config).to(run.device), run.device)
+            ...
+            fit(run, model, optimizer, scheduler, train_one_epoch, evaluate,
+                epochs=config["train"]["epochs"], scaler=scaler, loaders=[train_loader])
+
+    if __name__ == "__main__":
+        run_main(main, lambda: parse_cli(CONFIG, demo_overrides=DEMO, description=__doc__))
+
+Interrupts: SIGINT/SIGTERM set a flag; engines call `should_stop()` after each optimizer step
+and return early; `fit` then discards the unfinished epoch, keeps the checkpoint of the last
+complete epoch (so a resumed run is bit-identical to an uninterrupted one on CPU) and exits with
+the command that resumes. A second signal aborts at once (writes stay atomic).
+"""
+import contextlib
+import math
+import os
+import shlex
+import signal
+import sys
+import threading
+import time
+from typing import Callable, Iterable
+
+import torch
+
+from codebase.config import as_json_data, is_number
+from codebase.data.loaders import (
+    EpochLoader,
+    derive_seed,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
+from codebase.training import distributed
+from codebase.training.device import autocast
+from codebase.training.progress import progress
+from codebase.training.run_folder import MODEL_FILE, Run
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; `components` maps each loss term to its value."""
+
+    def __init__(self, message: str, step: int | None, epoch: int | None, components: dict):
+        super().__init__(message)
+        self.step, self.epoch, self.components = step, epoch, components
+# Stopping: signals, non-finite losses, progress bars
+
+_stop_signal: int | None = None
+
+
+def should_stop() -> bool:
+    """True once SIGINT/SIGTERM arrived (on any rank). Engines call it after each optimizer step
+    of a training loop and return early when it is true. Under DDP it is a collective (one tiny
+    all-reduce), so every rank must call it at the same steps; don't call it in evaluation loops,
+    whose ranks may see different numbers of batches.
+    """
+    return distributed.any_rank(_stop_signal is not None)
+
+
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
+                   scaler: torch.amp.GradScaler | None = None) -> None:
+    """Zero the gradients, backpropagate `loss` and step, through `scaler` when it is enabled (fp16)."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None and scaler.is_enabled():
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+
+
+class LossSums:
+    """Per-step loss and components summed over an epoch; `means()` gives the epoch's averages.
+
+    Tensor components are summed where they live, so a step reads one number back from the device
+    (the running loss, for the progress bar) however many components the loss has.
+    """
+
+    def __init__(self):
+        self.sums, self.steps = {}, 0
+
+    def add(self, loss: torch.Tensor, components: dict) -> float:
+        """Add one step; return the running mean loss (for the progress bar)."""
+        for name, value in {"loss": loss, **components}.items():
+            value = value.detach().float() if isinstance(value, torch.Tensor) else float(value)
+            self.sums[name] = self.sums.get(name, 0.0) + value
+        self.steps += 1
+        return float(self.sums["loss"]) / self.steps
+
+    def means(self) -> dict:
+        return {name: float(value) / max(self.steps, 1) for name, value in self.sums.items()}
+
+
+def train_steps(batches: Iterable, loss_of, optimizer: torch.optim.Optimizer, device: torch.device, amp: str,
+                scaler: torch.amp.GradScaler | None, epoch: int, total: int | None = None, after_step=None) -> dict:
+    """The training loop every engine runs: per batch, its loss under autocast, a finiteness check, one
+    optimizer step and the progress bar; stops early (after a step) when `should_stop`.
+
+    loss_of(batch) -> (loss, {component: tensor}, *extra); after_step(*extra), when given, sees each step's
+    extra outputs (the multi-task engine's routing). Returns LossSums.means() over the steps taken.
+    """
+    sums = LossSums()
+    bar = progress(batches, f"epoch {epoch} train", total=total)
+    for batch in bar:
+        with autocast(device, amp):
+            loss, components, *extra = loss_of(batch)
+        check_finite(loss, components, step=sums.steps + 1, epoch=epoch)
+        optimizer_step(loss, optimizer, scaler)
+        bar.set_postfix(loss=f"{sums.add(loss, components):.4f}")
+        if after_step is not None:
+            after_step(*extra)
+        if should_stop():
+            break
+    return sums.means()
+
+
+def check_finite(loss: torch.Tensor, components: dict | None = None, step: int | None = None,
+                 epoch: int | None = None) -> None:
+    """Raise NonFiniteLossError naming the step and the non-finite components of the loss.
+
+    One host synchronisation per call (and, under DDP, one all-reduce so all ranks stop together).
+    """
+    locally_finite = bool(torch.isfinite(loss.detach()).all())
+    if not distributed.any_rank(not locally_finite):
+        return
+    values = {name: float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
+              for name, value in (components or {}).items()}
+    bad = [name for name, value in values.items() if not math.isfinite(value)]
+    where = f"epoch {epoch}, step {step}"
+    if locally_finite:
+        message = f"non-finite loss on another rank at {where}"
+    else:
+        listed = ", ".join(f"{name}={value:.4g}" for name, value in values.items())
+        message = (f"non-finite loss {float(loss.detach()):.4g} at {where}; non-finite components: "
+                   f"{', '.join(bad) or 'none of the listed'}" + (f" ({listed})" if listed else ""))
+    raise NonFiniteLossError(message, step, epoch, values)
+
+
+
+@contextlib.contextmanager
+def _stop_on_signals():
+    """Route SIGINT/SIGTERM to the stop flag while training (main thread only)."""
+    global _stop_signal
+    _stop_signal = None
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    for number in previous:
+        signal.signal(number, _request_stop)
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def _request_stop(number: int, frame) -> None:
+    global _stop_signal
+    if _stop_signal is not None:
+        raise KeyboardInterrupt
+    _stop_signal = number
+    if distributed.is_main_process():
+        os.write(2, f"\n{signal.Signals(number).name}: stopping after the current step "
+                    f"(send it again to abort at once)\n".encode())
+
+
+
+def fit(run: Run, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler,
+        train_one_epoch: Callable[[int], dict], evaluate: Callable[[int], dict] | None, epochs: int,
+        scaler: torch.amp.GradScaler | None = None, *, loaders: Iterable[EpochLoader] = (),
+        extra_state: dict | None = None) -> list[dict]:
+    """Train from the run's last complete epoch up to `epochs`; return the history.
+
+    Epochs are numbered from 1. Each epoch: `loader.set_epoch(epoch)` for each of `loaders`,
+    `train_one_epoch(epoch)` -> dict, `evaluate(epoch)` -> dict (may be None), `scheduler.step()`
+    (once per epoch; a per-step scheduler goes in `extra_state` instead, with scheduler=None),
+    then a checkpoint, history.json, plots and one summary line. `extra_state` maps names to
+    other objects with state_dict/load_state_dict to checkpoint (e.g. a learned loss weighting).
+    At the end, model.pth. Interrupts and non-finite losses end the process via SystemExit
+    (130/143, resp. 1) after logging, leaving checkpoint.pth at the last complete epoch.
+    """
+    tracked = {"model": distributed.unwrap(model), "optimizer": optimizer, "scheduler": scheduler,
+               "scaler": scaler, **(extra_state or {})}
+    completed = 0
+    if run.checkpoint is not None:
+        completed = _restore(run.checkpoint, tracked, run.config["seed"])
+        run.checkpoint = None
+        run.save_history()  # history.json may lag the checkpoint if a crash came between the two
+        run.plot()
+        run.log(f"resumed from {run.checkpoint_path} after epoch {completed}")
+    loaders = list(loaders)
+    try:
+        with _stop_on_signals():
+            for epoch in range(completed + 1, epochs + 1):
+                started = time.perf_counter()
+                learning_rate = optimizer.param_groups[0]["lr"]
+                for loader in loaders:
+                    loader.set_epoch(epoch)
+                train_metrics = train_one_epoch(epoch)
+                _exit_if_stopped(run, epoch, completed)
+                distributed.broadcast_buffers(model)  # evaluate with the statistics that are saved
+                eval_metrics = evaluate(epoch) if evaluate is not None else {}
+                _exit_if_stopped(run, epoch, completed)
+                if scheduler is not None:
+                    scheduler.step()
+                run.history.append({"epoch": epoch, "lr": learning_rate,
+                                    "time": round(time.perf_counter() - started, 3),
+                                    "train": as_json_data(train_metrics, "train"),
+                                    "eval": as_json_data(eval_metrics, "eval")})
+                _save(run, tracked, epoch)
+                completed = epoch
+                run.log(summary_line(run.history[-1], epochs))
+                _exit_if_stopped(run, epoch, completed)
+    except NonFiniteLossError as error:
+        kept = f"checkpoint.pth keeps epoch {completed}" if completed else "no epoch was completed"
+        run.log(f"stopped: {error}. {kept}; lower the learning rate or check the data before resuming.")
+        raise SystemExit(1) from error
+    run.save_model(model)
+    run.log(f"done after epoch {completed}; final weights in {run.folder / MODEL_FILE}")
+    return run.history
+
+
+def summary_line(entry: dict, epochs: int) -> str:
+    """"epoch 3/30  lr 1.00e-03  train loss 0.52  eval rg_accuracy 0.71 ...  41.7s".
+
+    Train numbers at the top level only (the loss, not its components); eval numbers one level
+    down too (per-task summaries, not per lesion).
+    """
+    parts = [f"epoch {entry['epoch']}/{epochs}", f"lr {entry['lr']:.2e}"]
+    for section, depth in (("train", 0), ("eval", 1)):
+        numbers = _shallow_numbers(entry.get(section, {}), depth)
+        if numbers:
+            parts.append(section + " " + " ".join(f"{name} {value:.4g}" for name, value in numbers))
+    parts.append(f"{entry['time']:.1f}s")
+    return "  ".join(parts)
+
+
+def _shallow_numbers(metrics: dict, depth: int = 1) -> list[tuple[str, float]]:
+    """Numbers at the top level and, with depth 1, one level down."""
+    found = []
+    for name, value in metrics.items():
+        if isinstance(value, dict) and depth:
+            found += [(inner, v) for inner, v in value.items() if is_number(v)]
+        elif is_number(value):
+            found.append((name, value))
+    return found
+
+
+def _save(run: Run, tracked: dict, epoch: int) -> None:
+    """Checkpoint (every rank's RNG state gathered to rank 0), history.json and plots."""
+    states = {name: obj.state_dict() for name, obj in tracked.items() if obj is not None}
+    rng_states = distributed.all_gather_object(rng_state())
+    if not run.is_main:
+        return
+    run.save_checkpoint({"epoch": epoch, **states, "rng": rng_states,
+                         "config": run.config, "history": run.history})
+    run.save_history()
+    run.plot()
+
+
+def _restore(state: dict, tracked: dict, seed: int) -> int:
+    """Load every tracked object and this rank's RNG state; return the completed epoch."""
+    for name, obj in tracked.items():
+        saved = state.get(name)
+        if obj is None or saved is None:
+            continue
+        if name == "scaler" and not (obj.is_enabled() and saved):
+            continue
+        obj.load_state_dict(saved)
+    epoch = state["epoch"]
+    rank_states = state.get("rng", [])
+    if distributed.rank() < len(rank_states):
+        set_rng_state(rank_states[distributed.rank()])
+    else:
+        seed_everything(derive_seed(seed, epoch, distributed.rank()))
+    return epoch
+
+
+def _exit_if_stopped(run: Run, epoch: int, completed: int) -> None:
+    """After a signal: log what is kept and how to resume, then SystemExit(128 + signal)."""
+    if not should_stop():
+        return
+    number = _stop_signal or signal.SIGTERM
+    name = signal.Signals(number).name
+    if completed == epoch:
+        kept = f"after epoch {epoch}, which checkpoint.pth holds"
+    elif completed:
+        kept = (f"during epoch {epoch}; checkpoint.pth holds epoch {completed} (the partial epoch is "
+                "dropped so that the resumed run equals an uninterrupted one)")
+    else:
+        kept = f"during epoch {epoch}, before any epoch was complete: nothing to resume yet"
+    run.log(f"stopped by {name} {kept}. Resume with: {resume_command(run)}")
+    raise SystemExit(128 + number)
+
+
+def resume_command(run: Run) -> str:
+    """This process's command line, pointed at the run's folder with --resume."""
+    args, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif arg == "--run-name":
+            skip = True
+        elif arg not in ("--resume", "--no-resume") and not arg.startswith("--run-name="):
+            args.append(arg)
+    launcher = (["torchrun", f"--nproc_per_node={distributed.world_size()}"]
+                if distributed.world_size() > 1 else ["python3"])
+    return shlex.join(launcher + [sys.argv[0], *args, "--run-name", run.name, "--resume"])

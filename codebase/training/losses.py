@@ -1,0 +1,177 @@
+"""Losses: classification focal / cross-entropy, lesion focal + soft Dice, gate regularisers,
+and learned uncertainty weighting of the task losses.
+
+Every loss is computed in float32, whatever the dtype of its inputs (bf16/fp16 under autocast).
+"""
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import sigmoid_focal_loss
+
+from codebase.data.idrid import LESIONS
+
+CLASSIFICATION_LOSSES = ("focal", "ce")
+
+
+def _float32(device):
+    """Context that switches autocast off, so a loss stays in float32."""
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
+def _class_weight_tensor(class_weights):
+    return None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
+
+
+class FocalLoss(nn.Module):
+    """Multi-class focal loss on softmax: mean over samples of -w_y (1 - p_y)^gamma log p_y.
+
+    With class weights the mean is normalised by the sum of the targets' weights, as
+    ``F.cross_entropy`` does, so ``gamma=0`` is exactly (weighted) cross-entropy.
+    """
+
+    def __init__(self, gamma=2.0, class_weights=None):
+        super().__init__()
+        if gamma < 0:
+            raise ValueError(f"focal gamma must be >= 0, got {gamma}")
+        self.gamma = float(gamma)
+        self.register_buffer("class_weights", _class_weight_tensor(class_weights))
+
+    def forward(self, logits, targets):
+        """logits [B, C], targets [B] int64 -> scalar."""
+        with _float32(logits.device):
+            log_p = F.log_softmax(logits.float(), dim=1).gather(1, targets[:, None]).squeeze(1)  # [B]
+            loss = -(-torch.expm1(log_p)).pow(self.gamma) * log_p  # (1 - p)^gamma, accurate near p = 1
+            if self.class_weights is None:
+                return loss.mean()
+            weights = self.class_weights[targets]  # [B]
+            return (weights * loss).sum() / weights.sum()
+
+
+def classification_loss(kind="focal", gamma=2.0, class_weights=None):
+    """The classification criterion named ``kind``: "focal" (FocalLoss) or "ce" (cross-entropy)."""
+    if kind == "focal":
+        return FocalLoss(gamma, class_weights)
+    if kind == "ce":
+        return nn.CrossEntropyLoss(weight=_class_weight_tensor(class_weights))
+    raise ValueError(f"classification loss {kind!r} is not one of {', '.join(CLASSIFICATION_LOSSES)}")
+
+
+class SegmentationLoss(nn.Module):
+    """Per-lesion sigmoid focal loss plus soft Dice, each summed over lesions with ``lesion_weights``.
+
+    total = focal_weight * sum_l w_l focal_l + dice_weight * sum_l w_l dice_l, where
+    - focal_l is torchvision's sigmoid focal loss (``alpha``, ``gamma``) averaged over the
+      batch's pixels of lesion l;
+    - dice_l = 1 - (2 sum p m + smooth) / (sum p + sum m + smooth), with the sums taken over the
+      whole batch (batch-level Dice: tiny lesions in a single image do not dominate, and an image
+      without the lesion adds only its false positives). ``smooth`` (1 pixel) keeps a lesion absent
+      from the batch finite: its Dice loss is sum p / (sum p + 1), which is 0 when nothing is predicted.
+    ``lesion_weights``: None (all 1), a sequence in ``lesions`` order, or a {lesion: weight} mapping
+    (unlisted lesions weigh 1).
+    """
+
+    def __init__(self, alpha=0.75, gamma=4.0, focal_weight=1.0, dice_weight=1.0, lesion_weights=None,
+                 lesions=LESIONS, smooth=1.0):
+        super().__init__()
+        self.lesions = tuple(lesions)
+        self.alpha, self.gamma, self.smooth = alpha, gamma, smooth
+        self.focal_weight, self.dice_weight = focal_weight, dice_weight
+        if isinstance(lesion_weights, Mapping):
+            unknown = set(lesion_weights) - set(self.lesions)
+            if unknown:
+                raise ValueError(f"lesion_weights has unknown lesions {sorted(unknown)}; expected some of {self.lesions}")
+            lesion_weights = [lesion_weights.get(lesion, 1.0) for lesion in self.lesions]
+        elif lesion_weights is None:
+            lesion_weights = [1.0] * len(self.lesions)
+        elif len(lesion_weights) != len(self.lesions):
+            raise ValueError(f"lesion_weights has {len(lesion_weights)} values; expected one per lesion {self.lesions}")
+        self.register_buffer("lesion_weights", torch.tensor(lesion_weights, dtype=torch.float32))
+
+    def forward(self, logits, masks):
+        """logits [B, L, H, W], masks [B, L, H, W] (0/1, any dtype) -> (total, components).
+
+        components: detached scalars "focal" and "dice" (lesion-weighted sums, before
+        focal_weight / dice_weight) and per lesion "focal_<LESION>", "dice_<LESION>".
+        """
+        if logits.shape != masks.shape or logits.shape[1] != len(self.lesions):
+            raise ValueError(f"segmentation logits {tuple(logits.shape)} and masks {tuple(masks.shape)} must both be "
+                             f"[B, {len(self.lesions)}, H, W] for lesions {self.lesions}")
+        with _float32(logits.device):
+            logits, targets = logits.float(), masks.float()
+            focal = sigmoid_focal_loss(logits, targets, self.alpha, self.gamma, reduction="none")
+            focal = focal.mean(dim=(0, 2, 3))  # [L]
+            probs = torch.sigmoid(logits)
+            overlap = (probs * targets).sum(dim=(0, 2, 3))  # [L]
+            size = probs.sum(dim=(0, 2, 3)) + targets.sum(dim=(0, 2, 3))  # [L]
+            dice = 1 - (2 * overlap + self.smooth) / (size + self.smooth)  # [L]
+            focal_sum = (self.lesion_weights * focal).sum()
+            dice_sum = (self.lesion_weights * dice).sum()
+            total = self.focal_weight * focal_sum + self.dice_weight * dice_sum
+        components = {"focal": focal_sum.detach(), "dice": dice_sum.detach()}
+        for index, lesion in enumerate(self.lesions):
+            components[f"focal_{lesion}"] = focal[index].detach()
+            components[f"dice_{lesion}"] = dice[index].detach()
+        return total, components
+
+
+def gate_sparsity(weights):
+    """Normalised Gini impurity of the routing weights [B, E] (rows sum to 1), batch mean.
+
+    (1 - sum_e w_e^2) * E / (E - 1): 1 when an image spreads evenly over all experts, 0 when it
+    uses one; lower means peakier routing. 0 for a single expert.
+    """
+    weights = weights.float()
+    num_experts = weights.shape[1]
+    if num_experts == 1:
+        return weights.new_zeros(())
+    impurity = 1 - weights.pow(2).sum(dim=1)  # [B]
+    return impurity.mean() * num_experts / (num_experts - 1)
+
+
+def gate_load_balance(weights):
+    """Squared coefficient of variation of the experts' mean usage, from routing weights [B, E].
+
+    With P_e the batch mean of w_e (sum_e P_e = 1): E * sum_e P_e^2 - 1, which is 0 when every
+    expert gets the same share and E - 1 when one expert gets everything.
+    """
+    usage = weights.float().mean(dim=0)  # [E]
+    return usage.numel() * usage.pow(2).sum() - 1
+
+
+def gate_entropy(weights):
+    """Mean over images of the routing entropy -sum_e w_e log w_e of weights [B, E], in nats.
+
+    0 when an image uses one expert, log E when uniform. Zero weights contribute 0 (and a finite gradient).
+    """
+    weights = weights.float()
+    log_weights = weights.clamp_min(torch.finfo(torch.float32).tiny).log()
+    return -(weights * log_weights).sum(dim=1).mean()
+
+
+class UncertaintyWeighting(nn.Module):
+    """Learned task weighting (Kendall, Gal & Cipolla 2018) with one log-variance s_t per task.
+
+    forward({task: loss}) = sum_t exp(-s_t) * L_t + s_t over the tasks given. s_t starts at 0
+    (weight 1); the form is the same for every task (the regression form's factors 1/2 are
+    dropped). The parameters train with the model (put them in the optimizer, no weight decay).
+    A task missing from a step's dict gets no gradient that step.
+    """
+
+    def __init__(self, task_names):
+        super().__init__()
+        self.task_names = tuple(task_names)
+        self.log_variances = nn.Parameter(torch.zeros(len(self.task_names)))
+
+    def forward(self, losses):
+        unknown = set(losses) - set(self.task_names)
+        if unknown or not losses:
+            raise ValueError(f"task losses {sorted(losses)} must be a non-empty subset of {self.task_names}")
+        terms = [torch.exp(-self.log_variances[index]) * losses[name].float() + self.log_variances[index]
+                 for index, name in enumerate(self.task_names) if name in losses]
+        return torch.stack(terms).sum()
+
+    def task_weights(self):
+        """{task: exp(-s_t)} as floats, for logging."""
+        return {name: float(weight) for name, weight in zip(self.task_names, torch.exp(-self.log_variances.detach()))}

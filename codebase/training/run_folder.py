@@ -1,0 +1,264 @@
+"""The run folder saved/<name>/: choosing it, config.json, checkpoints, history, logs, plots.
+
+Run folder saved/<name>/: config.json, checkpoint.pth, model.pth, history.json (schema in
+codebase.evaluation.plots), train_log.txt, plots/*.png. Every file is replaced atomically;
+train_log.txt is only appended to. `--no-resume` never touches an earlier run: when the folder
+already holds one, the run goes to <name>_2 (or _3, ...) and the log says so. A run that fails
+with an exception before its first checkpoint (bad data found while loading it, say) leaves the
+folder as it found it: a folder it created is removed, config.json and train_log.txt are put back.
+"""
+import contextlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Iterable
+
+import torch
+from tqdm import tqdm
+
+from codebase.config import ConfigError, flatten, with_defaults
+from codebase.data.loaders import seed_everything
+from codebase.errors import ProjectError
+from codebase.evaluation import plots
+from codebase.training import distributed
+from codebase.training.atomic import (
+    atomic_torch_save,
+    atomic_write,
+    atomic_write_text,
+    remove_stale_temporaries,
+)
+from codebase.training.device import resolve_device
+
+CONFIG_FILE = "config.json"
+CHECKPOINT_FILE = "checkpoint.pth"
+MODEL_FILE = "model.pth"
+HISTORY_FILE = "history.json"
+LOG_FILE = "train_log.txt"
+PLOTS_FOLDER = "plots"
+
+
+class CheckpointError(ProjectError, ValueError):
+    """A checkpoint file cannot be loaded or lacks what resuming needs."""
+
+# The run folder
+
+
+class Run:
+    """One training run: its device, process group, seeds, and folder <save_dir>/<name>/.
+
+    Creating it resolves `config["device"]`, joins torchrun's process group if any, seeds
+    everything, and picks the folder: with run.resume None (default) it resumes when the folder
+    has a checkpoint; True requires one; False never reuses a folder that holds a run, it takes
+    <name>_2, <name>_3, ... instead. When resuming, the checkpoint is loaded now (`checkpoint`)
+    and config keys under `must_match` (those that change parameter shapes) must equal the
+    checkpoint's, else ConfigError listing them. Only rank 0 writes. Use as a context manager
+    (or call `close`) to leave the process group cleanly; leaving it by an exception before the
+    first checkpoint puts the folder back as it was.
+    """
+
+    def __init__(self, config: dict, must_match: Iterable[str] = ("model",)):
+        self.config = with_defaults(config)
+        self._before: _FolderState | None = None
+        self._saved_checkpoint = False
+        self.device = resolve_device(self.config["device"])
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = not self.config["deterministic"]
+            torch.backends.cudnn.deterministic = bool(self.config["deterministic"])
+        distributed.init(self.device)
+        try:
+            self._open(list(must_match))
+        except BaseException as error:
+            if isinstance(error, Exception):
+                self._undo_writes()
+            distributed.shutdown(wait=False)
+            raise
+
+    def _open(self, must_match: list[str]) -> None:
+        seed_everything(self.config["seed"])
+        self.is_main = distributed.is_main_process()
+        # Rank 0 picks the folder and loads the checkpoint; the others receive both, so every
+        # rank resumes the same way even without a shared file system.
+        decision = self._decide(must_match) if self.is_main else None
+        self.folder, self.checkpoint, notes, error = distributed.broadcast_object(decision)
+        if error is not None:
+            raise error
+        self.name = self.folder.name
+        self.config["run"]["name"] = self.name
+        self.history: list[dict] = list(self.checkpoint["history"]) if self.checkpoint else []
+        self._prepare_folder()
+        for note in notes:
+            self.log(note)
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.folder / CHECKPOINT_FILE
+
+    def log(self, message: str) -> None:
+        """Print (without breaking progress bars) and append to train_log.txt; rank 0 only."""
+        if not self.is_main:
+            return
+        tqdm.write(message)
+        with open(self.folder / LOG_FILE, "a", encoding="utf-8") as log_file:
+            log_file.write(message + "\n")
+
+    def save_checkpoint(self, state: dict) -> None:
+        if self.is_main:
+            atomic_torch_save(state, self.checkpoint_path)
+            self._saved_checkpoint = True
+
+    def save_model(self, model: torch.nn.Module) -> None:
+        """Final weights (state dict of the unwrapped model) to model.pth."""
+        if self.is_main:
+            atomic_torch_save(distributed.unwrap(model).state_dict(), self.folder / MODEL_FILE)
+
+    def save_history(self) -> None:
+        if self.is_main:
+            atomic_write_text(self.folder / HISTORY_FILE, json.dumps(self.history, indent=1) + "\n")
+
+    def plot(self) -> None:
+        """Redraw plots/*.png from the history (unless run.plots is false); failures are only logged."""
+        if not (self.is_main and self.config["run"]["plots"]):
+            return
+        try:
+            plots.plot_history(self.history, self.folder / PLOTS_FOLDER)
+        except Exception as error:
+            self.log(f"warning: could not draw plots: {error!r}")
+
+    def close(self) -> None:
+        distributed.shutdown()
+
+    def __enter__(self) -> "Run":
+        return self
+
+    def __exit__(self, exc_type, *_) -> None:
+        if exc_type is not None and issubclass(exc_type, Exception):
+            self._undo_writes()
+        distributed.shutdown(wait=exc_type is None)
+
+    def _undo_writes(self) -> None:
+        """Before the first checkpoint: put the folder back as `_prepare_folder` found it (rank 0)."""
+        if self._before is not None and not self._saved_checkpoint:
+            with contextlib.suppress(OSError):  # the error that ended the run matters more
+                self._before.restore()
+
+    def _decide(self, must_match: list[str]):
+        """(folder, checkpoint or None, notes for the log, error or None) on rank 0."""
+        try:
+            folder, notes = _choose_folder(self.config["run"])
+            path = folder / CHECKPOINT_FILE
+            checkpoint = (load_checkpoint(path) if path.exists() and self.config["run"]["resume"]
+                          is not False else None)
+            if checkpoint is not None:
+                notes += _check_compatible(folder, checkpoint["config"], self.config, must_match)
+            return folder, checkpoint, notes, None
+        except (ConfigError, CheckpointError) as error:
+            return None, None, [], error
+
+    def _prepare_folder(self) -> None:
+        """Create the folder and write config.json (rank 0); an unwritable place is a ConfigError."""
+        error = None
+        if self.is_main:
+            try:
+                self._before = _FolderState(self.folder)
+                (self.folder / PLOTS_FOLDER).mkdir(parents=True, exist_ok=True)
+                remove_stale_temporaries(self.folder)
+                atomic_write_text(self.folder / CONFIG_FILE, json.dumps(self.config, indent=2) + "\n")
+            except OSError as failure:
+                error = (f"cannot write the run folder {self.folder}: {failure.strerror or failure}; "
+                         "choose another place with --set run.save_dir=DIR or --run-name NAME")
+        error = distributed.broadcast_object(error)
+        if error:
+            raise ConfigError(error)
+        self.log(f"run folder {self.folder} (started {time.strftime('%Y-%m-%d %H:%M:%S')}, "
+                 f"device {self.device}, {distributed.world_size()} process(es))")
+
+
+class _FolderState:
+    """What a run folder held before the run wrote to it: enough to undo the writes a run makes
+    before its first checkpoint (folders, config.json, lines of train_log.txt; on resume,
+    history.json and plots are only rewritten with what they held)."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.created = [path for path in (folder / PLOTS_FOLDER, folder, *folder.parents) if not path.exists()]
+        config, log = folder / CONFIG_FILE, folder / LOG_FILE
+        self.config = config.read_bytes() if config.is_file() else None
+        self.log_size = log.stat().st_size if log.is_file() else None
+
+    def restore(self) -> None:
+        if self.folder not in self.created:
+            config, log = self.folder / CONFIG_FILE, self.folder / LOG_FILE
+            if self.config is None:
+                config.unlink(missing_ok=True)
+            else:
+                atomic_write(config, lambda file: file.write(self.config))
+            if self.log_size is None:
+                log.unlink(missing_ok=True)
+            elif log.is_file():
+                os.truncate(log, self.log_size)
+        for path in self.created:  # deepest first
+            if path in (self.folder, self.folder / PLOTS_FOLDER):
+                shutil.rmtree(path, ignore_errors=True)
+                continue
+            try:
+                path.rmdir()  # a parent the run created, unless something else was written there since
+            except OSError:
+                break
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """A run checkpoint (tensors on CPU), loaded with weights_only=True: it cannot run code."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise CheckpointError(f"{path}: cannot be loaded safely ({error}); move it away, or pass "
+                              "--no-resume to start a new run") from None
+    if not (isinstance(state, dict) and {"epoch", "model", "config", "history"} <= state.keys()):
+        raise CheckpointError(f"{path}: not a run checkpoint (it needs epoch, model, config and history)")
+    return state
+
+
+def _holds_run(folder: Path) -> bool:
+    return any((folder / name).exists() for name in (CHECKPOINT_FILE, MODEL_FILE, HISTORY_FILE))
+
+
+def _choose_folder(run_config: dict) -> tuple[Path, list[str]]:
+    """(folder, notes for the log) from run.save_dir, run.name and run.resume."""
+    save_dir, name, resume = Path(run_config["save_dir"]), run_config["name"], run_config["resume"]
+    folder = save_dir / name
+    has_checkpoint = (folder / CHECKPOINT_FILE).exists()
+    if resume is True and not has_checkpoint:
+        raise ConfigError(f"--resume: there is no checkpoint to resume at {folder / CHECKPOINT_FILE}; "
+                          "leave out --resume to start a new run")
+    if not _holds_run(folder) or (has_checkpoint and resume is not False):
+        return folder, []
+    index = 2
+    while (save_dir / f"{name}_{index}").exists():
+        index += 1
+    new_folder = save_dir / f"{name}_{index}"
+    reason = "--no-resume" if resume is False else "it has no checkpoint to resume"
+    return new_folder, [f"{folder} holds an earlier run, which is kept ({reason}); "
+                        f"this run writes to {new_folder}"]
+
+
+def _check_compatible(folder: Path, old: dict, new: dict, must_match: list[str]) -> list[str]:
+    """ConfigError if keys under `must_match` differ; else log lines for the other changes."""
+    old_flat, new_flat = flatten(old), flatten(new)
+    absent = "(absent)"
+    changed = [key for key in sorted(old_flat.keys() | new_flat.keys())
+               if key != "run.resume" and old_flat.get(key, absent) != new_flat.get(key, absent)]
+    lines = {key: f"{key}: {old_flat.get(key, absent)!r} (checkpoint) -> {new_flat.get(key, absent)!r} (now)"
+             for key in changed}
+    blocking = [lines[key] for key in changed
+                if any(key == prefix or key.startswith(prefix + ".") for prefix in must_match)]
+    if blocking:
+        raise ConfigError(
+            f"cannot resume {folder}: these settings differ from its checkpoint and change the "
+            "model's parameters:\n  " + "\n  ".join(blocking) +
+            "\nUse the checkpoint's values, or start a new run with --no-resume or --run-name NAME.")
+    return [f"setting changed since the checkpoint: {lines[key]}" for key in changed]
+
+
+# ---------------------------------------------------------------------------------------------

@@ -1,0 +1,132 @@
+"""A trained run folder back as a model: rebuild it from config.json, load model.pth.
+
+Used by predict.py, compare_models.py, export.py and the notebooks. This package sits above the
+three model packages: `MODEL_KINDS` maps the kind a run's config records (``config["kind"]``) to
+its package's ``build_model``, ``predict`` and tasks, so the shared core never imports a
+baseline. Every model is seen through the same ``predict(images)``, returning
+``{"logits": {task: tensor}, "routing": {task: Routing}}`` (routing for the multi-task model only),
+with task names as in the multi-task model (``classification_rg``, ``segmentation_od``, ...).
+"""
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+import classifier.model
+import codebase.model
+import segmentation.model
+from codebase.errors import ProjectError
+from codebase.tasks import on_side, parse_tasks
+from codebase.training.run_folder import CONFIG_FILE, MODEL_FILE
+
+
+class RunError(ProjectError):
+    """A run folder that cannot be rebuilt; the message names the folder and what was expected."""
+
+
+@dataclass(frozen=True)
+class ModelKind:
+    """What rebuilding and using one kind of run needs: its builder, its predict, its tasks."""
+
+    build: Callable[[dict], torch.nn.Module]
+    predict: Callable
+    tasks: Callable[[dict], list]  # config -> [Task]
+    input_sizes: Callable[[dict], dict]  # config -> {side: (height, width)} the images were trained at
+    script: str
+
+
+MODEL_KINDS = {
+    "classifier": ModelKind(classifier.model.build_model, classifier.model.predict,
+                            lambda config: classifier.model.TASKS,
+                            lambda config: {"classification": tuple(config["data"]["image_size"])}, "train_classifier.py"),
+    "segmentation": ModelKind(segmentation.model.build_model, segmentation.model.predict,
+                              lambda config: segmentation.model.TASKS,
+                              lambda config: {"segmentation": tuple(config["data"]["image_size"])}, "train_segmentation.py"),
+    "multitask": ModelKind(codebase.model.build_model, codebase.model.predict,
+                           lambda config: parse_tasks(config["model"]["task_specs"]),
+                           lambda config: {"classification": tuple(config["data"]["grading_size"]),
+                                           "segmentation": tuple(config["data"]["segmentation_size"])},
+                           "train_mlt_model.py"),
+}
+
+
+def run_kind(config):
+    """The model kind a run's config records; runs written before the kind was recorded are
+    recognised by their model settings (the multi-task model has ``model.task_specs``, DeepLabV3+
+    ``model.output_stride``, the classifier neither)."""
+    if "kind" in config:
+        if config["kind"] not in MODEL_KINDS:
+            raise RunError(f"config kind={config['kind']!r}: expected one of {', '.join(MODEL_KINDS)}")
+        return config["kind"]
+    model = config.get("model", {})
+    if "task_specs" in model:
+        return "multitask"
+    return "segmentation" if "output_stride" in model else "classifier"
+
+
+def build_model(config, pretrained=None):
+    """The model a run's config describes; ``pretrained`` overrides model.pretrained."""
+    if pretrained is not None:
+        config = {**config, "model": {**config["model"], "pretrained": pretrained}}
+    return MODEL_KINDS[run_kind(config)].build(config)
+
+
+@dataclass
+class TrainedRun:
+    folder: Path
+    kind: str
+    config: dict
+    model: torch.nn.Module
+
+    @property
+    def all_tasks(self):
+        """[Task] this run predicts."""
+        return MODEL_KINDS[self.kind].tasks(self.config)
+
+    @property
+    def task_specs(self):
+        """{task name: outputs} this run predicts."""
+        return {task.name: task.outputs for task in self.all_tasks}
+
+    def tasks(self, side):
+        """This run's Tasks on one side ("classification" or "segmentation")."""
+        return on_side(self.all_tasks, side)
+
+    def input_sizes(self):
+        """{side: (height, width)} the run's images were trained at, for the sides it predicts."""
+        return MODEL_KINDS[self.kind].input_sizes(self.config)
+
+    def predict(self, images, side="all", dense=None):
+        """images [B, 3, H, W] -> {"logits": {task: ...}, "routing": {...}} for the tasks on ``side``."""
+        return MODEL_KINDS[self.kind].predict(self.model, images, side, dense)
+
+
+def load_run(folder, device="cpu"):
+    """The run in ``folder`` (saved/<name>/) with its final weights, in eval mode on ``device``."""
+    folder = Path(folder)
+    for name in (CONFIG_FILE, MODEL_FILE):
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"{folder / name} not found: expected a finished run folder written by "
+                                    "train_classifier.py, train_segmentation.py or train_mlt_model.py")
+    config = json.loads((folder / CONFIG_FILE).read_text())
+    kind = run_kind(config)
+    model = build_model(config, pretrained="none")  # the trained weights replace any pretrained ones
+    model.load_state_dict(torch.load(folder / MODEL_FILE, map_location="cpu", weights_only=True))
+    if kind == "multitask":
+        model.set_routing(False)
+    return TrainedRun(folder, kind, config, model.to(device).eval())
+
+
+def open_run(folder, device):
+    """load_run, with every way a folder can fail to be a run turned into a RunError naming it."""
+    try:
+        return load_run(folder, device)
+    except FileNotFoundError as error:
+        raise RunError(str(error)) from None
+    except KeyError as error:
+        raise RunError(f"{folder}: config.json has no setting {error}; expected the config of a run written by "
+                       "train_classifier.py, train_segmentation.py or train_mlt_model.py") from None
+    except (ValueError, RuntimeError) as error:
+        raise RunError(f"{folder}: cannot rebuild the model from config.json and model.pth ({error})") from None

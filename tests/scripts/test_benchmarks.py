@@ -1,0 +1,34 @@
+"""The benchmark scripts keep working (tiny sizes; timings are not asserted)."""
+import pytest
+
+from benchmarks import bench_data, bench_gpu, bench_routing, bench_segmentation_cost
+
+pytestmark = pytest.mark.slow  # trains models or runs scripts in subprocesses
+
+
+def test_data_benchmark_smoke_run(capsys):
+    assert bench_data.main(["--smoke"]) == 0
+    printed = capsys.readouterr().out
+    for row in ("reference: full-size decode", "cold cache", "warm cache: load + train preset", "ratio", "samples/s"):
+        assert row in printed
+
+
+def test_segmentation_cost_benchmark_smoke_run(capsys):
+    assert bench_segmentation_cost.main(["--smoke"]) == 0
+    printed = capsys.readouterr().out
+    assert "params (M)" in printed and "OS 8" in printed and "OS 16" in printed
+
+
+def test_routing_benchmark_smoke_run(capsys):
+    bench_routing.main(["--smoke"])
+    printed = capsys.readouterr().out
+    for title in ("Forward GFLOPs per image", "Dense vs top-p", "Top-p selection", "experts one after another"):
+        assert title in printed
+    assert "predicted" in printed and "speed-up" in printed
+
+
+def test_gpu_benchmark_smoke_run_on_cpu(capsys):
+    bench_gpu.main(["--smoke", "--device", "cpu"])
+    printed = capsys.readouterr().out
+    for row in ("plain fp32, dense", "tuned, top-p", "single expert", "Inference at batch 1", "DeepLabV3+"):
+        assert row in printed

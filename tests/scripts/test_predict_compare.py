@@ -1,0 +1,166 @@
+"""predict.py on new images (two sizes, greyscale, one corrupt file) and compare_models.py on three
+tiny runs, each script run as a user runs it: a subprocess on the command line."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import compare_models
+import predict
+import train_classifier
+import train_mlt_model
+import train_segmentation
+from codebase.config import parse_cli
+from codebase.data.idrid import LESIONS, grading_records, segmentation_records
+from inference.predictor import forward_passes
+from inference.runs import open_run
+
+pytestmark = pytest.mark.slow  # trains models or runs scripts in subprocesses
+
+REPO = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "PYTHONPATH": str(REPO)}
+COMMON = ["train.epochs=1", "train.eval_batch_size=4", "run.plots=false"]
+# Grading and segmentation at different sizes, so an image takes two forwards (one per side). routing.top_p
+# is tiny, so top-p routing keeps exactly one expert per image and task (the fewest reaching p, at least
+# one) where dense routing runs all three: top-p must cost fewer FLOPs than dense.
+MULTITASK = ["data.grading_size=64,96", "data.segmentation_size=96,128", "model.aspp_channels=16",
+             "model.decoder_channels=16", "model.head_hidden=16", "train.iterations=2", "train.batch_size=2",
+             "routing.top_p=0.05"]
+CLASSIFIER = ["data.image_size=64,96", "data.num_workers=0", "model.head_hidden=16", "train.batch_size=5"]
+SEGMENTATION = ["data.image_size=64,96", "data.crop_size=64,96", "model.aspp_channels=16", "model.decoder_channels=16", "train.batch_size=2"]
+TRAINERS = {"multitask": (train_mlt_model, MULTITASK), "classifier": (train_classifier, CLASSIFIER),
+            "segmentation": (train_segmentation, SEGMENTATION)}
+
+
+def train_tiny(script, sets, root, save_dir, name):
+    """Train the script's demo config at a tiny size (resnet18, one epoch) into save_dir/name."""
+    argv = ["--demo", "--device", "cpu", "--data-root", str(root), "--run-name", name,
+            "--set", f"run.save_dir={save_dir}"]
+    for assignment in COMMON + sets:
+        argv += ["--set", assignment]
+    script.main(parse_cli(script.CONFIG, argv, script.DEMO, validate=script.validate))
+    return save_dir / name
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(synthetic_root, tmp_path_factory):
+    """{kind: run folder} of one tiny run per model."""
+    save_dir = tmp_path_factory.mktemp("saved")
+    return {kind: train_tiny(script, sets, synthetic_root, save_dir, f"tiny_{kind}")
+            for kind, (script, sets) in TRAINERS.items()}
+
+
+@pytest.fixture(scope="module")
+def inputs(synthetic_root, tmp_path_factory):
+    """A folder with a JPEG at the synthetic size, a larger PNG, a greyscale TIFF and a corrupt JPEG."""
+    folder = tmp_path_factory.mktemp("inputs")
+    source = grading_records(synthetic_root, "test")[0].image_path
+    image = Image.open(source).convert("RGB")
+    image.save(folder / "fundus.jpg")
+    image.resize((250, 170)).save(folder / "larger.png")
+    image.convert("L").resize((150, 100)).save(folder / "grey.tif")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8 this is not a JPEG")
+    return folder
+
+
+def run_script(script, *args):
+    return subprocess.run([sys.executable, str(REPO / script), *map(str, args)], capture_output=True, text=True,
+                          env=ENV, cwd=REPO, timeout=300)
+
+
+@pytest.mark.parametrize("kind", ["multitask", "classifier"])
+def test_predict_writes_outputs_at_each_inputs_size_and_reports_the_corrupt_file(kind, tiny_runs, inputs, tmp_path):
+    finished = run_script("predict.py", "--run", tiny_runs[kind], inputs, "--out", tmp_path, "--device", "cpu")
+    assert finished.returncode == 1, finished.stderr[-3000:]
+    assert "broken.jpg" in finished.stderr
+    results = json.loads((tmp_path / "predictions.json").read_text())
+    assert [Path(f["input"]).name for f in results["failed"]] == ["broken.jpg"]
+    sizes = {Path(r["input"]).stem: r for r in results["images"]}
+    assert set(sizes) == {"fundus", "larger", "grey"}
+    for name, record in sizes.items():
+        width, height = Image.open(inputs / Path(record["input"]).name).size
+        assert record["size"] == [height, width]
+        assert (tmp_path / name / "overlay.png").is_file()
+        assert set(record["grades"]) == {"rg", "mer"}
+        assert sum(record["grades"]["rg"]["probabilities"]) == pytest.approx(1, abs=1e-3)
+        assert record["input"] in finished.stdout
+        masks = sorted((tmp_path / name).glob("mask_*.png"))
+        if kind == "classifier":
+            assert not masks and not record["lesions"] and not record["experts"]
+            continue
+        assert [m.stem for m in masks] == sorted(f"mask_{lesion}" for lesion in LESIONS)
+        for lesion in LESIONS:
+            mask = Image.open(tmp_path / name / f"mask_{lesion}.png")
+            assert mask.size == (width, height) and mask.mode == "L"
+            pixels = np.asarray(mask)
+            assert set(np.unique(pixels)) <= {0, 255}
+            assert record["lesions"][lesion]["pixels"] == int((pixels == 255).sum())
+        assert len(record["experts"]) == 7 and all(len(e["experts"]) == 1 for e in record["experts"].values())
+
+
+def test_a_folder_that_is_not_a_run_exits_with_2(tiny_runs, inputs, tmp_path, capsys):
+    assert predict.main(["--run", str(tmp_path / "missing"), str(inputs / "fundus.jpg")]) == 2
+    assert compare_models.main(["--runs", str(tiny_runs["classifier"]), str(inputs)]) == 2
+    assert "missing" in capsys.readouterr().err
+
+
+def test_compare_models_reports_every_row_and_top_p_costs_less_than_dense(tiny_runs, tmp_path):
+    folders = [tiny_runs[kind] for kind in ("classifier", "segmentation", "multitask")]
+    finished = run_script("compare_models.py", "--runs", *folders, "--out", tmp_path, "--device", "cpu",
+                          "--cost-images", 2, "--repeats", 2)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    text = (tmp_path / "comparison.md").read_text()
+    assert text in finished.stdout
+    rows = [label for label, *_ in compare_models.ACCURACY_ROWS + compare_models.COST_ROWS]
+    rows += [f"experts per image: {task}" for task in ("RG", "MER", *LESIONS)]
+    rows += [label for label, *_ in compare_models.VERSUS_ROWS]
+    for label in rows:
+        assert f"| {label} |" in text, label
+    assert "| backbone | resnet18 | resnet18 | resnet18 |" in text
+    assert "| trained input size (HxW) | 64x96 | 64x96 | grading 64x96, segmentation 96x128 |" in text
+
+
+    report = json.loads((tmp_path / "comparison.json").read_text())
+    runs = {entry["kind"]: entry for entry in report["runs"]}
+    for entry in runs.values():
+        assert entry["parameters"] > 0 and entry["cost"]["flops"] > 0 and entry["cost"]["latency_s"] > 0
+    for kind in ("classifier", "multitask"):
+        assert 0 <= runs[kind]["grading"]["joint_accuracy"] <= 1
+    for kind in ("segmentation", "multitask"):
+        assert set(LESIONS) <= set(runs[kind]["segmentation"])
+    multitask = runs["multitask"]
+    assert multitask["cost"]["flops"] < multitask["dense_cost"]["flops"]
+    assert all(n == 1 for n in multitask["experts_per_image"].values())
+    versus = report["multitask_vs_baselines"][multitask["name"]]
+    expected = multitask["parameters"] / (runs["classifier"]["parameters"] + runs["segmentation"]["parameters"])
+    assert versus["parameters"]["ratio"] == pytest.approx(expected)
+
+
+def test_cost_size_measures_every_model_at_one_resolution(tiny_runs, synthetic_root):
+    """--cost-size puts all models on equal work: the multi-task model then takes one forward for both sides,
+    and convolution FLOPs grow with the pixel count (x4 from 64x96 to 128x192, up to the size-free heads)."""
+    paths = [record.image_path for record in segmentation_records(synthetic_root, "test")[:1]]
+    cpu = torch.device("cpu")
+    for kind, folder in tiny_runs.items():
+        run = open_run(folder, cpu)
+        assert set(forward_passes(run, (64, 96)).values()) == {(64, 96)}
+        small = compare_models.measure_cost(run, paths, cpu, repeats=1, size=(64, 96))["flops"]
+        large = compare_models.measure_cost(run, paths, cpu, repeats=1, size=(128, 192))["flops"]
+        assert 3.5 < large / small <= 4.0, (kind, large / small)
+    run = open_run(tiny_runs["multitask"], cpu)
+    assert forward_passes(run, (64, 96)) == {"all": (64, 96)}
+    assert set(forward_passes(run)) == {"classification", "segmentation"}
+
+
+def test_cost_size_argument_is_checked():
+    assert compare_models.image_size_arg("712x1072") == (712, 1072)
+    assert compare_models.image_size_arg("64,96") == (64, 96)
+    for bad in ("712", "a,b", "8,8"):
+        with pytest.raises(Exception, match="expected"):
+            compare_models.image_size_arg(bad)

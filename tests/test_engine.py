@@ -1,0 +1,167 @@
+"""Training the multi-task model end to end: files, new tasks, two processes, learning."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import notebooks
+import pytest
+import torch
+
+import train_mlt_model
+from codebase.config import parse_cli
+from codebase.data.loaders import EpochLoader
+from codebase.data.synthetic import generate
+from codebase.dataset import build_datasets
+from codebase.engine import evaluate
+
+pytestmark = pytest.mark.slow  # trains models or runs scripts in subprocesses
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ["evaluate_mlt.ipynb", "output_mlt.ipynb"]
+TINY = ["data.grading_size=64,96", "data.segmentation_size=64,96", "model.aspp_channels=32",
+        "model.decoder_channels=32", "model.head_hidden=32", "train.epochs=2", "train.iterations=2",
+        "train.batch_size=2", "train.eval_batch_size=4", "run.plots=false"]
+
+
+def tiny_argv(root, save_dir, *extra):
+    sets = [arg for item in TINY + list(extra) for arg in ("--set", item)]
+    return ["--demo", "--data-root", str(root), "--set", f"run.save_dir={save_dir}", *sets]
+
+
+def tiny_config(root, save_dir, *extra):
+    return parse_cli(train_mlt_model.CONFIG, tiny_argv(root, save_dir, *extra), train_mlt_model.DEMO,
+                             validate=train_mlt_model.validate)
+
+
+def evaluate_saved(folder):
+    """Single-process top-p evaluation of a run's model.pth on its test splits, one image per batch
+    as the run evaluated them (so every image goes through the same arithmetic)."""
+    config = json.loads((folder / "config.json").read_text())
+    model = train_mlt_model.build_model(config)
+    model.load_state_dict(torch.load(folder / "model.pth", weights_only=True))
+    model.set_routing(False)
+    data = config["data"]
+    datasets = build_datasets(data["root"], data["grading_size"], data["segmentation_size"])
+    loaders = {side: EpochLoader(datasets[side]["test"], 1, train=False, seed=0)
+               for side in ("grading", "segmentation")}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the two processes ran (OMP_NUM_THREADS=1): the same reduction order
+    try:
+        return evaluate(model, loaders, torch.device("cpu"))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def assert_close(actual, expected, where="eval"):
+    """Nested metric dicts equal within 1e-6 (NaN equals NaN)."""
+    if isinstance(expected, dict):
+        assert set(actual) == set(expected), where
+        for key in expected:
+            assert_close(actual[key], expected[key], f"{where}.{key}")
+    elif isinstance(expected, list):
+        assert len(actual) == len(expected), where
+        for index, (a, e) in enumerate(zip(actual, expected)):
+            assert_close(a, e, f"{where}[{index}]")
+    else:
+        assert actual == pytest.approx(expected, abs=1e-6, nan_ok=True), where
+
+
+@pytest.fixture(scope="module")
+def tiny_run(synthetic_root, tmp_path_factory):
+    """(folder, config) of a two-epoch run: one dense epoch, one top-p epoch."""
+    save_dir = tmp_path_factory.mktemp("mlt_runs")
+    config = tiny_config(synthetic_root, save_dir)
+    train_mlt_model.main(config)
+    return save_dir / "mlt_demo", config
+
+
+def test_run_writes_its_folder_and_routes_sparsely_after_warm_up(tiny_run):
+    folder, config = tiny_run
+    for name in ("config.json", "checkpoint.pth", "model.pth", "history.json", "train_log.txt"):
+        assert (folder / name).is_file(), name
+    history = json.loads((folder / "history.json").read_text())
+    assert [entry["train"]["dense_routing"] for entry in history] == [1.0, 0.0]
+    routing = history[-1]["eval"]["routing"]
+    assert set(routing) == set(config["model"]["task_specs"])
+    for stats in routing.values():
+        assert 1.0 <= stats["experts_per_image"] <= 3.0 and len(stats["usage"]) == 3
+    components = history[0]["train"]["components"]
+    assert {"loss_classification_rg", "loss_segmentation_od", "loss_gate_sparsity",
+            "loss_gate_load_balance"} <= set(components)
+    segmentation = history[-1]["eval"]["segmentation"]
+    assert set(segmentation["OD"]) == {"iou", "dice", "sensitivity", "precision", "aupr"}
+    assert "joint_accuracy" in history[-1]["eval"]["grading"]
+
+
+def test_a_task_added_through_task_specs_trains(synthetic_root, tmp_path):
+    specs = {"classification_rg": 5, "classification_mer": 3, "classification_referable": 2,
+             "segmentation_od": 1, "segmentation_red": 1}
+    config = tiny_config(synthetic_root, tmp_path, f"model.task_specs={json.dumps(specs)}",
+                         "loss.weighting=uncertainty")
+    history = train_mlt_model.main(config)
+    last = history[-1]
+    assert "referable_accuracy" in last["eval"]["grading"] and "RED" in last["eval"]["segmentation"]
+    assert "loss_classification_referable" in last["train"]["components"]
+    checkpoint = torch.load(tmp_path / "mlt_demo" / "checkpoint.pth", weights_only=True)
+    assert "log_variances" in "".join(checkpoint["criterion"])  # learned weighting is saved
+
+
+def test_two_processes_write_once_match_single_process_evaluation_and_resume_in_one(synthetic_root, tmp_path):
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               str(REPO / "train_mlt_model.py"), *tiny_argv(synthetic_root, tmp_path, "train.eval_batch_size=1")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "PYTHONPATH": str(REPO)}
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
+    assert finished.returncode == 0, finished.stderr[-4000:]
+    folder = tmp_path / "mlt_demo"
+    log = (folder / "train_log.txt").read_text()
+    assert log.count("epoch 2/2") == 1 and "2 process(es)" in log
+    history = json.loads((folder / "history.json").read_text())
+    assert [entry["epoch"] for entry in history] == [1, 2]
+
+    assert_close(evaluate_saved(folder), history[-1]["eval"])
+
+    train_mlt_model.main(tiny_config(synthetic_root, tmp_path, "train.eval_batch_size=1", "train.epochs=3"))
+    history = json.loads((folder / "history.json").read_text())
+    assert [entry["epoch"] for entry in history] == [1, 2, 3]
+    assert "resumed from" in (folder / "train_log.txt").read_text()
+
+
+def test_notebooks_are_committed_without_outputs():
+    for name in NOTEBOOKS:
+        notebooks.assert_committed_without_outputs(name)
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+@pytest.mark.notebook
+def test_notebook_executes_on_the_run(tiny_run, tmp_path, monkeypatch, name):
+    folder, _ = tiny_run
+    monkeypatch.setenv("RUN_DIR", str(folder))
+    monkeypatch.setenv("CLASSIFIER_RUN", str(tmp_path / "absent"))
+    monkeypatch.setenv("SEGMENTATION_RUN", str(tmp_path / "absent"))
+    printed, figures, _ = notebooks.execute(name)
+    assert str(folder.resolve()) in printed
+    if name == "evaluate_mlt.ipynb":
+        assert "rg_accuracy" in printed and "OD Optic Disc" in printed
+    else:
+        assert "lesion masks missing (grading image)" in printed and "true missing" in printed
+    assert figures
+
+
+def test_the_demo_recipe_learns_every_side_at_a_reduced_size(tmp_path_factory):
+    """The demo's settings on a smaller tree and images: grading beats the majority class with
+    RG kappa above 0.2, and the optic disc is segmented (Dice >= 0.7) on the test split."""
+    root = generate(tmp_path_factory.mktemp("learn") / "data", seed=1, size=(288, 192), seg_train=16, seg_test=6,
+                    grade_train=96, grade_test=48)
+    config = tiny_config(root, tmp_path_factory.mktemp("learn_runs"), "data.grading_size=96,144",
+                         "data.segmentation_size=64,96", "train.epochs=10", "train.iterations=12", "optim.lr=1e-3",
+                         "train.batch_size=8", "train.eval_batch_size=16", "train.evaluate_every=12",
+                         "model.aspp_channels=64", "model.head_hidden=64")
+    history = train_mlt_model.main(config)
+    grading, segmentation = history[-1]["eval"]["grading"], history[-1]["eval"]["segmentation"]
+    labels = build_datasets(root, (96, 144), (64, 96))["grading"]["test"].labels  # [N, 2] (rg, mer)
+    majority = [torch.bincount(torch.as_tensor(labels[:, i])).max().item() / len(labels) for i in (0, 1)]
+    assert grading["rg_accuracy"] > majority[0] and grading["mer_accuracy"] > majority[1], (grading, majority)
+    assert grading["rg_kappa"] > 0.2, grading
+    assert segmentation["OD"]["dice"] >= 0.7, segmentation["OD"]
