@@ -1,4 +1,7 @@
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -458,3 +461,22 @@ def test_every_method_runs_on_cuda_like_on_cpu(name):
     model, weighting = TwoHeads().cuda(), make_weighting(name, TASKS, {}).cuda()
     on_cuda = train_toy(model, weighting, 5, device="cuda")
     np.testing.assert_allclose(np.array(on_cuda), np.array(on_cpu), rtol=1e-3, atol=1e-4)
+
+
+def test_gradient_method_under_two_process_ddp_equals_one_process(tmp_path):
+    """PCGrad (a non-linear combination) under DDP with an all-reduce-mean ``reduce``: the same
+    gradients on both ranks, equal to one process's step on the whole batch."""
+    name, out = "pcgrad", tmp_path / "grads.pt"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "tests.training.ddp_weighting", name, str(out)]
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=180,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    saved = torch.load(out, weights_only=True)
+    model, weighting = TwoHeads(), make_weighting(name, TASKS, {})
+    inputs, targets = batch()
+    losses, extra = model(inputs, targets)
+    weighting.backward(losses, extra, list(model.shared.parameters()))
+    for key, parameter in model.named_parameters():
+        torch.testing.assert_close(saved["grads"][key], parameter.grad, rtol=1e-5, atol=1e-6)
+    assert saved["weights"] == pytest.approx(weighting.task_weights(), rel=1e-5)
