@@ -111,7 +111,8 @@ def _validated(key: str, value, setting: Setting):
 class Weighting(nn.Module):
     """Base class: combine per-task losses, write the gradients of a step.
 
-    Learnable or stateful weights are parameters or buffers (they checkpoint with state_dict).
+    Learnable or stateful weights are parameters or persistent buffers (they checkpoint with
+    state_dict); the weights of the last step (``task_weights``) are not saved.
     ``losses`` given to a method may hold any non-empty subset of ``tasks``.
     """
 
@@ -123,7 +124,7 @@ class Weighting(nn.Module):
     def __init__(self, tasks: Sequence[str]):
         super().__init__()
         self.tasks = tuple(tasks)
-        self.register_buffer("last_weights", torch.ones(len(self.tasks)))
+        self.register_buffer("last_weights", torch.ones(len(self.tasks)), persistent=False)  # for logging
 
     def present(self, losses: Mapping[str, torch.Tensor]) -> list[int]:
         """Indices (in ``tasks`` order) of the tasks in ``losses``; checks the names."""
@@ -223,7 +224,7 @@ class FixedWeighting(Weighting):
         if unknown:
             raise ValueError(f"loss.task_weights names tasks not in task_specs: {sorted(unknown)}")
         self.last_weights.copy_(torch.tensor([float((task_weights or {}).get(t, 1.0)) for t in self.tasks]))
-        self.register_buffer("weights", self.last_weights.clone())
+        self.register_buffer("weights", self.last_weights.clone(), persistent=False)  # the config is the source
 
     def combine(self, losses):
         indices = self.present(losses)
