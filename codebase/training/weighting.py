@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.optimize
 import torch
 from torch import nn
 
@@ -543,10 +544,9 @@ def pcgrad_coefficients(gram: torch.Tensor, orders: list[list[int]]) -> torch.Te
 class CAGrad(GradientWeighting):
     """Conflict-Averse Gradient descent (Liu, Liu, Jin, Stone & Liu, NeurIPS 2021).
 
-    d = g0 + c ||g0|| g_w / ||g_w||, g0 the mean gradient and g_w = sum_t w_t g_t with w on the
-    simplex minimising g_w . g0 + c ||g0|| ||g_w|| (the dual of max_d min_t g_t . d over the
-    ball ||d - g0|| <= c ||g0||); divided by 1 + c^2 when ``loss.cagrad_rescale``. c = 0 is the mean
-    gradient. The dual is solved on the Gram matrix by projected gradient descent (numpy).
+    d = g0 + c ||g0|| u with g0 the mean gradient and u the unit vector that maximises the worst
+    task's improvement min_t g_t . d over the ball ||d - g0|| <= c ||g0||; divided by 1 + c^2 when
+    ``loss.cagrad_rescale``. c = 0 is the mean gradient. Solved on the Gram matrix (``cagrad_coefficients``).
     """
 
     setting_prefix = "cagrad_"
@@ -558,52 +558,45 @@ class CAGrad(GradientWeighting):
         self.c, self.rescale = c, rescale
 
     def coefficients(self, indices, gram, losses):
-        count = gram.shape[0]
-        mean = torch.full((count,), 1.0 / count, dtype=torch.float64)
-        if self.c == 0:
-            return mean
-        simplex_weights, radius_over_norm = cagrad_dual(gram.numpy(), self.c)
-        weights = mean + radius_over_norm * torch.from_numpy(simplex_weights)
+        weights = torch.from_numpy(cagrad_coefficients(gram.numpy(), self.c))
         return weights / (1 + self.c ** 2) if self.rescale else weights
 
 
-def project_to_simplex(vector: np.ndarray) -> np.ndarray:
-    """Euclidean projection onto {w >= 0, sum w = 1} (sort-based, Duchi et al. 2008)."""
-    ordered = np.sort(vector)[::-1]
-    cumulative = np.cumsum(ordered) - 1
-    ranks = np.arange(1, len(vector) + 1)
-    last = np.nonzero(ordered - cumulative / ranks > 0)[0][-1]
-    return np.maximum(vector - cumulative[last] / (last + 1), 0)
+def cagrad_coefficients(gram: np.ndarray, c: float) -> np.ndarray:
+    """Coefficients v [T] of CAGrad's direction d = sum_t v_t g_t (before rescaling), from gram [T, T].
 
-
-def cagrad_dual(gram: np.ndarray, c: float, iterations: int = 500) -> tuple[np.ndarray, float]:
-    """Solve CAGrad's dual on gram [T, T]: w on the simplex minimising w.b + k sqrt(w A w),
-    b = A 1/T, k = c ||g0||. Returns (w, k / ||g_w||), the second 0 when g_w vanishes."""
+    With the Gram matrix G G^T = Q diag(lambda) Q^T (normalised by its largest diagonal entry; the
+    coefficients do not depend on the scale), a direction in the gradients' span is u = G^T Q
+    lambda^-1/2 y with |u| = |y|, and g_t . u = (Q lambda^1/2 y)_t. The problem is then
+    max s over (y, s) such that g_t . g0 + c |g0| (Q lambda^1/2 y)_t >= s for all t and |y| <= 1:
+    smooth constraints in rank(G) + 1 variables, solved with scipy's SLSQP.
+    """
     count = gram.shape[0]
+    mean = np.full(count, 1.0 / count)
     scale = float(np.max(np.diag(gram)))
-    if scale <= 0:
-        return np.full(count, 1.0 / count), 0.0
-    a = gram / scale  # scale-free: the minimiser does not change
-    b = a.mean(axis=1)
-    k = c * math.sqrt(max(float(a.mean()), 0.0))
-
-    def objective(w):
-        return float(w @ b + k * math.sqrt(max(float(w @ a @ w), 0.0)))
-
-    w = np.full(count, 1.0 / count)
-    best, best_value, step = w, objective(w), 1.0
-    for _ in range(iterations):
-        norm = math.sqrt(max(float(w @ a @ w), 1e-18))
-        gradient = b + k * (a @ w) / norm
-        candidate = project_to_simplex(w - step * gradient)
-        value = objective(candidate)
-        if value < best_value - 1e-15:
-            w, best, best_value = candidate, candidate, value
-            step *= 1.5
-        else:
-            step *= 0.5
-            if step < 1e-12:
-                break
-    norm_squared = float(best @ a @ best)
-    ratio = k / math.sqrt(norm_squared) if norm_squared > 1e-12 else 0.0
-    return best, ratio
+    if c == 0 or scale <= 0:
+        return mean
+    normalised = gram / scale
+    eigenvalues, eigenvectors = np.linalg.eigh(normalised)
+    keep = eigenvalues > 1e-10 * eigenvalues.max()
+    eigenvalues, eigenvectors = eigenvalues[keep], eigenvectors[:, keep]
+    basis = eigenvectors * np.sqrt(eigenvalues)  # [T, r]: g_t . u = (basis @ y)_t
+    improvements = normalised.mean(axis=1)  # [T]: g_t . g0
+    radius = c * math.sqrt(max(float(normalised.mean()), 0.0))  # c |g0|
+    rank = basis.shape[1]
+    direction_jacobian = np.hstack([radius * basis, -np.ones((count, 1))])  # [T, r + 1]
+    constraints = [
+        {"type": "ineq", "fun": lambda x: improvements + radius * basis @ x[:rank] - x[rank],
+         "jac": lambda x: direction_jacobian},
+        {"type": "ineq", "fun": lambda x: np.array([1.0 - x[:rank] @ x[:rank]]),
+         "jac": lambda x: np.append(-2 * x[:rank], 0.0)[None]},
+    ]
+    objective_gradient = np.append(np.zeros(rank), -1.0)
+    start = np.append(np.zeros(rank), improvements.min())
+    result = scipy.optimize.minimize(lambda x: -x[rank], start, jac=lambda x: objective_gradient, method="SLSQP",
+                                     constraints=constraints, options={"ftol": 1e-12, "maxiter": 200})
+    y = result.x[:rank]
+    length = float(np.linalg.norm(y))
+    if length > 1:
+        y = y / length
+    return mean + radius * eigenvectors @ (y / np.sqrt(eigenvalues))
