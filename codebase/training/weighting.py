@@ -166,6 +166,12 @@ class Weighting(nn.Module):
         """Learnable parameters that go into the model's optimizer (no weight decay)."""
         return []
 
+    def weighted_sum(self, losses: Mapping[str, torch.Tensor], indices: list[int], weights: torch.Tensor) -> torch.Tensor:
+        """sum_t w_t L_t over ``indices`` (weights [T'], any device); records the weights."""
+        self._record(indices, weights)
+        values = self.loss_vector(losses, indices)
+        return (weights.to(values) * values).sum()
+
     def _record(self, indices: list[int], weights: torch.Tensor) -> None:
         self.last_weights.zero_()
         self.last_weights[indices] = weights.detach().to(self.last_weights)
@@ -229,9 +235,7 @@ class FixedWeighting(Weighting):
 
     def combine(self, losses):
         indices = self.present(losses)
-        self._record(indices, self.weights[indices])
-        return (self.weights[indices].to(losses[self.tasks[indices[0]]].device)
-                * self.loss_vector(losses, indices)).sum()
+        return self.weighted_sum(losses, indices, self.weights[indices])
 
 
 @register("uncertainty")
@@ -278,9 +282,7 @@ class DynamicWeightAverage(Weighting):
 
     def combine(self, losses):
         indices = self.present(losses)
-        self._record(indices, self.weights[indices])
-        return (self.weights[indices].to(losses[self.tasks[indices[0]]].device)
-                * self.loss_vector(losses, indices)).sum()
+        return self.weighted_sum(losses, indices, self.weights[indices])
 
     def end_epoch(self, epoch, mean_losses):
         missing = [t for t in self.tasks if t not in mean_losses]
@@ -315,9 +317,7 @@ class RandomLossWeighting(Weighting):
     def combine(self, losses):
         indices = self.present(losses)
         draws = torch.randn(len(self.tasks), generator=self.generator, dtype=torch.float64)  # [T]
-        weights = torch.softmax(draws[indices], dim=0).float()
-        self._record(indices, weights)
-        return (weights.to(losses[self.tasks[indices[0]]].device) * self.loss_vector(losses, indices)).sum()
+        return self.weighted_sum(losses, indices, torch.softmax(draws[indices], dim=0))
 
     def get_extra_state(self):
         return {"generator": self.generator.get_state()}
@@ -405,8 +405,8 @@ class GradientWeighting(Weighting):
         if reduce is not None:
             matrix = reduce(matrix)
         scale = scaler.get_scale() if scaler is not None and scaler.is_enabled() else 1.0
-        grads = matrix[:len(indices)] / scale  # [T', P], unscaled
-        gram = (grads @ grads.T).cpu().double()  # [T', T']
+        grads = matrix[:len(indices)]  # [T', P], scaled by `scale`
+        gram = (grads @ grads.T).cpu().double() / scale ** 2  # [T', T'] of the unscaled gradients
         loss_values = None
         if self.needs_losses:
             loss_values = torch.stack([loss.detach().float() for loss in task_losses])
@@ -418,7 +418,7 @@ class GradientWeighting(Weighting):
         else:  # overflow (fp16): the scaler skips this step; leave the method's state alone
             weights = torch.ones(len(indices), dtype=torch.float64)
         self._record(indices, weights)
-        combined = (weights.to(grads) @ grads) * scale  # [P]
+        combined = weights.to(grads) @ grads  # [P], scaled like every other .grad
         if extra is not None:
             combined = combined + matrix[-1]
         total = torch.stack([loss.float() for loss in task_losses]).sum()
@@ -428,12 +428,9 @@ class GradientWeighting(Weighting):
         offset = 0
         for parameter in shared:
             size = parameter.numel()
-            piece = combined[offset:offset + size].view_as(parameter).to(parameter.dtype)
+            if parameter.grad is not None:  # None: no loss reached it, so its rows were all zeros
+                parameter.grad.copy_(combined[offset:offset + size].view_as(parameter))
             offset += size
-            if parameter.grad is None:
-                parameter.grad = piece.clone()
-            else:
-                parameter.grad.copy_(piece)
 
     def combine(self, losses):
         return self.loss_vector(losses, self.present(losses)).sum()

@@ -514,3 +514,37 @@ def test_gradient_method_under_two_process_ddp_equals_one_process(tmp_path):
     for key, parameter in model.named_parameters():
         torch.testing.assert_close(saved["grads"][key], parameter.grad, rtol=1e-5, atol=1e-6)
     assert saved["weights"] == pytest.approx(weighting.task_weights(), rel=1e-5)
+
+
+def test_a_shared_parameter_no_loss_reaches_keeps_no_gradient():
+    used, unused = nn.Parameter(torch.tensor([1.0, 2.0])), nn.Parameter(torch.tensor([5.0]))
+    losses = {"a": used.sum(), "b": (2 * used).pow(2).sum()}
+    make_weighting("cagrad", TASKS, {}).backward(losses, None, [unused, used])
+    assert unused.grad is None and used.grad is not None
+
+
+class GramProbe(mtw.GradientWeighting):
+    """Equal weights; keeps the Gram matrix and losses it was given."""
+
+    needs_losses = True
+
+    def coefficients(self, indices, gram, losses):
+        self.seen = gram, losses
+        return torch.ones(len(indices), dtype=torch.float64)
+
+
+def test_gradient_methods_see_unscaled_reduced_gradients_and_losses():
+    model = TwoHeads()
+    inputs, targets = batch()
+    losses, _ = model(inputs, targets)
+    rows = torch.stack([torch.cat([g.reshape(-1) for g in torch.autograd.grad(losses[t], model.shared.parameters(),
+                                                                               retain_graph=True)]) for t in TASKS])
+    expected_gram = (rows @ rows.T).double()
+    expected_losses = torch.stack([losses[t].detach() for t in TASKS]).double()
+    probe = GramProbe(TASKS)
+    run_backward(model, probe, scaler=torch.amp.GradScaler("cpu", init_scale=2.0 ** 12))
+    torch.testing.assert_close(probe.seen[0], expected_gram, rtol=1e-6, atol=0)
+    torch.testing.assert_close(probe.seen[1], expected_losses)
+    run_backward(model, probe, reduce=lambda m: 3 * m)
+    torch.testing.assert_close(probe.seen[0], 9 * expected_gram, rtol=1e-6, atol=0)
+    torch.testing.assert_close(probe.seen[1], 3 * expected_losses)
