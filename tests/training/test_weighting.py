@@ -379,19 +379,23 @@ def test_gradient_method_backward_writes_the_combination(name, settings):
     assert list(weighting.task_weights().values()) == pytest.approx(weights.tolist(), rel=1e-5)
 
 
-def test_gradient_method_backward_with_grad_scaler_and_reduce():
+@pytest.mark.parametrize("name,settings", [("cagrad", {"cagrad_c": 0.0}), ("cagrad", {"cagrad_c": 0.4}), ("pcgrad", {})])
+def test_gradient_method_backward_with_grad_scaler_and_reduce(name, settings):
     model = TwoHeads()
-    mean = lambda gram: torch.full((2,), 0.5, dtype=torch.float64)  # noqa: E731
-    expected_shared, expected_heads, _ = reference_grads(model, mean)
+
+    def method(gram):
+        return make_weighting(name, TASKS, settings).coefficients([0, 1], gram, None)
+
+    expected_shared, expected_heads, _ = reference_grads(model, method)
     scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
-    shared, heads = run_backward(model, make_weighting("cagrad", TASKS, {"cagrad_c": 0.0}), scaler=scaler)
+    shared, heads = run_backward(model, make_weighting(name, TASKS, settings), scaler=scaler)
     # .grad holds scaled gradients (scaler.step unscales them); the unscaled result is the same.
     torch.testing.assert_close(shared / 1024.0, expected_shared)
     for key in heads:
         torch.testing.assert_close(heads[key] / 1024.0, expected_heads[key])
     # A reduce that doubles the per-task matrix (as if another process had the same gradients twice).
-    doubled_shared, _, _ = reference_grads(model, mean, factor=2.0)
-    shared, heads = run_backward(model, make_weighting("cagrad", TASKS, {"cagrad_c": 0.0}), reduce=lambda m: 2 * m)
+    doubled_shared, _, _ = reference_grads(model, method, factor=2.0)
+    shared, heads = run_backward(model, make_weighting(name, TASKS, settings), reduce=lambda m: 2 * m)
     torch.testing.assert_close(shared, doubled_shared)
     for key in heads:
         torch.testing.assert_close(heads[key], expected_heads[key])
