@@ -507,7 +507,8 @@ def test_gradient_method_under_two_process_ddp_equals_one_process(tmp_path):
     name, out = "pcgrad", tmp_path / "grads.pt"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                "-m", "tests.training.ddp_weighting", name, str(out)]
-    finished = subprocess.run(command, capture_output=True, text=True, timeout=180,
+    repository = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=180, cwd=repository,
                               env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert finished.returncode == 0, finished.stderr[-3000:]
     saved = torch.load(out, weights_only=True)
