@@ -11,12 +11,14 @@ How per-task gradients are formed (``GradientWeighting.backward``): for each tas
 (graph retained), flattened and stacked into a matrix G [T, P] (a task whose loss does not reach a
 shared parameter contributes zeros there); the extra term (e.g. gate regularisers) adds one more
 row. ``reduce`` (under DDP: an all-reduce mean) is applied to that matrix so every process combines
-the same gradients. The task rows are unscaled, the method turns the T x T Gram matrix G G^T into a
-coefficient per task (computed on the CPU in float64), and the shared gradient is
-sum_t w_t g_t (re-scaled) plus the extra row. One ordinary backward of (sum of task losses + extra)
-then fills the task-specific parameters, and the shared ``.grad`` are overwritten. Every method's
-combination is a linear combination of the task gradients, so ``task_weights()`` reports its exact
-coefficients. Cost: T + 1 extra backward passes and a [T + 1, P] float32 matrix per step.
+the same gradients. The method turns the T x T Gram matrix G G^T of the unscaled gradients
+(divided by the scaler's scale squared; on the CPU in float64) into one coefficient per task, and
+the shared gradient is sum_t w_t g_t plus the extra row, at the scaler's scale like every other
+``.grad`` (``scaler.step`` unscales all of them and skips the step on inf/NaN). One ordinary backward
+of (sum of task losses + extra) then fills the task-specific parameters, and the shared ``.grad``
+are overwritten. Every method's combination is a linear combination of the task gradients, so
+``task_weights()`` reports its exact coefficients. Cost per step: T (+1) extra backward passes
+through the shared parameters and a [T (+1), P] float32 matrix.
 
 Settings are flat keys of the config's ``loss`` section (``loss.dwa_temperature``,
 ``loss.cagrad_c``, ...): each method's keys start with its name, except fixed's ``task_weights``.
@@ -453,7 +455,8 @@ class GradNorm(GradientWeighting):
     their own update rule, not the model's optimizer) on sum_t |w_t ||g_t|| - target_t|, with
     target_t = mean_s(w_s ||g_s||) * r_t^alpha held constant, r_t = (L_t / L_t(0)) relative to the
     mean over tasks (inverse training rate); then clamped positive and renormalised to sum to T.
-    ||g_t|| is the norm over all shared parameters; L_t(0) is the first loss seen for the task.
+    ||g_t|| is the norm over all shared parameters; L_t(0) is the first loss seen for the task
+    (that step records it and leaves the weights as they are).
     """
 
     setting_prefix = "gradnorm_"
