@@ -9,6 +9,7 @@ feature (see codebase/fundus_check.py for the thresholds set from this table). I
 
     python benchmarks/bench_fundus_check.py
     python benchmarks/bench_fundus_check.py --sizes 192x128 576x384 --images 4
+    python benchmarks/bench_fundus_check.py --smoke     # one small size, one image; what the tests run
 """
 import argparse
 import sys
@@ -74,7 +75,10 @@ def main(argv=None):
     parser.add_argument("--sizes", nargs="+", default=["128x96", "192x128", "256x170", "576x384", "1072x712"],
                         help="synthetic image sizes WxH")
     parser.add_argument("--images", type=int, default=3, help="synthetic images per size")
+    parser.add_argument("--smoke", action="store_true", help="one 128x96 synthetic image: seconds")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.sizes, args.images = ["128x96"], 1
     sizes = [tuple(int(v) for v in text.split("x")) for text in args.sizes]
     fundus = synthetic_fundus(sizes, args.images)
     cases = [(name, rgb, "fundus, good") for name, rgb in fundus]

@@ -41,7 +41,7 @@ MIN_SURROUND_FRACTION = 0.05  # dark surround: at least this much of the frame (
 MAX_SURROUND_RATIO = 0.15    # surround mean / field mean (max channel); synthetic below 0.03, photographs 0.26-0.28
 
 # Colour inside the field (means of the channels over the field).
-MIN_RED_OVER_GREEN = 1.2     # synthetic fundus 2.0-2.8, over-exposed copies 1.34-1.56; photographs 0.8-1.0
+MIN_RED_OVER_GREEN = 1.2     # synthetic fundus 2.0-2.8, over-exposed copies 1.34-1.68; photographs 0.8-1.0
 MIN_RED_OVER_BLUE = 1.2      # synthetic fundus 4.5-6
 
 # Exposure inside the field: luminance mean (0-255) and share of clipped pixels (a channel >= 250).

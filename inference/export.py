@@ -120,7 +120,7 @@ def description(run, module, size, fmt, dense, model_file):
     routing = None
     if run.kind == "multitask":
         routing = "dense" if dense else f"top-p (p={run.model.top_p})"
-    return {
+    record = {
         "format": fmt,
         "model_file": Path(model_file).name,
         "run": str(run.folder),
@@ -136,6 +136,10 @@ def description(run, module, size, fmt, dense, model_file):
         "class_names": {task: names for task, names in CLASS_NAMES.items() if task in specs},
         "lesion_threshold": float(run.config.get("train", {}).get("threshold", DEFAULT_THRESHOLD)),
     }
+    if any(list(trained) != [height, width] for trained in record["trained_sizes"].values()):
+        record["note"] = (f"the model was trained at several sizes ({record['trained_sizes']}); this export takes "
+                          f"one input of {height}x{width} for every task, so grades may differ from predict.py's")
+    return record
 
 
 def open_run(folder):

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
+from benchmarks import bench_fundus_check
 from codebase import idrid
 from codebase.fundus_check import FundusCheck, check_fundus, disc_iou, sharpness, working_copy
 from codebase.synthetic import render
@@ -99,3 +100,8 @@ def test_sharpness_ignores_contrast_and_brightness_and_falls_with_blur():
     assert sharpness(3 * green + 20, inside) == pytest.approx(sharpness(green, inside), rel=1e-4)
     smooth = np.asarray(Image.fromarray(green.astype(np.uint8)).filter(ImageFilter.GaussianBlur(2)), np.float32)
     assert sharpness(smooth, inside) < 0.5 * sharpness(green, inside)
+
+
+def test_benchmark_smoke_run_agrees_with_every_expected_decision(capsys):
+    assert bench_fundus_check.main(["--smoke"]) == 0
+    assert "decisions as expected" in capsys.readouterr().out

@@ -9,7 +9,7 @@ import torch
 
 import export
 from codebase.runs import build_model, load_run
-from inference.export import CLASS_NAMES, exportable, export_run
+from inference.export import CLASS_NAMES, description, exportable, export_run, input_size
 from codebase.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 SIZE = (64, 96)  # (height, width)
@@ -101,6 +101,7 @@ def test_onnx_outputs_equal_pytorch(runs, tmp_path, kind, dense):
     record = json.loads(json_path.read_text())
     assert record["kind"] == kind and record["format"] == "onnx" and record["model_file"] == "model.onnx"
     assert record["input_size"] == list(SIZE) and record["tasks"] == tasks == list(record["outputs"])
+    assert "note" not in record  # one trained size
     assert record["normalisation"] == {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
     assert record["lesion_threshold"] == (0.4 if kind == "segmentation" else 0.5)
     assert record["routing"] == ({"dense": "dense", "top": "top-p (p=0.6)"}["dense" if dense else "top"]
@@ -123,6 +124,21 @@ def test_torchscript_outputs_equal_pytorch(runs, tmp_path, kind, dense):
             outputs = scripted(x)
         for task, value in zip(run.task_specs, outputs):
             np.testing.assert_allclose(value.numpy(), expected[task], atol=1e-4)
+
+
+def test_multitask_run_with_two_trained_sizes_exports_at_the_segmentation_size(runs, tmp_path):
+    config = json.loads((runs["multitask"] / "config.json").read_text())
+    config["data"]["grading_size"] = [32, 48]
+    folder = tmp_path / "two_sizes"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "model.pth").write_bytes((runs["multitask"] / "model.pth").read_bytes())
+    run = load_run(folder)
+    assert input_size(run) == SIZE
+    record = description(run, exportable(run), input_size(run), "onnx", False, tmp_path / "m.onnx")
+    assert record["input_size"] == list(SIZE)
+    assert record["trained_sizes"] == {"classification": [32, 48], "segmentation": list(SIZE)}
+    assert "64x96 for every task" in record["note"]
 
 
 def test_cli_writes_beside_the_run_by_default(runs, capsys):
