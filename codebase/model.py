@@ -34,7 +34,7 @@ class MultiTaskModel(nn.Module):
     """Shared ResNet (output stride 16) + one ASPP + per task a gate and ``num_experts`` experts."""
 
     def __init__(self, task_specs, backbone="resnet50", num_experts=3, pretrained="none", top_p=0.8,
-                 aspp_channels=256, decoder_channels=256, head_hidden=256, gate_hidden=128):
+                 aspp_channels=256, decoder_channels=256, head_hidden=256, gate_hidden=128, gate_noise=False):
         super().__init__()
         if num_experts < 1:
             raise ValueError(f"num_experts must be at least 1, got {num_experts}")
@@ -50,7 +50,7 @@ class MultiTaskModel(nn.Module):
         self.backbone = ResNetBackbone(backbone, output_stride=16, pretrained=pretrained)
         high, low = self.backbone.high_level_channels, self.backbone.low_level_channels
         self.aspp = ASPP(high, aspp_channels, 16, separable=True) if self.segmentation_tasks else None
-        self.gates = nn.ModuleDict({task: Gate(high, num_experts, gate_hidden) for task in self.task_specs})
+        self.gates = nn.ModuleDict({task: Gate(high, num_experts, gate_hidden, gate_noise) for task in self.task_specs})
         self.experts = nn.ModuleDict()
         for task, outputs in self.task_specs.items():
             if task_kind(task) == "classification":

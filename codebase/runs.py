@@ -39,7 +39,8 @@ def build_model(config, pretrained=None):
     if kind == "multitask":
         return MultiTaskModel(model["task_specs"], model["backbone"], model["num_experts"], model["pretrained"],
                               top_p=config["routing"]["top_p"], aspp_channels=model["aspp_channels"],
-                              decoder_channels=model["decoder_channels"], head_hidden=model["head_hidden"])
+                              decoder_channels=model["decoder_channels"], head_hidden=model["head_hidden"],
+                              gate_noise=config["routing"].get("noise", False))
     if kind == "segmentation":
         return DeepLabV3Plus(**model)
     return GradingClassifier(model["backbone"], model["pretrained"], hidden=model["head_hidden"],
