@@ -149,7 +149,8 @@ def main(config):
             model.task_specs, loss_config["classification"], loss_config["focal_gamma"],
             loss_config["segmentation_alpha"], loss_config["segmentation_gamma"], loss_config["focal_weight"],
             loss_config["dice_weight"], loss_config["weighting"], loss_config["task_weights"],
-            {name: loss_config[f"gate_{name}"] for name in ("sparsity", "load_balance", "entropy", "switch_balance")}).to(device)
+            {name: loss_config[f"gate_{name}"]
+             for name in ("sparsity", "load_balance", "entropy", "switch_balance")}).to(device)
         if distributed.is_distributed():
             model.keep_skipped_experts_in_graph()
         step = distributed.wrap_model(TrainStep(model, criterion), device)

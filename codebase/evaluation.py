@@ -50,7 +50,7 @@ class RoutingMeter:
             *selections, experts_run, images = self.sums[task].tolist()
             usage = [s / images for s in selections]
             shares = [s / experts_run for s in selections if s]  # distribution of the dispatches
-            entropy = -sum(share * math.log(share) for share in shares)
+            entropy = sum(share * math.log(1 / share) for share in shares)
             result[task] = {"experts_per_image": experts_run / images, "usage": usage, "busiest_share": max(usage),
                             "usage_entropy": entropy / math.log(len(usage)) if len(usage) > 1 else 1.0}
         return result

@@ -127,7 +127,7 @@ def test_routing_meter_balance_statistics():
     shares = [0.6, 0.2, 0.2]
     assert close(stats["usage_entropy"], -sum(s * math.log(s) for s in shares) / math.log(3))
     collapsed = meter_with([[0, 1, 0], [0, 1, 0]])
-    assert collapsed["busiest_share"] == 1.0 and collapsed["usage_entropy"] == 0.0
+    assert collapsed["busiest_share"] == 1.0 and str(collapsed["usage_entropy"]) == "0.0"
     assert close(meter_with([[1, 0], [0, 1]])["usage_entropy"], 1.0)
     assert meter_with([[1], [1]])["usage_entropy"] == 1.0  # one expert: nothing to balance
 
