@@ -61,6 +61,7 @@ CONFIG = {
     "routing": {
         "top_p": 0.8,                      # after warm-up: fewest experts whose weights reach p
         "warmup_fraction": 0.5,            # share of the epochs with every expert running (dense)
+        "noise": False,                    # noisy gating: learned Gaussian noise on the gate logits in training
     },
     "loss": {
         "classification": "focal",         # "focal" or "ce"
@@ -74,6 +75,7 @@ CONFIG = {
         "gate_sparsity": 0.01,
         "gate_load_balance": 0.01,
         "gate_entropy": 0.0,
+        "gate_switch_balance": 0.0,        # E * sum_e (share of images dispatched to e) * (mean weight of e)
     },
     "optim": {"lr": 3e-4, "backbone_lr": 3e-5, "weight_decay": 1e-4},
     "schedule": {"kind": "step", "step_size": 30, "gamma": 0.2},
@@ -156,7 +158,7 @@ def main(config):
         loss_config = config["loss"]
         criterion = MultiTaskLoss(
             model.tasks, loss_config, loss_config["weighting"], loss_config["task_weights"],
-            {name: loss_config[f"gate_{name}"] for name in ("sparsity", "load_balance", "entropy")}).to(device)
+            {name: loss_config[f"gate_{name}"] for name in ("sparsity", "load_balance", "entropy", "switch_balance")}).to(device)
         if distributed.is_distributed():
             model.keep_skipped_experts_in_graph()
         step = distributed.wrap_model(TrainStep(model, criterion), device)

@@ -21,10 +21,17 @@ from codebase.training.losses import (
     gate_entropy,
     gate_load_balance,
     gate_sparsity,
+    gate_switch_balance,
 )
 
 WEIGHTINGS = ("fixed", "uncertainty")
-GATE_REGULARISERS = {"sparsity": gate_sparsity, "load_balance": gate_load_balance, "entropy": gate_entropy}
+GATE_REGULARISERS = {  # name -> (Routing -> scalar)
+    "sparsity": lambda routing: gate_sparsity(routing.weights),
+    "load_balance": lambda routing: gate_load_balance(routing.weights),
+    "entropy": lambda routing: gate_entropy(routing.weights),
+    # dense routing runs every expert: balance each image's top-1 choice instead of the all-ones mask
+    "switch_balance": lambda routing: gate_switch_balance(routing.weights, None if routing.dense else routing.mask),
+}
 
 
 class MultiTaskLoss(nn.Module):
@@ -63,7 +70,7 @@ class MultiTaskLoss(nn.Module):
         else:
             total = sum(self.task_weights[task] * loss for task, loss in task_losses.items())
         for name, weight in self.gate_weights.items():
-            value = torch.stack([GATE_REGULARISERS[name](r.weights) for r in routings.values()]).mean()
+            value = torch.stack([GATE_REGULARISERS[name](r) for r in routings.values()]).mean()
             total = total + weight * value
             components[f"loss_gate_{name}"] = value.detach()
         components.update({f"loss_{task}": loss.detach() for task, loss in task_losses.items()})

@@ -26,7 +26,7 @@ class MultiTaskModel(nn.Module):
     """Shared ResNet (output stride 16) + one ASPP + per task a gate and ``num_experts`` experts."""
 
     def __init__(self, task_specs, backbone="resnet50", num_experts=3, pretrained="none", top_p=0.8,
-                 aspp_channels=256, decoder_channels=256, head_hidden=256, gate_hidden=128):
+                 aspp_channels=256, decoder_channels=256, head_hidden=256, gate_hidden=128, gate_noise=False):
         super().__init__()
         if num_experts < 1:
             raise ValueError(f"num_experts must be at least 1, got {num_experts}")
@@ -41,7 +41,7 @@ class MultiTaskModel(nn.Module):
         self.backbone = make_backbone(backbone, 16, pretrained)
         high, low = self.backbone.high_level_channels, self.backbone.low_level_channels
         self.aspp = ASPP(high, aspp_channels, 16, separable=True) if self.segmentation_tasks else None
-        self.gates = nn.ModuleDict({task: Gate(high, num_experts, gate_hidden) for task in self.task_specs})
+        self.gates = nn.ModuleDict({task: Gate(high, num_experts, gate_hidden, gate_noise) for task in self.task_specs})
         self.experts = nn.ModuleDict()
         for task in self.tasks:
             if task.side == "classification":
@@ -113,7 +113,8 @@ def build_model(config):
     model = config["model"]
     return MultiTaskModel(model["task_specs"], model["backbone"], model["num_experts"], model["pretrained"],
                           top_p=config["routing"]["top_p"], aspp_channels=model["aspp_channels"],
-                          decoder_channels=model["decoder_channels"], head_hidden=model["head_hidden"])
+                          decoder_channels=model["decoder_channels"], head_hidden=model["head_hidden"],
+                          gate_noise=config["routing"].get("noise", False))
 
 
 def predict(model, images, side="all", dense=None):

@@ -6,6 +6,8 @@ classification tasks only, segmentation images through the segmentation tasks on
 several processes each rank evaluates its shard and the meters' counts are summed, so the
 result equals a single-process evaluation of the same model on the same data.
 """
+import math
+
 import torch
 
 from codebase.evaluation.metrics import JointAccuracyMeter, SegmentationMeter
@@ -21,7 +23,13 @@ def task_key(task):
 
 
 class RoutingMeter:
-    """Per task: how many experts each image ran, and the share of images that ran each expert."""
+    """Per task: how many experts each image ran, and the share of images that ran each expert.
+
+    compute() -> {task: {"experts_per_image": mean experts an image ran, "usage": [share of images
+    that ran expert e], "busiest_share": the largest usage, "usage_entropy": entropy of the
+    dispatches' distribution over experts divided by log E (1 = balanced, 0 = one expert takes
+    every image; 1 for a single expert)}}.
+    """
 
     def __init__(self):
         self.sums = {}  # task -> int64 [E + 2]: per-expert selections, experts run, images (exact counts)
@@ -40,7 +48,11 @@ class RoutingMeter:
         result = {}
         for task in sorted(self.sums):
             *selections, experts_run, images = self.sums[task].tolist()
-            result[task] = {"experts_per_image": experts_run / images, "usage": [s / images for s in selections]}
+            usage = [s / images for s in selections]
+            shares = [s / experts_run for s in selections if s]  # distribution of the dispatches
+            entropy = sum(share * math.log(1 / share) for share in shares)
+            result[task] = {"experts_per_image": experts_run / images, "usage": usage, "busiest_share": max(usage),
+                            "usage_entropy": entropy / math.log(len(usage)) if len(usage) > 1 else 1.0}
         return result
 
 

@@ -22,8 +22,9 @@ at any depth and in any section, so nothing here depends on a particular model:
 - classification.png: leaves ending in "accuracy" or "kappa";
 - segmentation.png: leaves "iou", "dice", "aupr" (one line per parent key, e.g. per lesion)
   and "mean_iou", "mean_dice", "mean_aupr";
-- router_usage.png: "usage" lists under "routing" -> {task}: one line per expert, one panel per
-  task; router_experts.png: "experts_per_image" under "routing" -> {task};
+- router_usage.png: "usage" lists under "routing" -> {task}: one line per expert, one small panel
+  per task in a grid four wide; router_experts.png: "experts_per_image", "busiest_share" and
+  "usage_entropy" under "routing" -> {task}, a panel each;
 - learning_rate.png: "lr".
 
 Missing keys just mean missing curves. Figures are built with matplotlib's object API (no
@@ -42,6 +43,8 @@ from codebase.training.atomic import atomic_write
 
 KeyPath = tuple[str, ...]
 CURVE_METRICS = ("iou", "dice", "aupr")  # per-lesion metrics drawn as curves
+ROUTER_STATISTICS = {"experts_per_image": "experts per image", "busiest_share": "busiest expert's share",
+                     "usage_entropy": "usage entropy / log E"}
 
 
 def plot_history(history: list[dict], out_dir: str | Path) -> list[Path]:
@@ -69,10 +72,10 @@ def history_figures(history: list[dict]) -> dict[str, Figure]:
         "segmentation": _panels({
             LESION_METRICS[metric]: _lesion_curves(scalars, metric) for metric in CURVE_METRICS
         }),
-        "router_usage": _panels(_router_usage(lists), ylabel="share of images"),
-        "router_experts": _panels({"experts per image": {
-            _task_label(path): curve for path, curve in scalars.items()
-            if _under_routing(path) and path[-1] == "experts_per_image"}}),
+        "router_usage": _panels(_router_usage(lists), ylabel="share of images", columns=4),
+        "router_experts": _panels({title: {
+            _task_label(path): curve for path, curve in scalars.items() if _under_routing(path) and path[-1] == leaf}
+            for leaf, title in ROUTER_STATISTICS.items()}),
         "learning_rate": _panels({"learning rate": {
             "lr": curve for path, curve in scalars.items() if path == ("lr",)}}),
     }
@@ -151,14 +154,20 @@ def _router_usage(lists) -> dict[str, dict[str, tuple]]:
     return panels
 
 
-def _panels(panels: dict[str, dict[str, tuple]], ylabel: str = "") -> Figure | None:
-    """A row of line plots, one per non-empty panel; None if every panel is empty."""
+def _panels(panels: dict[str, dict[str, tuple]], ylabel: str = "", columns: int | None = None) -> Figure | None:
+    """Line plots, one per non-empty panel, in one row or in a grid ``columns`` wide (smaller
+    panels, filled row by row); None if every panel is empty."""
     panels = {title: curves for title, curves in panels.items() if curves}
     if not panels:
         return None
-    figure = Figure(figsize=(5 * len(panels), 3.8), layout="constrained")
-    for axes, (title, curves) in zip(figure.subplots(1, len(panels), squeeze=False)[0],
-                                     panels.items()):
+    width, height = (5, 3.8) if columns is None else (3.6, 2.8)
+    columns = len(panels) if columns is None else min(columns, len(panels))
+    rows = math.ceil(len(panels) / columns)
+    figure = Figure(figsize=(width * columns, height * rows), layout="constrained")
+    grid = figure.subplots(rows, columns, squeeze=False).flatten()
+    for unused in grid[len(panels):]:
+        unused.remove()
+    for axes, (title, curves) in zip(grid, panels.items()):
         for label, (epochs, values) in curves.items():
             dashed = label.startswith("eval") or label == "mean"
             axes.plot(epochs, values, linestyle="--" if dashed else "-", marker=".", label=label)

@@ -109,11 +109,23 @@ class ClassificationHead(nn.Module):
 
 
 class Gate(nn.Module):
-    """Router scores: pooled features [B, C] -> expert logits [B, E]; softmax gives routing weights."""
+    """Router scores: pooled features [B, C] -> expert logits [B, E]; softmax gives routing weights.
 
-    def __init__(self, in_channels, num_experts, hidden=128):
+    With ``noise`` (noisy gating, Shazeer et al. 2017), training adds Gaussian noise to the logits
+    with a learned per-image, per-expert scale softplus(x W_noise), which starts at softplus(0) = 0.69
+    (W_noise zero): the router keeps trying experts it does not prefer yet. Evaluation is noise-free.
+    """
+
+    def __init__(self, in_channels, num_experts, hidden=128, noise=False):
         super().__init__()
         self.net = nn.Sequential(nn.Linear(in_channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_experts))
+        self.noise = nn.Linear(in_channels, num_experts) if noise else None
+        if noise:
+            nn.init.zeros_(self.noise.weight)
+            nn.init.zeros_(self.noise.bias)
 
     def forward(self, pooled):
-        return self.net(pooled)
+        logits = self.net(pooled)  # [B, E]
+        if self.noise is not None and self.training:
+            logits = logits + torch.randn_like(logits) * F.softplus(self.noise(pooled))
+        return logits

@@ -140,6 +140,24 @@ def gate_load_balance(weights):
     return usage.numel() * usage.pow(2).sum() - 1
 
 
+def gate_switch_balance(weights, dispatch=None):
+    """Switch-Transformer load balancing on the dispatch: E * sum_e f_e * P_e.
+
+    weights [B, E] routing weights (rows sum to 1); dispatch [B, E] bool, the experts each image
+    ran (top-p mask), or None for each image's top-1 expert (dense routing runs every expert, so
+    its mask says nothing about the choice). f_e is expert e's share of the dispatches (sums to 1,
+    no gradient: a count), P_e the batch mean of w_e (differentiable). 1 when the dispatches or the
+    weights are uniform, E when one expert takes every image with weight 1; the gradient lowers the
+    weight of the experts that take the most images.
+    """
+    weights = weights.float()
+    if dispatch is None:
+        dispatch = F.one_hot(weights.argmax(dim=1), weights.shape[1])
+    dispatch = dispatch.detach().float()  # [B, E]
+    shares = dispatch.sum(dim=0) / dispatch.sum()  # f [E]
+    return weights.shape[1] * (shares * weights.mean(dim=0)).sum()
+
+
 def gate_entropy(weights):
     """Mean over images of the routing entropy -sum_e w_e log w_e of weights [B, E], in nats.
 
