@@ -17,7 +17,8 @@ run, or the output cannot be written.
 import argparse
 import sys
 
-from inference.export import FORMATS, ExportError, export_run
+from codebase.errors import ProjectError
+from inference.export import FORMATS, export_run
 
 
 def main(argv=None):
@@ -29,7 +30,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         model_path, json_path = export_run(args.run, args.format, args.dense, args.out)
-    except ExportError as error:
+    except ProjectError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"wrote {model_path} and {json_path}")

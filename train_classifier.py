@@ -18,16 +18,24 @@ from classifier.dataset import (
 )
 from classifier.engine import GradingLoss, evaluate, train_one_epoch
 from classifier.model import build_model
-from codebase.config import parse_cli, require
+from codebase.config import (
+    BOOLEAN,
+    check_settings,
+    choice,
+    integer,
+    number,
+    parse_cli,
+    size_hw,
+)
 from codebase.data.synthetic import ensure_dataset
 from codebase.errors import run_main
 from codebase.evaluation.cost import count_parameters
-from codebase.networks.backbones import BACKBONES
+from codebase.settings import COMMON_RULES
 from codebase.training import distributed
-from codebase.training.device import AMP_SETTINGS, make_grad_scaler
+from codebase.training.device import make_grad_scaler
 from codebase.training.loop import fit
 from codebase.training.losses import CLASSIFICATION_LOSSES
-from codebase.training.optim import SCHEDULES, make_optimizer, make_scheduler
+from codebase.training.optim import make_optimizer, make_scheduler
 from codebase.training.run_folder import Run
 
 CONFIG = {
@@ -83,26 +91,23 @@ DEMO = {
 }
 
 
-def validate(config):
-    """Raise ConfigError naming the first setting that is out of range."""
-    require(config, "model.backbone", BACKBONES)
-    require(config, "loss.classification", CLASSIFICATION_LOSSES)
-    require(config, "schedule.kind", SCHEDULES)
-    require(config, "loss.focal_gamma", lambda g: g >= 0, "a number >= 0")
-    require(config, "schedule.gamma", lambda g: g > 0, "a number > 0")
-    require(config, "model.dropout", lambda p: 0 <= p < 1, "a number in [0, 1)")
-    require(config, "train.amp", AMP_SETTINGS)
-    require(config, "data.image_size",
-                    lambda size: len(size) == 2 and all(isinstance(n, int) and n >= 32 for n in size),
-                    "[height, width], integers >= 32")
-    require(config, "optim.lr", lambda x: x > 0, "a number > 0")
-    for key in ("optim.backbone_lr", "optim.weight_decay", "loss.rg_weight", "loss.mer_weight"):
-        require(config, key, lambda x: x >= 0, "a number >= 0")
-    for key in ("train.batch_size", "train.eval_batch_size", "train.epochs", "model.head_hidden",
-                "schedule.step_size"):
-        require(config, key, lambda n: n >= 1, "an integer >= 1")
-    require(config, "data.num_workers", lambda n: n >= 0, "an integer >= 0")
+RULES = {
+    **COMMON_RULES,
+    "kind": choice("classifier"),
+    "data.image_size": size_hw(32),
+    "model.head_hidden": integer(1),
+    "model.dropout": number(0, 1, high_open=True),
+    "loss.classification": choice(*CLASSIFICATION_LOSSES),
+    "loss.focal_gamma": number(0),
+    "loss.class_weights": BOOLEAN,
+    "loss.rg_weight": number(0),
+    "loss.mer_weight": number(0),
+}
 
+
+def validate(config):
+    """ConfigError naming the first setting that breaks its rule (RULES)."""
+    check_settings(config, RULES)
 
 def final_line(metrics, majority):
     """One line: test RG accuracy 0.720 (majority 0.300) kappa 0.810 | MER ... | joint accuracy 0.680."""
@@ -153,5 +158,4 @@ def main(config):
 
 
 if __name__ == "__main__":
-    run_main(main, lambda: parse_cli(CONFIG, demo_overrides=DEMO, description=__doc__,
-                                                     validate=validate))
+    run_main(main, lambda: parse_cli(CONFIG, demo_overrides=DEMO, description=__doc__))

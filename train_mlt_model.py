@@ -12,12 +12,22 @@ history.json, train_log.txt, plots/).
 """
 import torch
 
-from codebase.config import ConfigError, parse_cli, require
+from codebase.config import (
+    BOOLEAN,
+    Rule,
+    check_settings,
+    choice,
+    integer,
+    number,
+    optional,
+    parse_cli,
+    require,
+    size_hw,
+)
 from codebase.data.loaders import EpochLoader
 from codebase.data.synthetic import ensure_dataset
 from codebase.dataset import BatchStream, build_datasets
 from codebase.engine import (
-    WEIGHTINGS,
     MultiTaskLoss,
     TrainStep,
     evaluate,
@@ -25,13 +35,17 @@ from codebase.engine import (
 )
 from codebase.errors import run_main
 from codebase.model import build_model
-from codebase.networks.backbones import BACKBONES
+from codebase.settings import COMMON_RULES
 from codebase.tasks import parse_tasks
 from codebase.training import distributed
 from codebase.training.device import make_grad_scaler
 from codebase.training.loop import fit
-from codebase.training.optim import SCHEDULES, make_optimizer, make_scheduler
+from codebase.training.losses import CLASSIFICATION_LOSSES
+from codebase.training.optim import make_optimizer, make_scheduler
 from codebase.training.run_folder import Run
+from codebase.training.weighting import WEIGHTINGS, make_weighting
+from codebase.training.weighting import default_settings as weighting_settings
+from codebase.training.weighting import setting_rules as weighting_setting_rules
 
 CONFIG = {
     "kind": "multitask",                   # the model kind, recorded so a run folder can be rebuilt
@@ -70,8 +84,19 @@ CONFIG = {
         "segmentation_gamma": 4.0,
         "focal_weight": 1.0,
         "dice_weight": 1.0,
-        "weighting": "fixed",              # "fixed" (loss.task_weights) or "uncertainty" (learned)
-        "task_weights": {},                # {task: weight}, unlisted tasks weigh 1
+        "weighting": "fixed",              # a codebase.training.weighting entry: fixed, uncertainty, dwa, rlw,
+                                           # famo, gradnorm, pcgrad, cagrad (README "Loss weightings")
+        "task_weights": {},                # fixed: {task: weight}, unlisted tasks weigh 1
+        "dwa_temperature": 2.0,            # dwa: softmax temperature of the loss-ratio weights
+        "rlw_seed": 0,                     # rlw: seed of the random weights
+        "famo_lr": 0.025,                  # famo: step size of the weight logits
+        "famo_decay": 0.001,               # famo: L2 decay of the weight logits
+        "famo_eps": 1e-8,                  # famo: added to the losses before their logarithm
+        "gradnorm_alpha": 1.5,             # gradnorm: strength of the pull towards equal training rates
+        "gradnorm_lr": 0.025,              # gradnorm: step size of the task weights
+        "pcgrad_seed": 0,                  # pcgrad: seed of the random task order
+        "cagrad_c": 0.4,                   # cagrad: radius of the ball around the mean gradient
+        "cagrad_rescale": True,            # cagrad: divide the direction by 1 + c^2
         "gate_sparsity": 0.01,
         "gate_load_balance": 0.01,
         "gate_entropy": 0.0,
@@ -115,24 +140,54 @@ DEMO = {
 }
 
 
-def validate(config):
-    require(config, "model.backbone", BACKBONES)
-    require(config, "model.num_experts", lambda n: n >= 1, "an integer >= 1")
-    require(config, "routing.top_p", lambda p: 0 < p <= 1, "a number in (0, 1]")
-    require(config, "routing.warmup_fraction", lambda f: 0 <= f <= 1, "a number in [0, 1]")
-    require(config, "loss.weighting", WEIGHTINGS)
-    require(config, "schedule.kind", SCHEDULES)
-    for key in ("train.batch_size", "train.eval_batch_size", "train.iterations", "train.epochs"):
-        require(config, key, lambda n: n >= 1, "an integer >= 1")
-    crop = config["data"]["crop_size"]
-    if crop is not None and any(c > s for c, s in zip(crop, config["data"]["segmentation_size"])):
-        raise ConfigError(f"data.crop_size={crop}: expected at most data.segmentation_size="
-                                  f"{config['data']['segmentation_size']}")
-    parse_tasks(config["model"]["task_specs"])
+RULES = {
+    **COMMON_RULES,
+    "kind": choice("multitask"),
+    "data.grading_size": size_hw(32),
+    "data.segmentation_size": size_hw(32),
+    "data.crop_size": optional(size_hw(32)),
+    "data.persistent_workers": BOOLEAN,
+    "model.num_experts": integer(1),
+    "model.task_specs": Rule(lambda specs: isinstance(specs, dict) and bool(specs), "a dict {task name: outputs}"),
+    "model.aspp_channels": integer(1),
+    "model.decoder_channels": integer(1),
+    "model.head_hidden": integer(1),
+    "routing.top_p": number(0, 1, low_open=True),
+    "routing.warmup_fraction": number(0, 1),
+    "routing.noise": BOOLEAN,
+    "loss.classification": choice(*CLASSIFICATION_LOSSES),
+    "loss.focal_gamma": number(0),
+    "loss.segmentation_alpha": number(0, 1),
+    "loss.segmentation_gamma": number(0),
+    "loss.focal_weight": number(0),
+    "loss.dice_weight": number(0),
+    "loss.weighting": choice(*WEIGHTINGS),
+    **weighting_setting_rules(),
+    "loss.gate_sparsity": number(0),
+    "loss.gate_load_balance": number(0),
+    "loss.gate_entropy": number(0),
+    "loss.gate_switch_balance": number(0),
+    "train.iterations": integer(1),
+    "train.channels_last": BOOLEAN,
+    "train.compile": BOOLEAN,
+    "train.evaluate_every": integer(1),
+}
 
+
+def validate(config):
+    """ConfigError naming the first setting that breaks its rule (RULES), a wrong task, an unknown
+    task in loss.task_weights, or a crop larger than the image."""
+    check_settings(config, RULES)
+    names = [task.name for task in parse_tasks(config["model"]["task_specs"])]
+    require(config, "loss.task_weights", lambda weights: set(weights) <= set(names),
+            f"weights only for tasks in model.task_specs ({', '.join(names)})")
+    size = config["data"]["segmentation_size"]
+    require(config, "data.crop_size", lambda c: c is None or (c[0] <= size[0] and c[1] <= size[1]),
+            f"None or [height, width] no larger than data.segmentation_size={size}")
 
 def main(config):
     """Train as configured; returns the history (one dict per epoch)."""
+    validate(config)
     with Run(config) as run:
         data, train, device = config["data"], config["train"], run.device
         if config["run"]["demo"] and distributed.is_main_process():
@@ -156,14 +211,16 @@ def main(config):
         if train["compile"]:
             model.backbone.compile()  # in place: parameter names, so checkpoints, stay the same
         loss_config = config["loss"]
-        criterion = MultiTaskLoss(
-            model.tasks, loss_config, loss_config["weighting"], loss_config["task_weights"],
-            {name: loss_config[f"gate_{name}"] for name in ("sparsity", "load_balance", "entropy", "switch_balance")}).to(device)
+        criterion = MultiTaskLoss(model.tasks, loss_config, {
+            name: loss_config[f"gate_{name}"] for name in ("sparsity", "load_balance", "entropy", "switch_balance")})
+        weighting = make_weighting(loss_config["weighting"], list(model.task_specs),
+                                   {key: value for key, value in loss_config.items() if key in weighting_settings()})
+        weighting = weighting.to(device)
         if distributed.is_distributed():
             model.keep_skipped_experts_in_graph()
         step = distributed.wrap_model(TrainStep(model, criterion), device)
-        optimizer = make_optimizer([model, criterion], config["optim"]["lr"], config["optim"]["backbone_lr"],
-                                   config["optim"]["weight_decay"], device)
+        optimizer = make_optimizer([model], config["optim"]["lr"], config["optim"]["backbone_lr"],
+                                   config["optim"]["weight_decay"], device, undecayed=weighting.extra_parameters())
         schedule = config["schedule"]
         scheduler = make_scheduler(optimizer, schedule["kind"], train["epochs"], schedule["step_size"], schedule["gamma"])
         scaler = make_grad_scaler(device, train["amp"])
@@ -175,8 +232,8 @@ def main(config):
         def train_epoch(epoch):
             dense = epoch <= warmup_epochs
             model.set_routing(dense)
-            return train_one_epoch(step, optimizer, streams, epoch, train["iterations"], device, train["amp"],
-                                   scaler, dense, train["channels_last"])
+            return train_one_epoch(step, weighting, optimizer, streams, epoch, train["iterations"], device,
+                                   train["amp"], scaler, dense, train["channels_last"])
 
         def evaluate_epoch(epoch):
             if epoch % train["evaluate_every"] and epoch != train["epochs"]:
@@ -185,9 +242,8 @@ def main(config):
             return evaluate(model, test_loaders, device, train["amp"])
 
         return fit(run, model, optimizer, scheduler, train_epoch, evaluate_epoch, train["epochs"], scaler,
-                    loaders=test_loaders.values(), extra_state={"criterion": criterion})
+                    loaders=test_loaders.values(), extra_state={"weighting": weighting})
 
 
 if __name__ == "__main__":
-    run_main(main, lambda: parse_cli(CONFIG, demo_overrides=DEMO, description=__doc__,
-                                                     validate=validate))
+    run_main(main, lambda: parse_cli(CONFIG, demo_overrides=DEMO, description=__doc__))

@@ -14,18 +14,30 @@ and prints the per-lesion test metrics at the end.
 """
 import torch
 
-from codebase.config import parse_cli, require
+from codebase.config import (
+    BOOLEAN,
+    Rule,
+    check_settings,
+    choice,
+    integer,
+    number,
+    optional,
+    parse_cli,
+    require,
+    size_hw,
+)
 from codebase.data.idrid import LESIONS
 from codebase.data.synthetic import ensure_dataset
 from codebase.errors import run_main
 from codebase.evaluation.cost import count_parameters
 from codebase.evaluation.visualize import lesion_metrics_table
 from codebase.networks.backbones import BACKBONES
+from codebase.settings import COMMON_RULES
 from codebase.training import distributed
-from codebase.training.device import AMP_SETTINGS, make_grad_scaler
+from codebase.training.device import make_grad_scaler
 from codebase.training.loop import fit
 from codebase.training.losses import SegmentationLoss
-from codebase.training.optim import SCHEDULES, make_optimizer, make_scheduler
+from codebase.training.optim import make_optimizer, make_scheduler
 from codebase.training.run_folder import Run
 from segmentation.dataset import build_loaders
 from segmentation.engine import evaluate, train_one_epoch
@@ -92,39 +104,37 @@ DEMO = {
 }
 
 
-def _is_size(value):
-    return isinstance(value, list) and len(value) == 2 and all(isinstance(n, int) and n >= 1 for n in value)
+RULES = {
+    **COMMON_RULES,
+    "kind": choice("segmentation"),
+    "data.image_size": size_hw(32),
+    "data.crop_size": optional(size_hw(32)),
+    "model.output_stride": choice(8, 16),
+    "model.aspp_channels": integer(1),
+    "model.decoder_channels": integer(1),
+    "model.separable": BOOLEAN,
+    "loss.segmentation_alpha": number(0, 1),
+    "loss.segmentation_gamma": number(0),
+    "loss.focal_weight": number(0),
+    "loss.dice_weight": number(0),
+    "loss.lesion_weights": Rule(lambda weights: (isinstance(weights, dict) and set(weights) <= set(LESIONS)
+                                                 and all(number(0).check(w) for w in weights.values())),
+                                f"a mapping from lesions ({', '.join(LESIONS)}) to numbers >= 0"),
+    "train.channels_last": BOOLEAN,
+    "train.threshold": number(0, 1),
+    "train.evaluate_every": integer(1),
+}
 
 
 def validate(config):
-    """Raise ConfigError naming the first setting that is out of range."""
-    require(config, "model.backbone", BACKBONES)
+    """ConfigError naming the first setting that breaks its rule (RULES), or a crop larger than the image."""
+    check_settings(config, RULES)
     backbone = BACKBONES[config["model"]["backbone"]]
-    require(config, "model.output_stride", lambda stride: stride in (8, 16) and stride in backbone.output_strides,
-            f"8 or 16, and one that {config['model']['backbone']} supports ({backbone.output_strides})")
-    for key in ("model.aspp_channels", "model.decoder_channels"):
-        require(config, key, lambda n: n >= 1, "an integer >= 1")
-    require(config, "data.image_size", _is_size, "[height, width], positive integers")
+    require(config, "model.output_stride", backbone.output_strides,
+            f"an output stride {config['model']['backbone']} supports: {backbone.output_strides}")
     image_size = config["data"]["image_size"]
-    require(config, "data.crop_size",
-            lambda c: c is None or (_is_size(c) and c[0] <= image_size[0] and c[1] <= image_size[1]),
+    require(config, "data.crop_size", lambda c: c is None or (c[0] <= image_size[0] and c[1] <= image_size[1]),
             f"None or [height, width] no larger than data.image_size={image_size}")
-    require(config, "data.num_workers", lambda n: n >= 0, "an integer >= 0")
-    for key in ("loss.segmentation_alpha", "train.threshold"):
-        require(config, key, lambda p: 0 <= p <= 1, "a number in [0, 1]")
-    for key in ("loss.segmentation_gamma", "loss.focal_weight", "loss.dice_weight", "optim.weight_decay"):
-        require(config, key, lambda x: x >= 0, "a number >= 0")
-    require(config, "loss.lesion_weights",
-            lambda w: set(w) <= set(LESIONS) and all(v >= 0 for v in w.values()),
-            f"a mapping from lesions ({', '.join(LESIONS)}) to weights >= 0")
-    for key in ("optim.lr", "optim.backbone_lr"):
-        require(config, key, lambda x: x > 0, "a number > 0")
-    require(config, "schedule.kind", SCHEDULES)
-    require(config, "train.amp", AMP_SETTINGS)
-    for key in ("schedule.step_size", "train.epochs", "train.batch_size", "train.eval_batch_size",
-                "train.evaluate_every"):
-        require(config, key, lambda n: n >= 1, "an integer >= 1")
-
 
 def main(config):
     """Train (or resume) the run the config describes; returns the history."""
@@ -172,5 +182,4 @@ def main(config):
 
 
 if __name__ == "__main__":
-    run_main(main, lambda: parse_cli(CONFIG, demo_overrides=DEMO, description=__doc__,
-                                                     validate=validate))
+    run_main(main, lambda: parse_cli(CONFIG, demo_overrides=DEMO, description=__doc__))

@@ -1,8 +1,8 @@
 """What the fundus check decides, and the features it decides on, for inputs of known kind.
 
 Prints one table: per input its expected decision, the check's decision and reasons, and every
-feature (see codebase/fundus_check.py for the thresholds set from this table). Inputs:
-1. synthetic fundus images (a synthetic IDRiD tree per size, written by codebase.synthetic);
+feature (see codebase/evaluation/fundus_check.py for the thresholds set from this table). Inputs:
+1. synthetic fundus images (a synthetic IDRiD tree per size, written by codebase.data.synthetic);
 2. scikit-learn's sample photographs (china.jpg, flower.jpg), which are not fundus photographs;
 3. blurred (Gaussian), darkened and over-exposed copies of synthetic fundus images;
 4. synthetic non-fundus inputs: uniform grey, random noise, a greyscale photograph.
@@ -22,9 +22,10 @@ from PIL import Image, ImageFilter
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from codebase.evaluation.evaluate.fundus_check import check_fundus  # noqa: E402
+
 from codebase import idrid  # noqa: E402
-from codebase.fundus_check import check_fundus  # noqa: E402
-from codebase.synthetic import generate  # noqa: E402
+from codebase.data.synthetic import generate  # noqa: E402
 
 SHOWN = ("field_fraction", "disc_iou", "surround_fraction", "surround_ratio", "red_over_green",
          "luminance", "clipped_fraction", "sharpness")

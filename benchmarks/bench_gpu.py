@@ -61,9 +61,9 @@ def multitask_row(label, device, size, batch, backbone, experts, tuned, top_p, r
         one_expert_router(model)
     memory_format = torch.channels_last if tuned else torch.contiguous_format
     model = model.to(memory_format=memory_format)
-    criterion = MultiTaskLoss(TASKS, gate_weights={"sparsity": 0.01, "load_balance": 0.01}).to(device)
+    criterion = MultiTaskLoss(model.tasks, gate_weights={"sparsity": 0.01, "load_balance": 0.01}).to(device)
     step = TrainStep(model, criterion)
-    optimizer = make_optimizer([model, criterion], 3e-4, 3e-5, 1e-4, device if tuned else "cpu")
+    optimizer = make_optimizer([model], 3e-4, 3e-5, 1e-4, device if tuned else "cpu")
     grading = torch.randn(batch, 3, *size, device=device).to(memory_format=memory_format)
     segmentation = torch.randn(batch, 3, *size, device=device).to(memory_format=memory_format)
     labels = {"classification_rg": torch.randint(0, 5, (batch,), device=device),
@@ -74,8 +74,8 @@ def multitask_row(label, device, size, batch, backbone, experts, tuned, top_p, r
     def train_step():
         optimizer.zero_grad(set_to_none=True)
         with autocast_for(device, tuned):
-            loss, _, _ = step(grading, labels, segmentation, masks, dense)
-        loss.backward()
+            task_losses, gate, _, _ = step(grading, labels, segmentation, masks, dense)
+        (sum(task_losses.values()) + gate).backward()
         optimizer.step()
 
     model.train()

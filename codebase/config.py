@@ -9,6 +9,8 @@ import argparse
 import copy
 import difflib
 import json
+import math
+from dataclasses import dataclass
 from numbers import Real
 from typing import Callable, Iterable
 
@@ -127,6 +129,72 @@ def require(config: dict, key: str, check, expected: str | None = None) -> None:
         expected = expected or "one of " + ", ".join(repr(choice) for choice in check)
     if not passed:
         raise ConfigError(f"{key}={value!r}: expected {expected or 'a valid value'}")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What a setting must be: ``check(value)`` is true, described to the user as ``expected``."""
+
+    check: Callable[[object], bool]
+    expected: str
+
+
+def number(low: float | None = None, high: float | None = None, *, low_open: bool = False,
+           high_open: bool = False) -> Rule:
+    """A finite real number (not a bool, not NaN or infinite) within [low, high] (open ends optional)."""
+    def check(value):
+        if not is_number(value) or not math.isfinite(value):
+            return False
+        above = low is None or (value > low if low_open else value >= low)
+        below = high is None or (value < high if high_open else value <= high)
+        return above and below
+    if low is not None and high is not None:
+        text = f"a number in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    elif low is not None:
+        text = f"a number {'>' if low_open else '>='} {low:g}"
+    else:
+        text = "a finite number"
+    return Rule(check, text)
+
+
+def integer(minimum: int | None = None, maximum: int | None = None) -> Rule:
+    """A whole number (not a bool) within [minimum, maximum]."""
+    def check(value):
+        return (isinstance(value, int) and not isinstance(value, bool) and (minimum is None or value >= minimum)
+                and (maximum is None or value <= maximum))
+    bounds = [f">= {minimum}"] * (minimum is not None) + [f"<= {maximum}"] * (maximum is not None)
+    return Rule(check, "an integer" + (" " + " and ".join(bounds) if bounds else ""))
+
+
+def choice(*values) -> Rule:
+    return Rule(lambda value: value in values, "one of " + ", ".join(map(repr, values)))
+
+
+def size_hw(minimum: int = 1) -> Rule:
+    """[height, width], whole numbers >= minimum."""
+    return Rule(lambda value: (isinstance(value, list) and len(value) == 2
+                               and all(integer(minimum).check(n) for n in value)),
+                f"[height, width], integers >= {minimum}")
+
+
+def optional(rule: Rule) -> Rule:
+    return Rule(lambda value: value is None or rule.check(value), f"None or {rule.expected}")
+
+
+BOOLEAN = Rule(lambda value: isinstance(value, bool), "true or false")
+TEXT = Rule(lambda value: isinstance(value, str) and value.strip() != "", "a non-empty text")
+
+
+def check_settings(config: dict, rules: dict) -> None:
+    """ConfigError naming the first setting that breaks its rule; every rule's key must exist."""
+    for key, rule in rules.items():
+        require(config, key, rule.check, rule.expected)
+
+
+def uncovered_settings(config: dict, rules: dict) -> list[str]:
+    """Settings of ``config`` that no rule covers (by their own key or a parent's)."""
+    return [key for key in flatten(config)
+            if not any(key == rule_key or key.startswith(rule_key + ".") for rule_key in rules)]
 
 
 def parse_value(key: str, text: str, default):

@@ -9,17 +9,17 @@ data-dependent control flow; dense mixes every expert with the plain routing wei
 """
 import io
 import json
-import pickle
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from codebase.atomic import atomic_write
-from codebase.routing import route
-from codebase.runs import LESION_TASKS, load_run
-from codebase.transforms import IMAGENET_MEAN, IMAGENET_STD
+from codebase.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from codebase.errors import ProjectError
+from codebase.networks.routing import route
+from codebase.training.atomic import atomic_write
+from inference.runs import MODEL_KINDS, open_run
 
 FORMATS = ("onnx", "torchscript")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
@@ -33,7 +33,7 @@ CLASS_NAMES = {
 }
 
 
-class ExportError(Exception):
+class ExportError(ProjectError):
     """A run that cannot be exported or an output that cannot be written; the message names the file."""
 
 
@@ -73,17 +73,14 @@ class MixtureOfExpertsExport(nn.Module):
 
 
 class SingleTaskExport(nn.Module):
-    """A baseline's forward as a tuple of logits per task, in the order of ``tasks``."""
+    """A baseline's forward (through its kind's predict) as a tuple of logits per task, in ``tasks`` order."""
 
-    def __init__(self, model, kind, tasks):
+    def __init__(self, model, predict, tasks):
         super().__init__()
-        self.model, self.kind, self.tasks = model, kind, list(tasks)
+        self.model, self.predict, self.tasks = model, predict, list(tasks)
 
     def forward(self, images):
-        if self.kind == "segmentation":
-            logits = self.model(images)  # [B, 5, H, W]
-            return tuple(logits[:, i:i + 1] for i in range(len(LESION_TASKS)))
-        logits = self.model(images)
+        logits = self.predict(self.model, images)["logits"]
         return tuple(logits[task] for task in self.tasks)
 
 
@@ -91,31 +88,27 @@ def exportable(run, dense=False):
     """The run's model as a module images [B, 3, H, W] -> tuple of logits, one per task of run.task_specs."""
     if run.kind == "multitask":
         return MixtureOfExpertsExport(run.model, None if dense else run.model.top_p).eval()
-    return SingleTaskExport(run.model, run.kind, run.task_specs).eval()
+    return SingleTaskExport(run.model, MODEL_KINDS[run.kind].predict, run.task_specs).eval()
 
 
 def input_size(run):
     """(height, width) of the exported input: the trained size (multi-task: the segmentation size)."""
-    data = run.config["data"]
-    if run.kind == "multitask":
-        return tuple(data["segmentation_size"] if run.model.segmentation_tasks else data["grading_size"])
-    return tuple(data["image_size"])
+    sizes = run.input_sizes()
+    return tuple(sizes.get("segmentation", sizes.get("classification")))
 
 
 def trained_sizes(run):
-    data = run.config["data"]
-    if run.kind == "multitask":
-        return {"classification": list(data["grading_size"]), "segmentation": list(data["segmentation_size"])}
-    return {"classification" if run.kind == "classifier" else "segmentation": list(data["image_size"])}
+    return {side: list(size) for side, size in run.input_sizes().items()}
 
 
 def description(run, module, size, fmt, dense, model_file):
     """The JSON record written beside the model file: what goes in, what comes out, how to read it."""
     specs = run.task_specs
+    sides = {task.name: task.side for task in run.all_tasks}
     height, width = size
-    outputs = {task: {"shape": ["batch", specs[task]] if task.startswith("classification_")
+    outputs = {task: {"shape": ["batch", specs[task]] if sides[task] == "classification"
                       else ["batch", specs[task], height, width],
-                      "meaning": "class logits (softmax for probabilities)" if task.startswith("classification_")
+                      "meaning": "class logits (softmax for probabilities)" if sides[task] == "classification"
                       else "lesion logits (sigmoid for probabilities)"} for task in module.tasks}
     routing = None
     if run.kind == "multitask":
@@ -140,22 +133,6 @@ def description(run, module, size, fmt, dense, model_file):
         record["note"] = (f"the model was trained at several sizes ({record['trained_sizes']}); this export takes "
                           f"one input of {height}x{width} for every task, so grades may differ from predict.py's")
     return record
-
-
-def open_run(folder):
-    """load_run on the CPU, every way a folder can fail to be a run turned into an ExportError naming it."""
-    try:
-        return load_run(folder, "cpu")
-    except FileNotFoundError as error:
-        raise ExportError(str(error)) from None
-    except json.JSONDecodeError as error:
-        raise ExportError(f"{Path(folder) / 'config.json'}: not valid JSON ({error})") from None
-    except KeyError as error:
-        raise ExportError(f"{Path(folder) / 'config.json'}: no setting {error}; expected the config of a run "
-                          "written by train_classifier.py, train_segmentation.py or train_mlt_model.py") from None
-    except (ValueError, RuntimeError, pickle.UnpicklingError, EOFError) as error:
-        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ExportError(f"{Path(folder)}: cannot rebuild the model from config.json and model.pth ({detail})") from None
 
 
 def onnx_bytes(module, example):
@@ -199,7 +176,7 @@ def export_run(run_folder, fmt="onnx", dense=False, out=None):
     """Export the run in ``run_folder``; writes the model file and <out>.json; returns both paths."""
     if fmt not in FORMATS:
         raise ExportError(f"format {fmt!r}: expected one of {', '.join(FORMATS)}")
-    run = open_run(run_folder)
+    run = open_run(run_folder, "cpu")
     if dense and run.kind != "multitask":
         raise ExportError(f"{run_folder}: --dense applies to a multi-task run only; this is a {run.kind} run")
     out = prepare_out(out or default_out(run_folder, fmt, dense))

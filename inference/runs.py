@@ -8,6 +8,7 @@ baseline. Every model is seen through the same ``predict(images)``, returning
 with task names as in the multi-task model (``classification_rg``, ``segmentation_od``, ...).
 """
 import json
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -119,14 +120,18 @@ def load_run(folder, device="cpu"):
     return TrainedRun(folder, kind, config, model.to(device).eval())
 
 
-def open_run(folder, device):
+def open_run(folder, device="cpu"):
     """load_run, with every way a folder can fail to be a run turned into a RunError naming it."""
+    folder = Path(folder)
     try:
         return load_run(folder, device)
     except FileNotFoundError as error:
         raise RunError(str(error)) from None
-    except KeyError as error:
-        raise RunError(f"{folder}: config.json has no setting {error}; expected the config of a run written by "
+    except json.JSONDecodeError as error:
+        raise RunError(f"{folder / CONFIG_FILE}: not valid JSON ({error})") from None
+    except (KeyError, TypeError, AttributeError) as error:
+        raise RunError(f"{folder / CONFIG_FILE}: no usable setting {error}; expected the config of a run written by "
                        "train_classifier.py, train_segmentation.py or train_mlt_model.py") from None
-    except (ValueError, RuntimeError) as error:
-        raise RunError(f"{folder}: cannot rebuild the model from config.json and model.pth ({error})") from None
+    except (ValueError, RuntimeError, pickle.UnpicklingError, EOFError) as error:
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise RunError(f"{folder}: cannot rebuild the model from config.json and model.pth ({detail})") from None

@@ -6,13 +6,14 @@ import torch
 from torch import nn
 
 import train_mlt_model
-from codebase.evaluation import plots
 from codebase.engine import GATE_REGULARISERS, MultiTaskLoss
+from codebase.evaluation import plots
 from codebase.evaluation.evaluate import RoutingMeter
 from codebase.networks.experts import ExpertBank
 from codebase.networks.layers import Gate
-from codebase.training.losses import gate_sparsity, gate_switch_balance
 from codebase.networks.routing import Routing, dispatch_plan, route
+from codebase.tasks import parse_tasks
+from codebase.training.losses import gate_sparsity, gate_switch_balance
 
 
 def close(value, expected, tol=1e-6):
@@ -46,11 +47,13 @@ def test_switch_balance_regulariser_reads_the_routing():
     assert close(regulariser(dense), gate_switch_balance(dense.weights, torch.eye(3, dtype=torch.bool)[[0, 0, 1, 2]]))
     assert sparse.mask.sum().item() > 4  # some image ran two experts: the regulariser counts both
     assert close(regulariser(sparse), gate_switch_balance(sparse.weights, sparse.mask))
-    criterion = MultiTaskLoss({"classification_rg": 3}, gate_weights={"switch_balance": 0.5})
-    total, parts = criterion({"classification_rg": logits}, {"classification_rg": torch.tensor([0, 0, 1, 2])},
-                             {"classification_rg": sparse})
+    criterion = MultiTaskLoss(parse_tasks({"classification_mer": 3}), gate_weights={"switch_balance": 0.5})
+    task_losses, gate, parts = criterion({"classification_mer": logits},
+                                         {"classification_mer": torch.tensor([0, 0, 1, 2])},
+                                         {"classification_mer": sparse})
     assert close(parts["loss_gate_switch_balance"], regulariser(sparse))
-    assert close(total, parts["loss_classification_rg"] + 0.5 * parts["loss_gate_switch_balance"], 1e-5)
+    assert close(gate, 0.5 * parts["loss_gate_switch_balance"], 1e-6)
+    assert close(task_losses["classification_mer"], parts["loss_classification_mer"])
 
 
 def train_toy_moe(switch_balance, noise, steps=300, seed=0):

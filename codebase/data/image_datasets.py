@@ -36,12 +36,14 @@ def _size(value, what: str) -> tuple[int, int]:
 class GradingDataset(Dataset):
     """Item: {"image": float32 [3,H,W] normalised, "rg": int64 [], "mer": int64 [], "name": str}."""
 
-    def __init__(self, root, split: str, image_size=(712, 1072), train: bool = False, cache_dir=None):
+    def __init__(self, root, split: str, image_size=(712, 1072), train: bool = False, cache_dir=None, records=None):
+        """``records``: the images to use (a carved part of ``split``, see codebase.data.splits);
+        None reads the whole split."""
         self.root = Path(root)
         self.split = split
         self.image_size = _size(image_size, "image_size")
         self.train = train
-        self.records = idrid.grading_records(self.root, split)
+        self.records = list(records) if records is not None else idrid.grading_records(self.root, split)
         self.cache = _cache(self.root, cache_dir)
         self.transform = train_transforms() if train else eval_transforms()
 
@@ -71,7 +73,9 @@ class SegmentationDataset(Dataset):
     (h, w) is crop_size when training with a crop, else image_size; eval never crops.
     """
 
-    def __init__(self, root, split: str, image_size=(712, 1072), train: bool = False, crop_size=None, cache_dir=None):
+    def __init__(self, root, split: str, image_size=(712, 1072), train: bool = False, crop_size=None, cache_dir=None,
+                 records=None):
+        """``records`` as for GradingDataset."""
         self.root = Path(root)
         self.split = split
         self.image_size = _size(image_size, "image_size")
@@ -79,7 +83,7 @@ class SegmentationDataset(Dataset):
         if self.crop_size and (self.crop_size[0] > self.image_size[0] or self.crop_size[1] > self.image_size[1]):
             raise ValueError(f"crop_size={crop_size!r}: expected at most image_size={tuple(image_size)!r}")
         self.train = train
-        self.records = idrid.segmentation_records(self.root, split)
+        self.records = list(records) if records is not None else idrid.segmentation_records(self.root, split)
         self.cache = _cache(self.root, cache_dir)
         self.transform = train_transforms(self.crop_size) if train else eval_transforms()
 

@@ -96,6 +96,19 @@ def all_reduce_sum(tensors: list[torch.Tensor]) -> None:
             tensor.copy_(staged)
 
 
+def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
+    """The mean of ``tensor`` over all ranks, as a new tensor (the tensor itself with one process).
+
+    Gradient weightings reduce their per-task gradient matrix with it, so every rank combines the
+    same gradients.
+    """
+    if not is_distributed():
+        return tensor
+    summed = tensor.detach().clone()
+    all_reduce_sum([summed])
+    return summed / world_size()
+
+
 def any_rank(flag: bool) -> bool:
     """True if `flag` is true on at least one rank (every rank must call this together)."""
     if not is_distributed():

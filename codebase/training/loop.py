@@ -67,15 +67,22 @@ def should_stop() -> bool:
 
 
 def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
-                   scaler: torch.amp.GradScaler | None = None) -> None:
-    """Zero the gradients, backpropagate `loss` and step, through `scaler` when it is enabled (fp16)."""
+                   scaler: torch.amp.GradScaler | None = None, backward: Callable[[], None] | None = None) -> None:
+    """Zero the gradients, backpropagate and step, through `scaler` when it is enabled (fp16).
+
+    `backward()`, when given, writes the gradients itself (a gradient-balancing loss weighting:
+    it scales through the same scaler); otherwise the (scaled) `loss` is backpropagated.
+    """
     optimizer.zero_grad(set_to_none=True)
-    if scaler is not None and scaler.is_enabled():
-        scaler.scale(loss).backward()
+    scaling = scaler is not None and scaler.is_enabled()
+    if backward is not None:
+        backward()
+    else:
+        (scaler.scale(loss) if scaling else loss).backward()
+    if scaling:
         scaler.step(optimizer)
         scaler.update()
     else:
-        loss.backward()
         optimizer.step()
 
 
@@ -102,12 +109,15 @@ class LossSums:
 
 
 def train_steps(batches: Iterable, loss_of, optimizer: torch.optim.Optimizer, device: torch.device, amp: str,
-                scaler: torch.amp.GradScaler | None, epoch: int, total: int | None = None, after_step=None) -> dict:
+                scaler: torch.amp.GradScaler | None, epoch: int, total: int | None = None, after_step=None,
+                backward_of=None) -> dict:
     """The training loop every engine runs: per batch, its loss under autocast, a finiteness check, one
     optimizer step and the progress bar; stops early (after a step) when `should_stop`.
 
     loss_of(batch) -> (loss, {component: tensor}, *extra); after_step(*extra), when given, sees each step's
-    extra outputs (the multi-task engine's routing). Returns LossSums.means() over the steps taken.
+    extra outputs after the optimizer step (the multi-task engine's routing and task losses).
+    backward_of(*extra), when given, returns the step's backward (see `optimizer_step`). Returns
+    LossSums.means() over the steps taken.
     """
     sums = LossSums()
     bar = progress(batches, f"epoch {epoch} train", total=total)
@@ -115,7 +125,7 @@ def train_steps(batches: Iterable, loss_of, optimizer: torch.optim.Optimizer, de
         with autocast(device, amp):
             loss, components, *extra = loss_of(batch)
         check_finite(loss, components, step=sums.steps + 1, epoch=epoch)
-        optimizer_step(loss, optimizer, scaler)
+        optimizer_step(loss, optimizer, scaler, None if backward_of is None else backward_of(*extra))
         bar.set_postfix(loss=f"{sums.add(loss, components):.4f}")
         if after_step is not None:
             after_step(*extra)

@@ -1,5 +1,5 @@
-"""Losses: classification focal / cross-entropy, lesion focal + soft Dice, gate regularisers,
-and learned uncertainty weighting of the task losses.
+"""Losses: classification focal / cross-entropy, lesion focal + soft Dice, gate regularisers.
+(How the task losses are combined is codebase/training/weighting.py's business.)
 
 Every loss is computed in float32, whatever the dtype of its inputs (bf16/fp16 under autocast).
 """
@@ -166,30 +166,3 @@ def gate_entropy(weights):
     weights = weights.float()
     log_weights = weights.clamp_min(torch.finfo(torch.float32).tiny).log()
     return -(weights * log_weights).sum(dim=1).mean()
-
-
-class UncertaintyWeighting(nn.Module):
-    """Learned task weighting (Kendall, Gal & Cipolla 2018) with one log-variance s_t per task.
-
-    forward({task: loss}) = sum_t exp(-s_t) * L_t + s_t over the tasks given. s_t starts at 0
-    (weight 1); the form is the same for every task (the regression form's factors 1/2 are
-    dropped). The parameters train with the model (put them in the optimizer, no weight decay).
-    A task missing from a step's dict gets no gradient that step.
-    """
-
-    def __init__(self, task_names):
-        super().__init__()
-        self.task_names = tuple(task_names)
-        self.log_variances = nn.Parameter(torch.zeros(len(self.task_names)))
-
-    def forward(self, losses):
-        unknown = set(losses) - set(self.task_names)
-        if unknown or not losses:
-            raise ValueError(f"task losses {sorted(losses)} must be a non-empty subset of {self.task_names}")
-        terms = [torch.exp(-self.log_variances[index]) * losses[name].float() + self.log_variances[index]
-                 for index, name in enumerate(self.task_names) if name in losses]
-        return torch.stack(terms).sum()
-
-    def task_weights(self):
-        """{task: exp(-s_t)} as floats, for logging."""
-        return {name: float(weight) for name, weight in zip(self.task_names, torch.exp(-self.log_variances.detach()))}

@@ -12,10 +12,12 @@ import torch
 SCHEDULES = ("step", "cosine")
 
 
-def make_optimizer(modules, lr, backbone_lr, weight_decay, device):
+def make_optimizer(modules, lr, backbone_lr, weight_decay, device, undecayed=()):
     """AdamW over the parameters of ``modules``; those under a ``backbone`` attribute get ``backbone_lr``.
 
-    Uses the fused CUDA kernel where the parameters live on a GPU.
+    ``undecayed``: further parameters trained at ``lr`` without weight decay (a loss weighting's
+    learned task weights, which decay would pull towards weight 1 for no reason). Uses the fused
+    CUDA kernel where the parameters live on a GPU.
     """
     backbone, rest = [], []
     for module in modules:
@@ -27,6 +29,9 @@ def make_optimizer(modules, lr, backbone_lr, weight_decay, device):
     groups = [{"params": rest, "lr": lr, "name": "heads"}]
     if backbone:
         groups.append({"params": backbone, "lr": backbone_lr, "name": "backbone"})
+    undecayed = [parameter for parameter in undecayed if parameter.requires_grad]
+    if undecayed:
+        groups.append({"params": undecayed, "lr": lr, "weight_decay": 0.0, "name": "loss weighting"})
     return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, fused=torch.device(device).type == "cuda")
 
 

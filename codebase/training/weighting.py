@@ -20,6 +20,11 @@ are overwritten. Every method's combination is a linear combination of the task 
 ``task_weights()`` reports its exact coefficients. Cost per step: T (+1) extra backward passes
 through the shared parameters and a [T (+1), P] float32 matrix.
 
+Scale: every method's weights sum to the number of tasks T (equal weighting is weight 1 per task).
+Methods that their papers state with weights summing to 1 (RLW, FAMO, CAGrad's mean gradient) are
+multiplied by T here, so that the gate regularisers, which are added with their own fixed weights,
+keep the same strength relative to the task losses whichever method is chosen.
+
 Settings are flat keys of the config's ``loss`` section (``loss.dwa_temperature``,
 ``loss.cagrad_c``, ...): each method's keys start with its name, except fixed's ``task_weights``.
 """
@@ -31,6 +36,8 @@ import numpy as np
 import scipy.optimize
 import torch
 from torch import nn
+
+from codebase.config import Rule
 
 WEIGHTINGS: dict[str, type["Weighting"]] = {}
 
@@ -64,6 +71,21 @@ def setting_key(cls: type["Weighting"], setting: str) -> str:
 def default_settings() -> dict:
     """Every registered method's settings with their defaults, as flat ``loss`` config keys."""
     return {setting_key(cls, name): setting.default
+            for cls in WEIGHTINGS.values() for name, setting in cls.settings.items()}
+
+
+def setting_rules() -> dict:
+    """A config rule (codebase.config.Rule) for every method's setting, keyed ``loss.<key>``."""
+    def rule(key, setting):
+        def check(value):
+            try:
+                _validated(key, value, setting)
+            except ValueError:
+                return False
+            return True
+        expected = {float: "a finite number", int: "an integer", bool: "true or false", dict: "a mapping"}[setting.kind]
+        return Rule(check, f"{expected}{' ' + setting.expected if setting.expected else ''}")
+    return {f"loss.{setting_key(cls, name)}": rule(f"loss.{setting_key(cls, name)}", setting)
             for cls in WEIGHTINGS.values() for name, setting in cls.settings.items()}
 
 
@@ -123,6 +145,7 @@ class Weighting(nn.Module):
     setting_prefix = ""
     settings: dict[str, Setting] = {}
     owns_backward = False
+    needs_losses_after = False  # True: after_step needs the same batch's losses after the optimizer step
 
     def __init__(self, tasks: Sequence[str]):
         super().__init__()
@@ -305,8 +328,8 @@ class DynamicWeightAverage(Weighting):
 class RandomLossWeighting(Weighting):
     """Random Loss Weighting (Lin et al., TMLR 2022, "Reasonable effectiveness of random weighting").
 
-    Each step: weights softmax(z), z ~ N(0, 1) per task (they sum to 1), drawn from a CPU
-    generator seeded with ``loss.rlw_seed``; its state checkpoints with the weighting.
+    Each step: weights T softmax(z), z ~ N(0, 1) per task (they sum to T, see the module docstring),
+    drawn from a CPU generator seeded with ``loss.rlw_seed``; its state checkpoints with the weighting.
     """
 
     setting_prefix = "rlw_"
@@ -319,7 +342,7 @@ class RandomLossWeighting(Weighting):
     def combine(self, losses):
         indices = self.present(losses)
         draws = torch.randn(len(self.tasks), generator=self.generator, dtype=torch.float64)  # [T]
-        return self.weighted_sum(losses, indices, torch.softmax(draws[indices], dim=0))
+        return self.weighted_sum(losses, indices, len(indices) * torch.softmax(draws[indices], dim=0))
 
     def get_extra_state(self):
         return {"generator": self.generator.get_state()}
@@ -334,13 +357,14 @@ class FastAdaptiveMultitask(Weighting):
 
     Learnable logits xi [T], z = softmax(xi). Loss: sum_t z_t log(L_t + eps) / c with
     c = sum_t z_t / (L_t + eps) (detached), so task t's gradient has weight z_t / (c (L_t + eps))
-    and the weights sum to 1. After the optimizer step, ``after_step`` gets the same batch's new
+    and the weights sum to 1; times T here (module docstring). After the optimizer step, ``after_step`` gets the same batch's new
     losses; the logits then take one Adam step (lr ``loss.famo_lr``, L2 decay ``loss.famo_decay``)
     on the gradient of z . (log L_before - log L_after), raising the weight of tasks that improved
     least. Losses must be non-negative. The caller runs that extra no-grad forward.
     """
 
     setting_prefix = "famo_"
+    needs_losses_after = True
     settings = {"lr": Setting(0.025, float, _positive, "> 0"),
                 "decay": Setting(0.001, float, _non_negative, ">= 0"),
                 "eps": Setting(1e-8, float, _positive, "> 0")}
@@ -358,8 +382,8 @@ class FastAdaptiveMultitask(Weighting):
         z = torch.softmax(self.logits[indices], dim=0).to(shifted.device)
         normaliser = (z / shifted).sum().detach()
         self._before = (indices, shifted.detach())
-        self._record(indices, z / (normaliser * shifted.detach()))
-        return (z * shifted.log()).sum() / normaliser
+        self._record(indices, len(indices) * z / (normaliser * shifted.detach()))
+        return len(indices) * (z * shifted.log()).sum() / normaliser
 
     def after_step(self, losses_after, reduce=None):
         if self._before is None:
@@ -546,7 +570,8 @@ class CAGrad(GradientWeighting):
 
     d = g0 + c ||g0|| u with g0 the mean gradient and u the unit vector that maximises the worst
     task's improvement min_t g_t . d over the ball ||d - g0|| <= c ||g0||; divided by 1 + c^2 when
-    ``loss.cagrad_rescale``. c = 0 is the mean gradient. Solved on the Gram matrix (``cagrad_coefficients``).
+    ``loss.cagrad_rescale``. c = 0 is the mean gradient; times T here (module docstring), so c = 0 is
+    the equal-weight sum. Solved on the Gram matrix (``cagrad_coefficients``).
     """
 
     setting_prefix = "cagrad_"
@@ -558,7 +583,7 @@ class CAGrad(GradientWeighting):
         self.c, self.rescale = c, rescale
 
     def coefficients(self, indices, gram, losses):
-        weights = torch.from_numpy(cagrad_coefficients(gram.numpy(), self.c))
+        weights = len(indices) * torch.from_numpy(cagrad_coefficients(gram.numpy(), self.c))
         return weights / (1 + self.c ** 2) if self.rescale else weights
 
 

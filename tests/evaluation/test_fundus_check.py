@@ -3,12 +3,18 @@ import math
 
 import numpy as np
 import pytest
+from codebase.evaluation.evaluate.fundus_check import (
+    FundusCheck,
+    check_fundus,
+    disc_iou,
+    sharpness,
+    working_copy,
+)
 from PIL import Image, ImageFilter
 
 from benchmarks import bench_fundus_check
-from codebase import idrid
-from codebase.fundus_check import FundusCheck, check_fundus, disc_iou, sharpness, working_copy
-from codebase.synthetic import render
+from codebase.data import idrid
+from codebase.data.synthetic import render
 
 
 def fundus(size, seed=0):

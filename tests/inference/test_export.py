@@ -8,9 +8,15 @@ import pytest
 import torch
 
 import export
-from codebase.runs import build_model, load_run
-from inference.export import CLASS_NAMES, description, exportable, export_run, input_size
-from codebase.transforms import IMAGENET_MEAN, IMAGENET_STD
+from codebase.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from inference.export import (
+    CLASS_NAMES,
+    description,
+    export_run,
+    exportable,
+    input_size,
+)
+from inference.runs import build_model, load_run
 
 SIZE = (64, 96)  # (height, width)
 TASKS = {"classification_rg": 5, "classification_mer": 3, "segmentation_ma": 1, "segmentation_od": 1}

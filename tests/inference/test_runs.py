@@ -8,7 +8,14 @@ import train_classifier
 import train_mlt_model
 import train_segmentation
 from codebase.config import parse_cli
-from inference.runs import MODEL_KINDS, RunError, build_model, load_run, open_run, run_kind
+from inference.runs import (
+    MODEL_KINDS,
+    RunError,
+    build_model,
+    load_run,
+    open_run,
+    run_kind,
+)
 
 SMALL = {
     "classifier": (train_classifier, ["model.backbone=resnet18", "model.pretrained=none", "model.head_hidden=8",

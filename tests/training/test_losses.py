@@ -7,7 +7,6 @@ import torch.nn.functional as F
 from codebase.training.losses import (
     FocalLoss,
     SegmentationLoss,
-    UncertaintyWeighting,
     classification_loss,
     gate_entropy,
     gate_load_balance,
@@ -137,23 +136,3 @@ def test_gate_regularisers_have_finite_gradients_at_saturated_softmax():
     weights = torch.softmax(scores, dim=1)
     (gate_sparsity(weights) + gate_load_balance(weights) + gate_entropy(weights.bfloat16())).backward()
     assert torch.isfinite(scores.grad).all()
-
-
-def test_uncertainty_weighting():
-    weighting = UncertaintyWeighting(["classification_rg", "segmentation_ma"])
-    losses = {"classification_rg": torch.tensor(2.0), "segmentation_ma": torch.tensor(0.5)}
-    assert close(weighting(losses), 2.5)  # s = 0: plain sum
-    with torch.no_grad():
-        weighting.log_variances.copy_(torch.tensor([LN2, -LN2]))
-    assert close(weighting(losses), 2.0 / 2 + LN2 + 0.5 * 2 - LN2)
-    assert weighting.task_weights() == pytest.approx({"classification_rg": 0.5, "segmentation_ma": 2.0})
-    # The optimum of exp(-s) L + s is s = log L.
-    optimizer = torch.optim.SGD(weighting.parameters(), lr=0.2)
-    for _ in range(300):
-        optimizer.zero_grad()
-        weighting(losses).backward()
-        optimizer.step()
-    torch.testing.assert_close(weighting.log_variances.detach(), torch.tensor([math.log(2.0), math.log(0.5)]))
-    assert close(weighting({"segmentation_ma": torch.tensor(0.5)}), 1 + math.log(0.5), 1e-4)
-    with pytest.raises(ValueError, match="subset of"):
-        weighting({"segmentation_xx": torch.tensor(1.0)})

@@ -8,7 +8,6 @@ import pytest
 import torch
 from torch import nn
 
-from codebase import losses as today
 from codebase.training import weighting as mtw
 from codebase.training.weighting import WEIGHTINGS, Weighting, make_weighting, register
 
@@ -88,26 +87,30 @@ def test_fixed_weights_and_subsets():
 # Loss-based methods
 
 
-def test_uncertainty_equals_todays_uncertainty_weighting():
+def test_uncertainty_is_kendalls_form_on_the_tasks_present():
+    """sum_t exp(-s_t) L_t + s_t over the tasks in the step; gradients worked by hand."""
     tasks = ("a", "b", "c")
-    reference, weighting = today.UncertaintyWeighting(tasks), make_weighting("uncertainty", tasks, {})
+    weighting = make_weighting("uncertainty", tasks, {})
+    s = torch.tensor([0.3, -0.7, 1.1])
     with torch.no_grad():
-        for module in (reference, weighting):
-            module.log_variances.copy_(torch.tensor([0.3, -0.7, 1.1]))
+        weighting.log_variances.copy_(s)
     base = torch.tensor([0.8, 2.5, 0.1])
     for subset in (("a", "c"), tasks):
-        results = []
-        for module, call in ((reference, reference), (weighting, weighting.combine)):
-            values = base.clone().requires_grad_(True)
-            total = call({t: values[i] for i, t in enumerate(tasks) if t in subset})
-            total.backward()
-            results.append((total.detach(), values.grad, module.log_variances.grad))
-            module.log_variances.grad = None
-        for mine, theirs in zip(results[1], results[0]):
-            torch.testing.assert_close(mine, theirs, rtol=0, atol=0)
-    assert weighting.task_weights() == pytest.approx(reference.task_weights())
+        chosen = [i for i, name in enumerate(tasks) if name in subset]
+        values = base.clone().requires_grad_(True)
+        total = weighting.combine({name: values[i] for i, name in enumerate(tasks) if name in subset})
+        total.backward()
+        expected = sum(math.exp(-s[i]) * base[i] + s[i] for i in chosen)
+        assert float(total.detach()) == pytest.approx(float(expected), rel=1e-6)
+        for i in range(3):  # d/dL_t = exp(-s_t); d/ds_t = 1 - exp(-s_t) L_t; absent tasks get nothing
+            present = i in chosen
+            assert float(values.grad[i]) == pytest.approx(math.exp(-s[i]) if present else 0.0, rel=1e-6)
+            assert float(weighting.log_variances.grad[i]) == pytest.approx(
+                1 - math.exp(-s[i]) * base[i] if present else 0.0, rel=1e-6, abs=1e-7)
+        weighting.log_variances.grad = None
+    assert weighting.task_weights() == pytest.approx({name: math.exp(-v) for name, v in zip(tasks, s.tolist())})
     assert weighting.extra_parameters() == [weighting.log_variances]
-    assert set(weighting.state_dict()) == set(reference.state_dict())  # today's checkpoints load
+    assert set(weighting.state_dict()) == {"log_variances"}  # the key earlier checkpoints hold
 
 
 def test_dwa_weights_from_two_epochs_worked_by_hand():
@@ -141,10 +144,10 @@ def test_dwa_weights_from_two_epochs_worked_by_hand():
 def test_rlw_draws_softmax_of_normals_from_a_seeded_generator():
     weighting = make_weighting("rlw", TASKS, {"rlw_seed": 7})
     draws = torch.randn(2, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
-    expected = torch.softmax(draws, dim=0)
+    expected = 2 * torch.softmax(draws, dim=0)  # T softmax: the weights sum to T = 2
     total = weighting.combine(losses_of(1.0, 3.0))
     assert float(total) == pytest.approx(float(expected[0] + 3 * expected[1]), rel=1e-6)
-    assert sum(weighting.task_weights().values()) == pytest.approx(1.0)
+    assert sum(weighting.task_weights().values()) == pytest.approx(2.0)
     # Same seed, same draws; the generator state checkpoints.
     state = weighting.state_dict()
     next_draw = weighting.combine(losses_of(1.0, 3.0))
@@ -159,16 +162,16 @@ def test_famo_two_task_step_worked_by_hand():
     values = torch.tensor([1.0, 4.0], requires_grad=True)
     total = weighting.combine({"a": values[0], "b": values[1]})
     total.backward()
-    # z = (1/2, 1/2), c = 1/2 / 1 + 1/2 / 4 = 0.625: d total / d L_t = z_t / (c L_t) = 0.8, 0.2
-    torch.testing.assert_close(values.grad, torch.tensor([0.8, 0.2]))
-    assert list(weighting.task_weights().values()) == pytest.approx([0.8, 0.2])
+    # z = (1/2, 1/2), c = 1/2 / 1 + 1/2 / 4 = 0.625: d total / d L_t = T z_t / (c L_t) = 1.6, 0.4 (T = 2)
+    torch.testing.assert_close(values.grad, torch.tensor([1.6, 0.4]))
+    assert list(weighting.task_weights().values()) == pytest.approx([1.6, 0.4])
     # Task a halved, b unchanged: improvement (ln 2, 0); softmax Jacobian at 1/2 gives
     # gradient (ln2 / 4, -ln2 / 4); Adam's first step is lr * sign -> logits (-0.025, 0.025).
     weighting.after_step(losses_of(0.5, 4.0))
     torch.testing.assert_close(weighting.logits, torch.tensor([-0.025, 0.025]), rtol=0, atol=1e-6)
     weighting.combine(losses_of(1.0, 1.0))
-    z_b = 1 / (1 + math.exp(-0.05))
-    assert weighting.task_weights()["b"] == pytest.approx(z_b, rel=1e-5)
+    z_b = 1 / (1 + math.exp(-0.05))  # equal losses: the weight is T z_b
+    assert weighting.task_weights()["b"] == pytest.approx(2 * z_b, rel=1e-5)
     with pytest.raises(RuntimeError, match="after_step needs a combine"):
         weighting.after_step(losses_of(1.0, 1.0))
         weighting.after_step(losses_of(1.0, 1.0))
@@ -234,11 +237,12 @@ def brute_force_cagrad(grads, c, points=200_000):
     return circle[worst.argmax()]
 
 
-def test_cagrad_with_c_zero_is_the_mean_gradient():
+def test_cagrad_with_c_zero_is_the_equal_weight_gradient():
     grads, gram = gram_of([1.0, 0.0, 2.0], [-3.0, 1.0, 0.5], [0.2, 0.2, -4.0])
     weighting = make_weighting("cagrad", ("a", "b", "c"), {"cagrad_c": 0.0})
     weights = weighting.coefficients([0, 1, 2], gram, None)
-    assert weights.tolist() == [1 / 3] * 3
+    assert weights.tolist() == pytest.approx([1.0] * 3)  # T x the mean gradient = the plain sum
+    assert mtw.cagrad_coefficients(gram.numpy(), 0.0).tolist() == [1 / 3] * 3  # the paper's mean scale
 
 
 @pytest.mark.parametrize("grads", [([1.0, 0.0], [0.0, 0.2]), ([1.0, 0.0], [-0.8, 0.6]),
@@ -248,20 +252,20 @@ def test_cagrad_matches_the_primal_optimum_and_favours_the_worse_task(grads):
     c = 0.5
     tasks = tuple("abc"[:len(grads)])
     weighting = make_weighting("cagrad", tasks, {"cagrad_c": c, "cagrad_rescale": False})
-    direction = weighting.coefficients(list(range(len(grads))), gram, None) @ grads
+    direction = weighting.coefficients(list(range(len(grads))), gram, None) @ grads / len(grads)  # mean scale
     expected = brute_force_cagrad(grads, c)
     np.testing.assert_allclose(direction.numpy(), expected, atol=2e-3 * float(grads.norm()))
     g0 = grads.mean(0)
     assert (grads @ direction).min() > (grads @ g0).min() + 1e-3  # the worst task improves more
     rescaled = make_weighting("cagrad", tasks, {"cagrad_c": c}).coefficients(list(range(len(grads))), gram, None)
-    torch.testing.assert_close(rescaled @ grads, direction / (1 + c ** 2))
+    torch.testing.assert_close(rescaled @ grads / len(grads), direction / (1 + c ** 2))
 
 
 def test_cagrad_moves_toward_the_task_with_the_smaller_gradient_by_hand():
     # g1 = (1, 0), g2 = (0, 1/5): g0 = (1/2, 1/10) mostly serves task 1; CAGrad tilts toward g2.
     grads, gram = gram_of([1.0, 0.0], [0.0, 0.2])
     weighting = make_weighting("cagrad", TASKS, {"cagrad_c": 0.4, "cagrad_rescale": False})
-    weights = weighting.coefficients([0, 1], gram, None)
+    weights = weighting.coefficients([0, 1], gram, None) / 2  # back to the paper's mean scale
     direction = weights @ grads
     g0 = grads.mean(0)
     assert weights[1] > weights[0] / 5 and weights[1] > 0.5

@@ -1,0 +1,42 @@
+"""The settings the three train scripts share, each with its rule.
+
+A train script validates its config once, before anything runs: `check_settings(config, RULES)`
+with RULES = COMMON_RULES plus its own, then the checks that relate several settings. Every
+setting of a script's CONFIG has a rule (tests check that none is left out).
+"""
+from codebase.config import BOOLEAN, TEXT, Rule, choice, integer, number, optional
+from codebase.networks.backbones import BACKBONES
+from codebase.training.device import AMP_SETTINGS
+from codebase.training.optim import SCHEDULES
+
+RUN_NAME = Rule(lambda name: (isinstance(name, str) and name.strip() not in ("", ".", "..")
+                              and not any(sep in name for sep in "/\\")),
+                "a folder name (not empty, '.' or '..', without / or \\)")
+
+COMMON_RULES = {
+    "seed": integer(0, 2**32 - 1),
+    "device": TEXT,
+    "deterministic": BOOLEAN,
+    "run.name": RUN_NAME,
+    "run.save_dir": TEXT,
+    "run.resume": optional(BOOLEAN),
+    "run.demo": BOOLEAN,
+    "run.plots": BOOLEAN,
+    "data.root": TEXT,
+    "data.cache_dir": optional(TEXT),
+    "data.num_workers": integer(0),
+    "data.pin_memory": BOOLEAN,
+    "model.backbone": choice(*BACKBONES),
+    "model.pretrained": Rule(lambda value: isinstance(value, str) and value != "",
+                             "'imagenet', 'none' or the path of a local state dict"),
+    "optim.lr": number(0, low_open=True),
+    "optim.backbone_lr": number(0),
+    "optim.weight_decay": number(0),
+    "schedule.kind": choice(*SCHEDULES),
+    "schedule.step_size": integer(1),
+    "schedule.gamma": number(0, low_open=True),
+    "train.epochs": integer(1),
+    "train.batch_size": integer(1),
+    "train.eval_batch_size": integer(1),
+    "train.amp": choice(*AMP_SETTINGS),
+}
