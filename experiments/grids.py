@@ -71,7 +71,7 @@ SMOKE = Grid(
                                                    "model.decoder_channels=32", "model.head_hidden=32")),
     },
     reference="classifier",
-    budget=Budget(image_size=(64, 96), batch_size=2, optimizer_steps=5),
+    budget=Budget(image_size=(64, 96), batch_size=4, optimizer_steps=2),  # 1 epoch of 10 grading images
     overrides=("model.backbone=resnet18", "model.pretrained=none", "run.plots=false"),
 )
 
