@@ -12,7 +12,8 @@ kill. Then every run is evaluated on the same test split with per-image records,
 <out>/<grid>/results.md and results.json give per configuration and metric the mean and standard
 deviation over seeds, a bootstrap interval over test images, the paired difference against the
 reference, delta-m of the multi-task model against the single-task baselines, and the cost.
-Exit code: 0 done, 2 bad grid or settings, 3 stopped by --max-runs before every run was trained.
+Exit code: 0 done, 1 a run failed, 2 bad grid or settings, 3 stopped by --max-runs before every run
+was trained, 130 interrupted (Ctrl-C; the running script keeps its last complete epoch).
 """
 import argparse
 import sys
@@ -69,6 +70,9 @@ def main(argv=None):
     except RuntimeError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("[experiments] interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
     if unfinished:
         print(f"[experiments] stopped after --max-runs {args.max_runs}: {unfinished} run(s) left; "
               "run the same command again to continue")

@@ -14,7 +14,6 @@ How the scripts count steps (single process):
                          epoch, so an epoch of the multi-task model is one pass over the grading set
 """
 import ast
-import math
 from pathlib import Path
 
 from codebase import harness

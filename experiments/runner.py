@@ -113,6 +113,8 @@ def train_all(planned, data_root, demo, device=None, max_runs=None, log=print):
         except KeyboardInterrupt:  # the script got the signal too: let it keep its last epoch
             process.wait()
             raise
+        if code in (130, 143):  # the script stopped on SIGINT/SIGTERM after saving its last complete epoch
+            raise KeyboardInterrupt
         if code != 0:
             raise RuntimeError(f"{run.name} failed (exit code {code}); see {run.folder / 'train_log.txt'}. "
                                f"Command: {subprocess.list2cmdline(arguments)}")
