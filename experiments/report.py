@@ -80,6 +80,7 @@ def analyse(grid_name, grid, planned, root, device, resamples=1000, seed=0, leve
              if c.script == MULTITASK and baselines}
     return {"grid": grid_name, "description": grid.description, "reference": grid.reference,
             "data_root": str(root), "device": str(device), "torch": torch.__version__,
+            "demo": grid.demo,
             "budget": {"image_size": list(size), "batch_size": grid.budget.batch_size,
                        "optimizer_steps": grid.budget.optimizer_steps,
                        "images_seen_per_side": grid.budget.batch_size * grid.budget.optimizer_steps,
@@ -119,7 +120,8 @@ def markdown(results):
              f"(training and test), batch {budget['batch_size']} per side, {budget['optimizer_steps']} optimizer "
              f"steps, so {budget['images_seen_per_side']} training images seen per side (grading, segmentation); "
              "a multi-task step sees one grading and one segmentation batch, each baseline one batch of its side. "
-             "Other settings are each script's own demo recipe plus the overrides below.", "",
+             f"Other settings are each script's own {'demo recipe (--demo)' if results['demo'] else 'defaults'} "
+             "plus the settings below.", "",
              f"Seeds: {', '.join(map(str, seeds))}. Test images: {tests['grading']} grading, "
              f"{tests['segmentation']} segmentation.", ""]
     lines += _table(["configuration", "script", "settings"],

@@ -78,3 +78,27 @@ def test_command_line_errors_exit_2(synthetic_root, tmp_path, capsys):
     assert run_experiments.main(["smoke", "--data-root", str(tmp_path / "missing")]) == 2
     assert "no IDRiD tree" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # nothing trained, nothing written
+
+
+def test_each_moe_command_resolves_to_the_budget_in_its_script(tmp_path):
+    import train_classifier
+    import train_mlt_model
+    import train_segmentation
+    from experiments.runner import command, plan_runs
+
+    scripts = {CLASSIFIER: train_classifier, SEGMENTATION: train_segmentation, MULTITASK: train_mlt_model}
+    planned = plan_runs("moe", MOE, [0, 2], tmp_path, tmp_path / "data", (160, 30), ["train.eval_batch_size=4"])
+    assert len(planned) == 2 * len(MOE.configurations)
+    for run in planned:
+        argv = command(run, tmp_path / "data", demo=True)[2:]  # after python and the script
+        script = scripts[run.script]
+        config = harness.parse_cli(script.CONFIG, argv, script.DEMO, validate=script.validate)
+        images = 160 if run.script != SEGMENTATION else 30
+        steps = config["train"]["epochs"] * config["train"].get("iterations", images // config["train"]["batch_size"])
+        assert steps == 240 and config["train"]["batch_size"] == 10, run.name
+        assert config["seed"] == run.seed and config["run"]["name"] == f"seed_{run.seed}"
+        assert config["run"]["save_dir"] == str(tmp_path / "moe" / run.configuration)
+        assert config["train"]["eval_batch_size"] == 4
+        for assignment in MOE.configurations[run.configuration].overrides:
+            key, _, text = assignment.partition("=")
+            assert harness.get_value(config, key) == harness.parse_value(key, text, harness.get_value(script.CONFIG, key))
