@@ -30,6 +30,16 @@ class GridError(ValueError):
     """A grid, budget or override that cannot give equal, valid runs; the message says which and why."""
 
 
+def _dict_keys(values, prefix=""):
+    """Dotted keys of a nested dict, sections included."""
+    keys = set()
+    for key, value in values.items():
+        keys.add(prefix + key)
+        if isinstance(value, dict):
+            keys |= _dict_keys(value, prefix + key + ".")
+    return keys
+
+
 def _literal_keys(node, prefix=""):
     """Dotted keys of a dict display in a script's source; a non-dict value is one leaf."""
     keys = set()
@@ -51,8 +61,7 @@ def config_keys(script):
     for statement in ast.parse(path.read_text(), str(path)).body:
         if (isinstance(statement, ast.Assign) and isinstance(statement.value, ast.Dict)
                 and any(isinstance(t, ast.Name) and t.id == "CONFIG" for t in statement.targets)):
-            harness_keys = set(harness._flatten(harness.HARNESS_DEFAULTS)) | {"run"}
-            return _literal_keys(statement.value) | harness_keys
+            return _literal_keys(statement.value) | _dict_keys(harness.HARNESS_DEFAULTS)
     raise GridError(f"{path}: no CONFIG = {{...}} dict found at module level")
 
 

@@ -1,4 +1,6 @@
 """What a trained run costs per image at one size: parameters, forward FLOPs, latency (codebase.cost)."""
+import itertools
+
 import torch
 
 from codebase.cost import count_parameters, forward_flops, median_seconds
@@ -22,6 +24,6 @@ def run_cost(folder, root, size, device, images=2, repeats=5):
             run.predict(image)
 
     flops = [forward_flops(run.model, lambda image=image: forward(image))["total"] for image in inputs]
-    position = iter(range(10**9))
-    latency = median_seconds(lambda: forward(inputs[next(position) % len(inputs)]), device, repeats=repeats)
+    images_in_turn = itertools.cycle(inputs)
+    latency = median_seconds(lambda: forward(next(images_in_turn)), device, repeats=repeats)
     return {"parameters": count_parameters(run.model), "flops": sum(flops) / len(flops), "latency_s": latency}
