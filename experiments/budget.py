@@ -1,0 +1,165 @@
+"""A grid's budget as each train script's overrides, and the checks a grid must pass before training.
+
+The runner never imports a train script; the keys a script accepts are read from the literal
+``CONFIG`` dict in its source (plus the harness's own keys), so a grid naming a key that does
+not exist fails before anything is trained.
+
+How the scripts count steps (single process):
+  train_classifier.py    floor(grading training images / batch) steps per epoch (full batches only)
+  train_segmentation.py  ceil(segmentation training images / batch) steps per epoch; the last
+                         batch is partial unless the batch divides the images, so the budget
+                         requires that it does
+  train_mlt_model.py     train.iterations steps per epoch, each one grading and one segmentation
+                         batch; the budget sets train.iterations to the classifier's steps per
+                         epoch, so an epoch of the multi-task model is one pass over the grading set
+"""
+import ast
+from pathlib import Path
+
+from codebase.config import HARNESS_DEFAULTS
+from codebase.data.idrid import grading_records, segmentation_records
+from experiments.grids import CLASSIFIER, MULTITASK, SEGMENTATION
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = (CLASSIFIER, SEGMENTATION, MULTITASK)
+# Keys the runner itself sets on every run; a grid or --set must leave them alone.
+RUNNER_KEYS = ("seed", "data.root", "run.name", "run.save_dir", "run.resume", "run.demo")
+
+
+class GridError(ValueError):
+    """A grid, budget or override that cannot give equal, valid runs; the message says which and why."""
+
+
+def _dict_keys(values, prefix=""):
+    """Dotted keys of a nested dict, sections included."""
+    keys = set()
+    for key, value in values.items():
+        keys.add(prefix + key)
+        if isinstance(value, dict):
+            keys |= _dict_keys(value, prefix + key + ".")
+    return keys
+
+
+def _literal_keys(node, prefix=""):
+    """Dotted keys of a dict display in a script's source; a non-dict value is one leaf."""
+    keys = set()
+    for key, value in zip(node.keys, node.values):
+        if not (isinstance(key, ast.Constant) and isinstance(key.value, str)):
+            continue
+        name = prefix + key.value
+        keys.add(name)
+        if isinstance(value, ast.Dict):
+            keys |= _literal_keys(value, name + ".")
+    return keys
+
+
+def config_keys(script):
+    """Every dotted key `script`'s CONFIG (and the harness) accepts, sections included."""
+    path = REPO / script
+    if not path.is_file():
+        raise GridError(f"train script {path} not found (expected one of {', '.join(SCRIPTS)})")
+    for statement in ast.parse(path.read_text(), str(path)).body:
+        if (isinstance(statement, ast.Assign) and isinstance(statement.value, ast.Dict)
+                and any(isinstance(t, ast.Name) and t.id == "CONFIG" for t in statement.targets)):
+            return _literal_keys(statement.value) | _dict_keys(HARNESS_DEFAULTS)
+    raise GridError(f"{path}: no CONFIG = {{...}} dict found at module level")
+
+
+def override_key(assignment, where):
+    key, separator, _ = assignment.partition("=")
+    if not separator or not key.strip():
+        raise GridError(f"{where}: {assignment!r} is not KEY=VALUE")
+    return key.strip()
+
+
+def check_overrides(script, assignments, where, budget_keys=()):
+    """GridError unless every "key=value" names a key of `script`'s CONFIG that the runner or budget leaves free."""
+    keys = config_keys(script)
+    for assignment in assignments:
+        key = override_key(assignment, where)
+        if key not in keys:
+            raise GridError(f"{where}: {script} CONFIG has no key {key!r} (in {assignment!r})")
+        if key in RUNNER_KEYS or key in budget_keys:
+            raise GridError(f"{where}: {key!r} is set by the experiment runner or the grid's budget "
+                            "(same for every configuration); change the budget instead")
+
+
+def training_images(root):
+    """(grading, segmentation) training image counts of the data root (no image is decoded)."""
+    return len(grading_records(root, "train")), len(segmentation_records(root, "train"))
+
+
+def steps_per_epoch(script, batch_size, grading_images, segmentation_images):
+    if batch_size > grading_images and script in (CLASSIFIER, MULTITASK):
+        raise GridError(f"budget batch_size={batch_size}: more than the {grading_images} grading training images")
+    if script == SEGMENTATION:
+        if segmentation_images % batch_size:
+            divisors = [d for d in range(1, segmentation_images + 1) if segmentation_images % d == 0]
+            raise GridError(f"budget batch_size={batch_size} does not divide the {segmentation_images} segmentation "
+                            f"training images, so {SEGMENTATION}'s last batch would be smaller and the runs would "
+                            f"not see equal images; use one of {divisors}")
+        return segmentation_images // batch_size
+    return grading_images // batch_size
+
+
+def _script_values(script, size, batch, per_epoch, epochs):
+    if script == CLASSIFIER:
+        return {"data.image_size": size, "train.batch_size": batch, "train.epochs": epochs}
+    if script == SEGMENTATION:
+        return {"data.image_size": size, "data.crop_size": size, "train.batch_size": batch, "train.epochs": epochs,
+                "train.evaluate_every": epochs}
+    if script == MULTITASK:
+        return {"data.grading_size": size, "data.segmentation_size": size, "data.crop_size": None,
+                "train.batch_size": batch, "train.iterations": per_epoch, "train.epochs": epochs,
+                "train.evaluate_every": epochs}
+    raise GridError(f"no budget rule for script {script!r}; known: {', '.join(SCRIPTS)}")
+
+
+def budget_keys(script):
+    """The keys the budget sets for `script`."""
+    return tuple(_script_values(script, None, 1, 1, 1))
+
+
+def budget_overrides(script, budget, grading_images, segmentation_images):
+    """{key: value} that give `script` the budget's input size, batch and optimizer steps.
+
+    Evaluation during training is left to the last epoch where the script has the knob (nothing
+    is chosen on it; the final weights are what the runner evaluates).
+    """
+    per_epoch = steps_per_epoch(script, budget.batch_size, grading_images, segmentation_images)
+    if budget.optimizer_steps % per_epoch:
+        raise GridError(f"budget optimizer_steps={budget.optimizer_steps} is not a whole number of {script} epochs "
+                        f"({per_epoch} steps each at batch {budget.batch_size} on this data); use a multiple of "
+                        f"{per_epoch}")
+    return _script_values(script, list(budget.image_size), budget.batch_size, per_epoch,
+                          budget.optimizer_steps // per_epoch)
+
+
+def check_grid(name, grid, common=()):
+    """GridError naming the first problem of grid `name` (unknown script or key, bad reference or budget)."""
+    if grid.reference not in grid.configurations:
+        raise GridError(f"grid {name!r}: reference {grid.reference!r} is not one of its configurations "
+                        f"({', '.join(grid.configurations)})")
+    budget = grid.budget
+    if min(budget.image_size) < 32 or budget.batch_size < 1 or budget.optimizer_steps < 1:
+        raise GridError(f"grid {name!r}: {budget} needs an image size of at least 32x32 and a positive "
+                        "batch size and step count")
+    for config_name, configuration in grid.configurations.items():
+        if configuration.script not in SCRIPTS:
+            raise GridError(f"grid {name!r}, configuration {config_name!r}: script {configuration.script!r} is not "
+                            f"one of {', '.join(SCRIPTS)}")
+        for assignments, where in ((configuration.overrides, f"grid {name!r}, configuration {config_name!r}"),
+                                   (grid.overrides, f"grid {name!r} (overrides for all configurations)"),
+                                   (common, "--set")):
+            check_overrides(configuration.script, assignments, where, budget_keys(configuration.script))
+
+
+def cli_text(value):
+    """A Python value as --set text the harness parses back to it."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return ",".join(cli_text(v) for v in value)
+    return str(value)

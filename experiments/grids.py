@@ -1,0 +1,78 @@
+"""Experiment grids: named sets of configurations trained under one budget and compared.
+
+A grid maps configuration names to a train script and its ``--set`` overrides, names the
+reference configuration that every other one is compared against, and fixes the budget all
+configurations share (`Budget`). Add a grid with one entry in GRIDS.
+"""
+from dataclasses import dataclass, field
+
+CLASSIFIER, SEGMENTATION, MULTITASK = "train_classifier.py", "train_segmentation.py", "train_mlt_model.py"
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What every configuration of a grid gets, whatever its script's own recipe says.
+
+    Each run trains ``optimizer_steps`` steps of ``batch_size`` images per side (the multi-task
+    model's step draws one grading and one segmentation batch), on images resized to
+    ``image_size`` (height, width), and is evaluated at that size. `experiments.budget` turns
+    this into each script's epochs and iterations.
+    """
+
+    image_size: tuple[int, int]
+    batch_size: int
+    optimizer_steps: int
+
+
+@dataclass(frozen=True)
+class Configuration:
+    script: str                      # train script at the repository root
+    overrides: tuple[str, ...] = ()  # "key=value", as after --set
+
+
+@dataclass(frozen=True)
+class Grid:
+    configurations: dict[str, Configuration]
+    reference: str                   # the configuration every other one is compared against
+    budget: Budget
+    demo: bool = True                # start from each script's --demo recipe
+    data_root: str = "data/synthetic"  # default --data-root (a synthetic tree is generated there if absent)
+    description: str = ""
+    overrides: tuple[str, ...] = field(default=())  # "key=value" applied to every configuration
+
+
+MOE = Grid(
+    description="Mixture-of-Experts ablation: single-task baselines, 1 expert, 3 experts dense, "
+                "3 experts top-p (the default), and the default without the routing load-balance loss.",
+    configurations={
+        "classifier": Configuration(CLASSIFIER),
+        "deeplabv3plus": Configuration(SEGMENTATION),
+        "mlt_1_expert": Configuration(MULTITASK, ("model.num_experts=1",)),
+        # Dense throughout: trained with every expert (warm-up over all epochs) and evaluated with
+        # top_p=1, which keeps every expert whose weight is above float32 underflow.
+        "mlt_3_experts_dense": Configuration(MULTITASK, ("model.num_experts=3", "routing.warmup_fraction=1.0",
+                                                         "routing.top_p=1.0")),
+        "mlt_3_experts_top_p": Configuration(MULTITASK, ("model.num_experts=3",)),
+        "mlt_3_experts_top_p_no_balance": Configuration(MULTITASK, ("model.num_experts=3",
+                                                                    "loss.gate_load_balance=0")),
+    },
+    reference="mlt_3_experts_top_p",
+    # The synthetic demo tree has 160 grading and 30 segmentation training images: batch 10 is a
+    # whole number of batches of both (16 and 3 per epoch), and 240 steps a whole number of epochs
+    # of both (15 and 80).
+    budget=Budget(image_size=(128, 192), batch_size=10, optimizer_steps=240),
+)
+
+SMOKE = Grid(
+    description="Two tiny configurations for tests of the runner.",
+    configurations={
+        "classifier": Configuration(CLASSIFIER),
+        "mlt_2_experts": Configuration(MULTITASK, ("model.num_experts=2", "model.aspp_channels=32",
+                                                   "model.decoder_channels=32", "model.head_hidden=32")),
+    },
+    reference="classifier",
+    budget=Budget(image_size=(64, 96), batch_size=4, optimizer_steps=2),  # 1 epoch of 10 grading images
+    overrides=("model.backbone=resnet18", "model.pretrained=none", "run.plots=false"),
+)
+
+GRIDS = {"moe": MOE, "smoke": SMOKE}

@@ -1,0 +1,198 @@
+"""Evaluate a grid's finished runs on one test split and write results.json and results.md."""
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from codebase.data.idrid import grading_records, segmentation_records
+from codebase.training.atomic import atomic_write_text
+from experiments.analysis import delta_m, difference, run_metrics, summary
+from experiments.bootstrap import resample_indices, resample_weights, with_full_set
+from experiments.cost import run_cost
+from experiments.grids import CLASSIFIER, MULTITASK, SEGMENTATION
+from experiments.records import run_records
+
+PRIMARY = ["rg_kappa", "mer_kappa", "rg_accuracy", "mer_accuracy", "joint_accuracy"]
+PRIMARY += [f"{lesion}_{name}" for name in ("aupr", "dice") for lesion in ("MA", "HE", "EX", "SE", "OD")]
+PRIMARY += ["mean_aupr", "mean_dice"]
+LABELS = {"rg_kappa": "RG quadratic weighted kappa", "mer_kappa": "MER quadratic weighted kappa",
+          "rg_accuracy": "RG accuracy", "mer_accuracy": "MER accuracy", "joint_accuracy": "joint RG+MER accuracy",
+          "mean_aupr": "mean AUPR", "mean_dice": "mean Dice"}
+
+
+def label(metric):
+    if metric in LABELS:
+        return LABELS[metric]
+    lesion, name = metric.split("_", 1)
+    return f"{lesion} {'AUPR' if name == 'aupr' else 'Dice'}"
+
+
+def _names_match(per_run, side):
+    names = {tuple(records[side]["names"]) for records in per_run if records.get(side) is not None}
+    if len(names) > 1:
+        raise ValueError(f"the runs' {side} test records list different images; evaluate them on one data root")
+
+
+def analyse(grid_name, grid, planned, root, device, resamples=1000, seed=0, level=0.95, cost_images=2,
+            cost_repeats=5, records_folder=None, log=print):
+    """The results dict of results.json (see results.md for the procedure)."""
+    size = tuple(grid.budget.image_size)
+    records_folder = Path(records_folder)
+    n_grading, n_segmentation = len(grading_records(root, "test")), len(segmentation_records(root, "test"))
+    weights = {side: with_full_set(resample_weights(resample_indices(n, resamples, seed + offset), n))
+               for side, n, offset in (("grading", n_grading, 0), ("segmentation", n_segmentation, 1))}
+    per_configuration = {}
+    for run in planned:
+        log(f"[experiments] evaluating {run.name}")
+        records = run_records(run.folder, root, size, device, records_folder / run.configuration / f"seed_{run.seed}.npz")
+        entry = per_configuration.setdefault(run.configuration, {"records": [], "seeds": []})
+        entry["records"].append(records)
+        entry["seeds"].append(run.seed)
+    for side in ("grading", "segmentation"):
+        _names_match([r for entry in per_configuration.values() for r in entry["records"]], side)
+
+    metrics = {}  # configuration -> metric -> [S, R + 1]
+    for name, entry in per_configuration.items():
+        per_run = [run_metrics(records, weights["grading"], weights["segmentation"]) for records in entry["records"]]
+        metrics[name] = {metric: np.stack([m[metric] for m in per_run]) for metric in per_run[0]}
+
+    reference = metrics[grid.reference]
+    configurations = {}
+    for name, configuration in grid.configurations.items():
+        first = next(run for run in planned if run.configuration == name)
+        log(f"[experiments] measuring the cost of {name} ({first.folder})")
+        configurations[name] = {
+            "script": configuration.script, "overrides": list(configuration.overrides),
+            "seeds": per_configuration[name]["seeds"],
+            "metrics": {m: summary(values, level) for m, values in metrics[name].items()},
+            "difference_to_reference": {m: difference(values, reference[m], level)
+                                        for m, values in metrics[name].items() if m in reference and name != grid.reference},
+            "cost": run_cost(first.folder, root, size, device, cost_images, cost_repeats)}
+    single_task = {}
+    for name, configuration in grid.configurations.items():
+        if configuration.script in (CLASSIFIER, SEGMENTATION):
+            single_task.setdefault(configuration.script, []).append(name)
+    baselines = [names[0] for names in single_task.values() if len(names) == 1]
+    baseline_metrics = {m: v for name in baselines for m, v in metrics[name].items()}
+    delta = {name: delta_m(metrics[name], baseline_metrics, level) for name, c in grid.configurations.items()
+             if c.script == MULTITASK and baselines}
+    return {"grid": grid_name, "description": grid.description, "reference": grid.reference,
+            "data_root": str(root), "device": str(device), "torch": torch.__version__,
+            "demo": grid.demo,
+            "budget": {"image_size": list(size), "batch_size": grid.budget.batch_size,
+                       "optimizer_steps": grid.budget.optimizer_steps,
+                       "images_seen_per_side": grid.budget.batch_size * grid.budget.optimizer_steps,
+                       "settings": {run.configuration: run.settings for run in planned}},
+            "test_images": {"grading": n_grading, "segmentation": n_segmentation},
+            "bootstrap": {"resamples": resamples, "seed": seed, "level": level},
+            "single_task_baselines": baselines, "configurations": configurations, "delta_m": delta}
+
+
+def _cell(value, digits=3):
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    return f"{value:.{digits}f}"
+
+
+def _interval(ci, digits=3):
+    return "–" if any(_cell(v) == "–" for v in ci) else f"[{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+
+
+def _table(header, rows):
+    return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"] + \
+        ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def markdown(results):
+    """results.md from the results dict."""
+    budget, boot, tests = results["budget"], results["bootstrap"], results["test_images"]
+    configurations = results["configurations"]
+    seeds = sorted({s for c in configurations.values() for s in c["seeds"]})
+    level = round(100 * boot["level"])
+    lines = [f"# Experiment grid `{results['grid']}`", "", results["description"], "",
+             f"Data: `{results['data_root']}`. **Figures measured on synthetic data are not results on real fundus "
+             "photographs**; they show that the pipeline runs and how the configurations compare on the "
+             "synthetic task only.", "",
+             "## Budget", "",
+             f"Every configuration: images resized to {budget['image_size'][0]}x{budget['image_size'][1]} "
+             f"(training and test), batch {budget['batch_size']} per side, {budget['optimizer_steps']} optimizer "
+             f"steps, so {budget['images_seen_per_side']} training images seen per side (grading, segmentation); "
+             "a multi-task step sees one grading and one segmentation batch, each baseline one batch of its side. "
+             f"Other settings are each script's own {'demo recipe (--demo)' if results['demo'] else 'defaults'} "
+             "plus the settings below.", "",
+             f"Seeds: {', '.join(map(str, seeds))}. Test images: {tests['grading']} grading, "
+             f"{tests['segmentation']} segmentation.", ""]
+    lines += _table(["configuration", "script", "settings"],
+                    [[name, c["script"], " ".join(f"`{s}`" for s in budget["settings"][name])]
+                     for name, c in configurations.items()])
+    lines += ["", "## Procedure", "",
+              f"Point value: mean over seeds of the metric on the whole test split (± standard deviation over "
+              f"seeds). {level} % interval: percentile bootstrap over test images, {boot['resamples']} resamples "
+              f"drawn with replacement by numpy `default_rng({boot['seed']})` (grading) and "
+              f"`default_rng({boot['seed'] + 1})` (segmentation), the same resamples for every run; per resample "
+              "the metric of each seed's model, averaged over seeds (pooled), then the 2.5th and 97.5th "
+              "percentiles over resamples (resamples where the metric is undefined left out). Differences "
+              f"against the reference `{results['reference']}` are paired: per resample the pooled value minus "
+              "the reference's on the same images. AUPR is computed from per-image probability histograms "
+              "(logit-uniform bins), Dice from per-image pixel counts at threshold 0.5, both pooled over the "
+              "images of the (re)sample. The interval covers the test images' sampling only; the spread over "
+              "seeds is the ± column.", ""]
+    for section, key in (("Results", "metrics"), (f"Difference against `{results['reference']}`", None)):
+        lines += [f"## {section}", ""]
+        names = list(configurations)
+        metrics = [m for m in PRIMARY if any(m in c["metrics"] for c in configurations.values())]
+        rows = []
+        for metric in metrics:
+            row = [label(metric)]
+            for name in names:
+                c = configurations[name]
+                if key == "metrics":
+                    s = c["metrics"].get(metric)
+                    row.append("–" if s is None else f"{_cell(s['mean'])} ± {_cell(s['std'])} {_interval(s['ci'])}")
+                else:
+                    d = c["difference_to_reference"].get(metric)
+                    row.append("reference" if name == results["reference"] else
+                               "–" if d is None else f"{_cell(d['difference'], 3)} {_interval(d['ci'])}")
+            rows.append(row)
+        lines += _table(["metric"] + names, rows) + [""]
+    lines += ["## Multi-task model against the single-task baselines (delta-m)", ""]
+    if not results["delta_m"]:
+        lines.append("(needs a multi-task configuration and a classifier and/or DeepLabV3+ configuration)")
+    else:
+        lines += [f"delta_m = 100/T sum_t (M_mt,t - M_st,t) / M_st,t over the tasks with a single-task baseline "
+                  f"({', '.join(results['single_task_baselines'])}); primary scores, all higher-is-better: "
+                  "quadratic weighted kappa for RG and MER, AUPR per lesion. Undefined (–) where a baseline "
+                  "score is 0 or undefined.", ""]
+        lines += _table(["configuration", "delta_m (%)", f"{level} % interval", "tasks"],
+                        [[name, _cell(d["delta_m_percent"], 2) if d else "–", _interval(d["ci"], 2) if d else "–",
+                          ", ".join(d["tasks"]) if d else "–"] for name, d in results["delta_m"].items()])
+    lines += ["", "## Cost", "",
+              f"Per image at batch 1 and {budget['image_size'][0]}x{budget['image_size'][1]} on "
+              f"{results['device']} (torch {results['torch']}), of each configuration's first seed: "
+              "parameters, forward FLOPs (torch.utils.flop_counter, a multiply-add is 2 FLOPs; mean over test "
+              "images), median latency. The multi-task model routes top-p, as it is used.", ""]
+    lines += _table(["configuration", "parameters (M)", "GFLOPs", "latency (ms)"],
+                    [[name, _cell(c["cost"]["parameters"] / 1e6, 2), _cell(c["cost"]["flops"] / 1e9, 3),
+                      _cell(c["cost"]["latency_s"] * 1e3, 1)] for name, c in configurations.items()])
+    return "\n".join(lines) + "\n"
+
+
+def _strict(value):
+    """NaN and infinities -> None, for strict JSON."""
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write(results, folder):
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / "results.json", json.dumps(_strict(results), indent=1, allow_nan=False) + "\n")
+    atomic_write_text(folder / "results.md", markdown(results))
+    return folder / "results.md", folder / "results.json"

@@ -1,0 +1,127 @@
+"""Train every configuration x seed of a grid as train-script subprocesses, one after another.
+
+A run goes to <out>/<grid>/<configuration>/seed_<S>/. A folder that holds a finished run
+(model.pth, and history.json up to config.json's train.epochs) is skipped, after checking that
+it was trained with the settings asked for now; one with a checkpoint is resumed by the
+script's own --resume. So a killed runner, re-run with the same command, carries on.
+"""
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from codebase.config import ConfigError, get_value, parse_value
+from codebase.training.run_folder import (
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    HISTORY_FILE,
+    MODEL_FILE,
+)
+from experiments.budget import REPO, GridError, budget_overrides, cli_text
+
+
+@dataclass
+class PlannedRun:
+    configuration: str
+    seed: int
+    script: str
+    folder: Path
+    settings: list[str]  # "key=value" for --set, in order (budget, grid, configuration, command line)
+
+    @property
+    def name(self):
+        return f"{self.configuration}/seed_{self.seed}"
+
+
+def plan_runs(grid_name, grid, seeds, out, data_root, image_counts, common=()):
+    """Every configuration x seed of the grid, with the settings each run is trained with."""
+    planned = []
+    for configuration_name, configuration in grid.configurations.items():
+        budget = budget_overrides(configuration.script, grid.budget, *image_counts)
+        settings = [f"{key}={cli_text(value)}" for key, value in budget.items()]
+        settings += list(grid.overrides) + list(configuration.overrides) + list(common)
+        for seed in seeds:
+            folder = Path(out) / grid_name / configuration_name / f"seed_{seed}"
+            planned.append(PlannedRun(configuration_name, seed, configuration.script, folder, settings))
+    return planned
+
+
+def command(run, data_root, demo, device=None):
+    """The train script's command line for `run` (resuming when its folder holds a checkpoint)."""
+    arguments = [sys.executable, str(REPO / run.script)] + (["--demo"] if demo else [])
+    arguments += ["--data-root", str(data_root), "--run-name", run.folder.name,
+                  "--set", f"run.save_dir={run.folder.parent}", "--set", f"seed={run.seed}"]
+    for setting in run.settings:
+        arguments += ["--set", setting]
+    if device:
+        arguments += ["--device", device]
+    if (run.folder / CHECKPOINT_FILE).is_file():
+        arguments.append("--resume")
+    return arguments
+
+
+def is_finished(folder):
+    """True when `folder` holds model.pth and a history up to its config's last epoch."""
+    folder = Path(folder)
+    if not all((folder / name).is_file() for name in (MODEL_FILE, HISTORY_FILE, CONFIG_FILE)):
+        return False
+    try:
+        history = json.loads((folder / HISTORY_FILE).read_text())
+        epochs = json.loads((folder / CONFIG_FILE).read_text())["train"]["epochs"]
+    except (ValueError, KeyError, TypeError):
+        return False
+    return bool(history) and history[-1].get("epoch") == epochs
+
+
+def check_matches(run, data_root):
+    """GridError when a finished run's config.json differs from the settings asked for now."""
+    config = json.loads((run.folder / CONFIG_FILE).read_text())
+    differences = []
+    expected = [f"seed={run.seed}"] + run.settings
+    for setting in expected:
+        key, _, text = setting.partition("=")
+        try:
+            saved = get_value(config, key)
+            wanted = parse_value(key, text, saved)
+        except ConfigError:
+            differences.append(f"{key}: not in its config.json")
+            continue
+        if wanted != saved:
+            differences.append(f"{key}: {saved!r} in the run, {wanted!r} asked for")
+    if Path(config["data"]["root"]).resolve() != Path(data_root).resolve():
+        differences.append(f"data.root: {config['data']['root']!r} in the run, {str(data_root)!r} asked for")
+    if differences:
+        raise GridError(f"{run.folder} holds a finished run trained with other settings:\n  "
+                        + "\n  ".join(differences) + "\nMove it away, or choose another --out.")
+
+
+def train_all(planned, data_root, demo, device=None, max_runs=None, log=print):
+    """Train the unfinished runs in order; stop after `max_runs` trained ones (None: all).
+
+    Returns the number of runs still unfinished. A failing run raises RuntimeError naming it.
+    """
+    trained = 0
+    for run in planned:
+        if is_finished(run.folder):
+            check_matches(run, data_root)
+            log(f"[experiments] {run.name}: finished run in {run.folder}, skipped")
+            continue
+        if max_runs is not None and trained >= max_runs:
+            break
+        arguments = command(run, data_root, demo, device)
+        log(f"[experiments] {run.name}: {'resuming' if '--resume' in arguments else 'training'} "
+            f"({run.script}) in {run.folder}")
+        process = subprocess.Popen(arguments, cwd=REPO)
+        try:
+            code = process.wait()
+        except KeyboardInterrupt:  # the script got the signal too: let it keep its last epoch
+            process.wait()
+            raise
+        if code in (130, 143):  # the script stopped on SIGINT/SIGTERM after saving its last complete epoch
+            raise KeyboardInterrupt
+        if code != 0:
+            raise RuntimeError(f"{run.name} failed (exit code {code}); see {run.folder / 'train_log.txt'}. "
+                               f"Command: {subprocess.list2cmdline(arguments)}")
+        trained += 1
+    return sum(not is_finished(run.folder) for run in planned)

@@ -1,0 +1,119 @@
+"""Grids: validation against the train scripts' CONFIG keys, and the budget as each script's overrides."""
+import dataclasses
+
+import pytest
+
+import run_experiments
+from codebase.config import get_value, parse_cli, parse_value
+from experiments.budget import (
+    GridError,
+    budget_overrides,
+    check_grid,
+    cli_text,
+    config_keys,
+    steps_per_epoch,
+)
+from experiments.grids import (
+    CLASSIFIER,
+    GRIDS,
+    MOE,
+    MULTITASK,
+    SEGMENTATION,
+    Budget,
+    Configuration,
+)
+
+
+def test_shipped_grids_are_valid():
+    for name, grid in GRIDS.items():
+        check_grid(name, grid)
+    assert MOE.reference == "mlt_3_experts_top_p"
+    assert "loss.gate_load_balance=0" in MOE.configurations["mlt_3_experts_top_p_no_balance"].overrides
+    dense = MOE.configurations["mlt_3_experts_dense"].overrides
+    assert "routing.warmup_fraction=1.0" in dense and "routing.top_p=1.0" in dense
+
+
+def test_config_keys_are_read_from_the_script_source():
+    keys = config_keys(MULTITASK)
+    assert {"loss.gate_load_balance", "routing.top_p", "model.num_experts", "seed", "run.save_dir"} <= keys
+    assert "data.image_size" in config_keys(CLASSIFIER) and "model.output_stride" in config_keys(SEGMENTATION)
+
+
+def test_unknown_key_fails_with_the_configuration_named():
+    grid = dataclasses.replace(MOE, configurations={
+        **MOE.configurations, "no_balance": Configuration(MULTITASK, ("loss.routing_balance=0",))})
+    with pytest.raises(GridError, match=r"'no_balance'.*train_mlt_model.py CONFIG has no key 'loss.routing_balance'"):
+        check_grid("moe", grid)
+
+
+def test_budget_keys_and_runner_keys_cannot_be_overridden():
+    with pytest.raises(GridError, match="train.epochs.*budget"):
+        check_grid("moe", MOE, ["train.epochs=3"])
+    with pytest.raises(GridError, match="'seed'"):
+        check_grid("moe", dataclasses.replace(MOE, overrides=("seed=4",)))
+    with pytest.raises(GridError, match="reference 'x'"):
+        check_grid("moe", dataclasses.replace(MOE, reference="x"))
+
+
+def test_budget_gives_every_script_the_same_steps_and_images():
+    budget = MOE.budget  # batch 10, 240 steps; the demo tree has 160 grading, 30 segmentation training images
+    classifier = budget_overrides(CLASSIFIER, budget, 160, 30)
+    segmentation = budget_overrides(SEGMENTATION, budget, 160, 30)
+    multitask = budget_overrides(MULTITASK, budget, 160, 30)
+    assert classifier["train.epochs"] * (160 // 10) == 240
+    assert segmentation["train.epochs"] * (30 // 10) == 240
+    assert multitask["train.epochs"] * multitask["train.iterations"] == 240
+    assert classifier["data.image_size"] == segmentation["data.image_size"] == segmentation["data.crop_size"] \
+        == multitask["data.grading_size"] == multitask["data.segmentation_size"] == [128, 192]
+    assert multitask["data.crop_size"] is None
+    assert {c["train.batch_size"] for c in (classifier, segmentation, multitask)} == {10}
+
+
+def test_budget_that_cannot_be_equal_is_refused():
+    with pytest.raises(GridError, match="does not divide the 30 segmentation.*1, 2, 3, 5, 6, 10, 15, 30"):
+        steps_per_epoch(SEGMENTATION, 8, 160, 30)
+    with pytest.raises(GridError, match="not a whole number of train_classifier.py epochs.*multiple of 16"):
+        budget_overrides(CLASSIFIER, Budget((128, 192), 10, 250), 160, 30)
+    with pytest.raises(GridError, match="more than the 10 grading"):
+        steps_per_epoch(MULTITASK, 12, 10, 4)
+
+
+@pytest.mark.parametrize("value, default", [([64, 96], [712, 1072]), (None, None), (3, 1), (0.5, 0.1),
+                                            (False, True), ("resnet18", "resnet50")])
+def test_cli_text_parses_back(value, default):
+    assert parse_value("key", cli_text(value), default) == value
+
+
+def test_command_line_errors_exit_2(synthetic_root, tmp_path, capsys):
+    assert run_experiments.main(["nope", "--data-root", str(synthetic_root)]) == 2
+    assert "no grid 'nope'" in capsys.readouterr().err
+    assert run_experiments.main(["smoke", "--data-root", str(synthetic_root), "--out", str(tmp_path),
+                                 "--set", "model.nope=1"]) == 2
+    assert "has no key 'model.nope'" in capsys.readouterr().err
+    assert run_experiments.main(["smoke", "--data-root", str(tmp_path / "missing")]) == 2
+    assert "no IDRiD tree" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # nothing trained, nothing written
+
+
+def test_each_moe_command_resolves_to_the_budget_in_its_script(tmp_path):
+    import train_classifier
+    import train_mlt_model
+    import train_segmentation
+    from experiments.runner import command, plan_runs
+
+    scripts = {CLASSIFIER: train_classifier, SEGMENTATION: train_segmentation, MULTITASK: train_mlt_model}
+    planned = plan_runs("moe", MOE, [0, 2], tmp_path, tmp_path / "data", (160, 30), ["train.eval_batch_size=4"])
+    assert len(planned) == 2 * len(MOE.configurations)
+    for run in planned:
+        argv = command(run, tmp_path / "data", demo=True)[2:]  # after python and the script
+        script = scripts[run.script]
+        config = parse_cli(script.CONFIG, argv, script.DEMO, validate=script.validate)
+        images = 160 if run.script != SEGMENTATION else 30
+        steps = config["train"]["epochs"] * config["train"].get("iterations", images // config["train"]["batch_size"])
+        assert steps == 240 and config["train"]["batch_size"] == 10, run.name
+        assert config["seed"] == run.seed and config["run"]["name"] == f"seed_{run.seed}"
+        assert config["run"]["save_dir"] == str(tmp_path / "moe" / run.configuration)
+        assert config["train"]["eval_batch_size"] == 4
+        for assignment in MOE.configurations[run.configuration].overrides:
+            key, _, text = assignment.partition("=")
+            assert get_value(config, key) == parse_value(key, text, get_value(script.CONFIG, key))
