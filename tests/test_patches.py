@@ -180,9 +180,19 @@ def test_bad_settings_are_named(synthetic_root, tmp_path):
         PatchSegmentationDataset(synthetic_root, "train", crop_size=(32, 32), lesion_share=1.5, cache_dir=tmp_path)
     with pytest.raises(ValueError, match="sample_lesions=\\('XX',\\)"):
         PatchSegmentationDataset(synthetic_root, "train", crop_size=(32, 32), sample_lesions=("XX",), cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="records: no segmentation images"):
+        PatchSegmentationDataset(synthetic_root, "train", crop_size=(32, 32), records=[], cache_dir=tmp_path)
     too_big = PatchSegmentationDataset(synthetic_root, "train", crop_size=(200, 200), cache_dir=tmp_path)
     with pytest.raises(ValueError, match="larger than .*IDRiD_01.jpg \\(128x192 native\\)"):
         too_big[0]
+
+
+def test_a_subset_of_records(synthetic_root, tmp_path):
+    records = idrid.segmentation_records(synthetic_root, "train")[1:3]
+    dataset = PatchSegmentationDataset(synthetic_root, "train", crop_size=(32, 32), records=records,
+                                       crops_per_image=2, cache_dir=tmp_path)
+    assert len(dataset) == 4
+    assert [dataset[item]["name"] for item in range(4)] == [r.name for r in records] * 2
 
 
 def test_no_cache_mode_keeps_arrays_in_memory(synthetic_root, tmp_path, monkeypatch):

@@ -94,11 +94,12 @@ class PatchSegmentationDataset(Dataset):
     ``sample_lesions`` present in the image; an image with none gets a uniform crop).
     crops_per_image: items per image per epoch (item i crops image i % number of images).
     train=False: no augmentation, only normalisation. cache_dir: None `<root>/.cache`, False none.
+    records: a subset of the split's SegmentationRecords (e.g. what is left after carving out validation).
     """
 
     def __init__(self, root, split: str, crop_size=(512, 512), image_size=None, lesion_share: float = 0.5,
                  sample_lesions=idrid.LESIONS, crops_per_image: int = 1, train: bool = True, cache_dir=None,
-                 max_points: int = 100_000):
+                 max_points: int = 100_000, records=None):
         self.root = Path(root)
         self.split = split
         self.crop_size = _size(crop_size, "crop_size")
@@ -117,7 +118,9 @@ class PatchSegmentationDataset(Dataset):
         self.crops_per_image = int(crops_per_image)
         self.max_points = int(max_points)
         self.train = train
-        self.records = idrid.segmentation_records(self.root, split)
+        self.records = list(records) if records is not None else idrid.segmentation_records(self.root, split)
+        if not self.records:
+            raise ValueError(f"records: no segmentation images to crop from ({self.root}, split {split!r})")
         directory = None if cache_dir is False else (self.root / ".cache" if cache_dir is None else cache_dir)
         self.cache = MappedCache(directory)
         self.transform = train_transforms() if train else eval_transforms()
