@@ -120,3 +120,18 @@ def test_wrong_number_of_channels_is_named(synthetic_root):
         evaluate_full_resolution(lambda images: images[:, :2], synthetic_root, image_size=(32, 48))
     with pytest.raises(ValueError, match="SegmentationDataset, a data root, or SegmentationRecords"):
         evaluate_full_resolution(lambda images: images, [1, 2])
+
+
+def test_cached_masks_decode_once_and_score_the_same(synthetic_root, tmp_path, monkeypatch):
+    model = toy_model(torch.Generator().manual_seed(2))
+    first = evaluate_full_resolution(model, synthetic_root, image_size=(64, 96), cache_dir=tmp_path, cache_masks=True)
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded a source file on a second evaluation")
+
+    monkeypatch.setattr(idrid, "read_image", no_decoding)
+    monkeypatch.setattr(idrid, "read_mask_image", no_decoding)
+    second = evaluate_full_resolution(model, synthetic_root, image_size=(64, 96), cache_dir=tmp_path, cache_masks=True)
+    assert str(second) == str(first)  # equal, NaN included
+    with pytest.raises(AssertionError, match="decoded a source file"):
+        evaluate_full_resolution(model, synthetic_root, image_size=(64, 96), cache_dir=tmp_path)  # masks uncached

@@ -79,13 +79,16 @@ class FullResolutionMeter:
         return results
 
 
-def full_size_masks(record: idrid.SegmentationRecord, lesions=idrid.LESIONS) -> np.ndarray:
-    """uint8 [L, H, W] of 0/1 at the image's own size; an absent mask file is all zeros."""
+def full_size_masks(record: idrid.SegmentationRecord, lesions=idrid.LESIONS, cache: ResizedCache | None = None):
+    """uint8 [L, H, W] of 0/1 at the image's own size; an absent mask file is all zeros.
+    cache: read through this ResizedCache (decoded once, then read from disk; one byte per pixel)."""
     width, height = idrid.image_size(record.image_path)
     masks = np.zeros((len(lesions), height, width), np.uint8)
     for channel, lesion in enumerate(lesions):
         path = record.mask_paths.get(lesion)
-        if path is not None:
+        if path is not None and cache is not None:
+            masks[channel] = cache.mask(path, (height, width), image_path=record.image_path)
+        elif path is not None:
             masks[channel] = idrid.read_mask(path, expected_size=(width, height))
     return masks
 
@@ -106,7 +109,8 @@ def _records_and_cache(data, split: str, cache_dir):
 def evaluate_full_resolution(predict_fn: Callable, data, split: str = "test", image_size=None, window=None,
                              overlap: float = 0.25, windows_per_batch: int = 4, blend: str = "gaussian",
                              flip_tta: bool = False, lesions: Sequence[str] = idrid.LESIONS, threshold: float = 0.5,
-                             device="cpu", amp: str = "off", cache_dir=None, keep_meter: bool = False,
+                             device="cpu", amp: str = "off", cache_dir=None, cache_masks: bool = False,
+                             keep_meter: bool = False,
                              desc: str = "eval full resolution"):
     """Per-lesion AUPR, Dice, IoU, sensitivity and precision against the original-size masks.
 
@@ -117,6 +121,8 @@ def evaluate_full_resolution(predict_fn: Callable, data, split: str = "test", im
     image; window=(h, w): sliding windows over it (overlap, windows_per_batch, blend as
     `predict_sliding_window`). flip_tta: average with the horizontally flipped prediction.
     cache_dir: where resized images are cached when data is not a dataset (None: no cache).
+    cache_masks: keep the full-size masks in that cache too (about 12 MB per IDRiD mask file on disk),
+    so repeated evaluations (e.g. every epoch) decode no TIFF again.
     Returns FullResolutionMeter.compute() (and the meter, with ``keep_meter``).
     """
     records, cache, default_size = _records_and_cache(data, split, cache_dir)
@@ -144,7 +150,8 @@ def evaluate_full_resolution(predict_fn: Callable, data, split: str = "test", im
         if probs.shape[1] != len(meter.lesions):
             raise ValueError(f"predict_fn returned {probs.shape[1]} channels for {record.image_path}, "
                              f"expected {len(meter.lesions)} (lesions {meter.lesions})")
-        masks = torch.from_numpy(full_size_masks(record, meter.lesions)).unsqueeze(0).to(device)  # [1, L, H, W]
+        masks = full_size_masks(record, meter.lesions, cache if cache_masks and cache.directory else None)
+        masks = torch.from_numpy(masks).unsqueeze(0).to(device)  # [1, L, H, W]
         meter.update(probs, masks)
     results = meter.compute()
     return (results, meter) if keep_meter else results
