@@ -179,7 +179,8 @@ def test_bad_settings_are_named(synthetic_root, tmp_path):
     with pytest.raises(ValueError, match="lesion_share=1.5"):
         PatchSegmentationDataset(synthetic_root, "train", crop_size=(32, 32), lesion_share=1.5, cache_dir=tmp_path)
     with pytest.raises(ValueError, match="sample_lesions=\\('XX',\\)"):
-        PatchSegmentationDataset(synthetic_root, "train", crop_size=(32, 32), sample_lesions=("XX",), cache_dir=tmp_path)
+        PatchSegmentationDataset(synthetic_root, "train", crop_size=(32, 32), sample_lesions=("XX",),
+                                 cache_dir=tmp_path)
     with pytest.raises(ValueError, match="records: no segmentation images"):
         PatchSegmentationDataset(synthetic_root, "train", crop_size=(32, 32), records=[], cache_dir=tmp_path)
     too_big = PatchSegmentationDataset(synthetic_root, "train", crop_size=(200, 200), cache_dir=tmp_path)

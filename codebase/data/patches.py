@@ -112,7 +112,8 @@ class PatchSegmentationDataset(Dataset):
         if unknown or not sample_lesions:
             raise ValueError(f"sample_lesions={tuple(sample_lesions)!r}: expected some of {idrid.LESIONS}")
         if int(crops_per_image) < 1 or int(max_points) < 1:
-            raise ValueError(f"crops_per_image={crops_per_image!r}, max_points={max_points!r}: expected positive integers")
+            raise ValueError(f"crops_per_image={crops_per_image!r}, max_points={max_points!r}: "
+                             "expected positive integers")
         self.lesion_share = float(lesion_share)
         self.sample_indices = np.array([idrid.LESIONS.index(lesion) for lesion in sample_lesions])
         self.crops_per_image = int(crops_per_image)

@@ -9,8 +9,8 @@ Results carry a `_fullres` suffix so they sit beside the working-resolution metr
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch

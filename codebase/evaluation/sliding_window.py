@@ -2,12 +2,13 @@
 
 Windows are tiled and blended by MONAI's `sliding_window_inference` (Gaussian or constant weights);
 this module adds the activation applied per window (so windows are blended as probabilities),
-flip test-time augmentation and input checks. MONAI is imported on first use (it takes seconds). At most `windows_per_batch` windows go through the
+flip test-time augmentation and input checks. At most `windows_per_batch` windows go through the
 model at once, whatever the image size, so memory is bounded by the window, not by the image.
+MONAI is imported on first use (importing it takes seconds).
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
