@@ -22,7 +22,7 @@ from PIL import Image, ImageFilter
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from codebase.evaluation.evaluate.fundus_check import check_fundus  # noqa: E402
+from codebase.evaluation.fundus_check import check_fundus  # noqa: E402
 
 from codebase import idrid  # noqa: E402
 from codebase.data.synthetic import generate  # noqa: E402

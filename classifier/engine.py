@@ -44,7 +44,7 @@ def train_one_epoch(model, criterion, optimizer, loader, epoch, device, amp="off
 
 
 def evaluate(model, loader, device, amp="off"):
-    """Test metrics of codebase.evaluation.evaluate.evaluate_grading: rg_/mer_ accuracy, kappa, confusion,
+    """Test metrics of codebase.evaluation.evaluate_grading: rg_/mer_ accuracy, kappa, confusion,
     recall, and joint_accuracy."""
     model.eval()
     return evaluate_grading(lambda images: {"logits": model(images)}, loader, TASKS, device, amp)

@@ -52,7 +52,7 @@ def lesion_legend(figure, lesions=LESIONS, **kwargs):
 def lesion_metrics_table(results, lesions=LESIONS, metrics=tuple(LESION_METRICS)):
     """Text table: one row per lesion (and the mean), one column per metric.
 
-    results: what codebase.evaluation.evaluate.evaluate_segmentation returns ({lesion: {metric: value}},
+    results: what codebase.evaluation.evaluate_segmentation returns ({lesion: {metric: value}},
     "mean_iou", ...). NaN (e.g. a lesion absent from the split) prints as "-".
     """
     def cell(value):

@@ -3,7 +3,7 @@ import math
 
 import numpy as np
 import pytest
-from codebase.evaluation.evaluate.fundus_check import (
+from codebase.evaluation.fundus_check import (
     FundusCheck,
     check_fundus,
     disc_iou,

@@ -18,6 +18,8 @@ from inference.export import (
 )
 from inference.runs import build_model, load_run
 
+pytestmark = pytest.mark.slow  # each ONNX export takes tens of seconds on 2 cores
+
 SIZE = (64, 96)  # (height, width)
 TASKS = {"classification_rg": 5, "classification_mer": 3, "segmentation_ma": 1, "segmentation_od": 1}
 CONFIGS = {

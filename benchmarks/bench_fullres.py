@@ -1,0 +1,192 @@
+"""Whole resized images vs lesion-aware patches, both scored at the original mask resolution.
+
+Two DeepLabV3+ models start from the same weights and take the same number of optimizer steps on the
+same number of samples per step: (a) whole training images resized to --whole-size; (b) --crop
+patches from images kept at --size (the working resolution), a --lesion-share of them centred on a
+lesion. Each is scored on the test split against the full-size masks (codebase.evaluation.fullres):
+(a) by one forward of the resized image, (b) by sliding windows of --crop over the working image.
+A child process then times sliding-window inference of one working-size image and reports its peak
+memory (resident set on CPU, allocated memory on CUDA).
+
+On synthetic data these figures say only that the pipeline runs, not how a method fares on IDRiD.
+
+    python benchmarks/bench_fullres.py --smoke                          # seconds: tiny tree, tiny model
+    python benchmarks/bench_fullres.py --data-root data --size 1424 2144 --crop 512 512 --steps 2000
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import machine, print_table  # noqa: E402
+from codebase import idrid  # noqa: E402
+from codebase.data.patches import PatchSegmentationDataset  # noqa: E402
+from codebase.data.image_datasets import SegmentationDataset  # noqa: E402
+from codebase.evaluation.fullres import evaluate_full_resolution  # noqa: E402
+from codebase.evaluation.sliding_window import predict_sliding_window  # noqa: E402
+from codebase.data.loaders import seed_everything
+from codebase.training.device import resolve_device
+from codebase.training.losses import SegmentationLoss  # noqa: E402
+from codebase.data.synthetic import ensure_dataset  # noqa: E402
+from segmentation.model import DeepLabV3Plus  # noqa: E402
+
+
+def build_model(args, device):
+    seed_everything(args.seed)  # both arms start from the same weights
+    return DeepLabV3Plus(args.backbone, 16, "none", channels=args.channels).to(device)
+
+
+def warm_up(args, device) -> None:
+    """One training step and one sliding-window pass on a throwaway model, so neither arm's timing pays
+    for first-call set-up (kernel selection, importing MONAI)."""
+    model = build_model(args, device)
+    image = torch.randn(1, 3, *args.crop, device=device)
+    model(image).sum().backward()
+    predict_sliding_window(model.eval(), image, args.crop)
+
+
+def train(model, dataset, args, device) -> float:
+    """args.steps AdamW steps of args.batch samples; returns seconds."""
+    generator = torch.Generator().manual_seed(args.seed)
+    order = torch.randint(len(dataset), (args.steps * args.batch,), generator=generator).tolist()
+    loader = DataLoader(dataset, batch_size=args.batch, sampler=order, num_workers=args.workers)
+    criterion = SegmentationLoss()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
+    model.train()
+    start = time.perf_counter()
+    for batch in loader:
+        loss, _ = criterion(model(batch["image"].to(device)), batch["masks"].to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return time.perf_counter() - start
+
+
+def score(model, root, args, device, whole: bool) -> tuple[dict, float]:
+    model.eval()
+    start = time.perf_counter()
+    if whole:
+        results = evaluate_full_resolution(model, root, split="test", image_size=args.whole_size, device=device)
+    else:
+        results = evaluate_full_resolution(model, root, split="test", image_size=args.size, window=args.crop,
+                                           overlap=args.overlap, windows_per_batch=args.windows_per_batch,
+                                           device=device)
+    return results, time.perf_counter() - start
+
+
+def measure_inference(args) -> dict:
+    """In this (child) process: seconds and peak memory of sliding-window inference of one image at --size."""
+    device = resolve_device(args.device)
+    model = build_model(args, device).eval()
+    image = torch.randn(1, 3, *args.size, device=device)
+    baseline_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    predict_sliding_window(model, image[..., :args.crop[0], :args.crop[1]], args.crop)  # warm-up
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    probs = predict_sliding_window(model, image, args.crop, overlap=args.overlap,
+                                   windows_per_batch=args.windows_per_batch, flip_tta=args.flip_tta)
+    probs.sum().item()  # waits for the device
+    seconds = time.perf_counter() - start
+    peak = {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "rss_before_mib": baseline_kib / 1024}
+    if device.type == "cuda":
+        peak["peak_cuda_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return {"seconds": seconds, **peak}
+
+
+def inference_in_child(argv) -> dict:
+    command = [sys.executable, str(Path(__file__).resolve()), *argv, "--measure-inference"]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"inference measurement failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def parse(argv):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-root", type=Path, help="IDRiD root (default: a synthetic tree of --native size)")
+    parser.add_argument("--native", type=int, nargs=2, default=(768, 1152), metavar=("HEIGHT", "WIDTH"),
+                        help="size of the synthetic tree's images when no --data-root")
+    parser.add_argument("--size", type=int, nargs=2, default=(768, 1152), metavar=("HEIGHT", "WIDTH"),
+                        help="working resolution of the patch arm and of its sliding-window inference")
+    parser.add_argument("--whole-size", type=int, nargs=2, default=(384, 576), metavar=("HEIGHT", "WIDTH"),
+                        help="input size of the whole-image arm")
+    parser.add_argument("--crop", type=int, nargs=2, default=(256, 256), metavar=("HEIGHT", "WIDTH"))
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--lesion-share", type=float, default=0.5)
+    parser.add_argument("--overlap", type=float, default=0.25)
+    parser.add_argument("--windows-per-batch", type=int, default=4)
+    parser.add_argument("--flip-tta", action="store_true", help="flip TTA in the inference measurement")
+    parser.add_argument("--backbone", default="resnet18")
+    parser.add_argument("--channels", type=int, default=64, help="ASPP and decoder width")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--smoke", action="store_true", help="tiny tree and model, a few steps (the tests)")
+    parser.add_argument("--measure-inference", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.native = args.size = (96, 144)
+        args.whole_size, args.crop, args.steps, args.batch, args.channels = (48, 72), (48, 48), 2, 2, 16
+    return args
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse(argv)
+    if args.measure_inference:
+        print(json.dumps(measure_inference(args)))
+        return 0
+    device = resolve_device(args.device)
+    with tempfile.TemporaryDirectory() as scratch:
+        root = args.data_root
+        if root is None:
+            height, width = args.native
+            root = ensure_dataset(Path(scratch) / "data", size=(width, height), seg_train=4, seg_test=2,
+                                  grade_train=0, grade_test=0)
+        arms = {
+            "whole, resized": (SegmentationDataset(root, "train", args.whole_size, train=True), True),
+            "patches, lesion-aware": (PatchSegmentationDataset(root, "train", args.crop, image_size=args.size,
+                                                               lesion_share=args.lesion_share), False),
+        }
+        warm_up(args, device)
+        rows = []
+        for name, (dataset, whole) in arms.items():
+            model = build_model(args, device)
+            train_seconds = train(model, dataset, args, device)
+            results, eval_seconds = score(model, root, args, device, whole)
+            pixels = args.whole_size if whole else args.crop
+            rows.append([name, args.steps, args.steps * args.batch, f"{pixels[0]}x{pixels[1]}",
+                         f"{train_seconds:.1f}", f"{eval_seconds:.1f}"]
+                        + [f"{results[lesion]['aupr_fullres']:.3f}" for lesion in idrid.LESIONS]
+                        + [f"{results['mean_aupr_fullres']:.3f}"])
+    print(f"\n{machine(device)}; working size {args.size[0]}x{args.size[1]}, {args.backbone}; synthetic data "
+          "unless --data-root: the figures show the pipeline runs, not how a method fares on IDRiD")
+    print_table("Same optimizer steps and samples: AUPR at the original mask resolution (test split)",
+                ["arm", "steps", "samples", "sample px", "train s", "eval s",
+                 *(f"{lesion} AUPR" for lesion in idrid.LESIONS), "mean AUPR"], rows)
+    inference = inference_in_child(argv)
+    print_table(f"Sliding-window inference of one {args.size[0]}x{args.size[1]} image, window {args.crop[0]}x"
+                f"{args.crop[1]}, {args.windows_per_batch} windows per forward (separate process)",
+                ["seconds", "peak RSS MiB (whole process)", "RSS before inference MiB", "peak CUDA MiB"],
+                [[f"{inference['seconds']:.2f}", f"{inference['peak_rss_mib']:.0f}",
+                  f"{inference['rss_before_mib']:.0f}", f"{inference.get('peak_cuda_mib', float('nan')):.0f}"]])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""Lesion metrics at the original resolution of the masks (the IDRiD challenge's setting).
+
+A model may see an image at any working size (whole and resized, or by sliding windows over a
+larger working image); its per-lesion probabilities are upsampled bilinearly to the size of the
+original mask files and streamed into `codebase.evaluation.metrics.SegmentationMeter` histograms one image
+and one lesion at a time, so memory depends on one full-size map, never on the number of images.
+Results carry a `_fullres` suffix so they sit beside the working-resolution metrics in a history.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from codebase.data import idrid
+from codebase.data.cache import ResizedCache
+from codebase.evaluation.sliding_window import flip_averaged, predict_sliding_window
+from codebase.training.device import autocast
+from codebase.training.progress import progress
+from codebase.evaluation.metrics import SegmentationMeter
+from codebase.data.transforms import eval_transforms, to_tv_tensors
+
+SUFFIX = "_fullres"
+
+
+def upsample_probabilities(probs: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
+    """[B, L, h, w] probabilities -> float32 [B, L, H, W], bilinear (align_corners=False), in [0, 1]."""
+    probs = probs.float()
+    if tuple(probs.shape[-2:]) == tuple(size_hw):
+        return probs
+    return F.interpolate(probs, size=tuple(size_hw), mode="bilinear", align_corners=False).clamp_(0.0, 1.0)
+
+
+class FullResolutionMeter:
+    """Per-lesion SegmentationMeters fed with probabilities upsampled to the size of the masks."""
+
+    def __init__(self, lesions=idrid.LESIONS, threshold: float = 0.5, bins: int = 2**16):
+        self.lesions = tuple(lesions)
+        self.meters = {lesion: SegmentationMeter((lesion,), threshold=threshold, bins=bins) for lesion in self.lesions}
+
+    def update(self, probs: torch.Tensor, masks) -> None:
+        """probs [B, L, h, w] at any working size; masks [B, L, H, W] (0/1, numpy or torch) at full size."""
+        masks = torch.as_tensor(masks)
+        if probs.ndim != 4 or masks.ndim != 4 or probs.shape[:2] != masks.shape[:2] \
+                or probs.shape[1] != len(self.lesions):
+            raise ValueError(f"probabilities {tuple(probs.shape)} and masks {tuple(masks.shape)} must be "
+                             f"[B, {len(self.lesions)}, h, w] and [B, {len(self.lesions)}, H, W] for {self.lesions}")
+        for index, lesion in enumerate(self.lesions):  # one full-size lesion map at a time
+            full = upsample_probabilities(probs[:, index:index + 1], masks.shape[-2:])  # [B, 1, H, W]
+            self.meters[lesion].update(full, masks[:, index:index + 1])
+
+    def state_tensors(self) -> list[torch.Tensor]:
+        return [tensor for lesion in self.lesions for tensor in self.meters[lesion].state_tensors()]
+
+    def reset(self) -> None:
+        for meter in self.meters.values():
+            meter.reset()
+
+    def pr_curve(self, lesion):
+        if lesion not in self.meters:
+            raise ValueError(f"lesion {lesion!r} is not one of {', '.join(self.lesions)}")
+        return self.meters[lesion].pr_curve(lesion)
+
+    def compute(self) -> dict:
+        """{lesion: {"iou_fullres", "dice_fullres", "sensitivity_fullres", "precision_fullres",
+        "aupr_fullres"}, "mean_iou_fullres", "mean_dice_fullres", "mean_aupr_fullres"} (NaN as in
+        SegmentationMeter; means skip NaN)."""
+        results = {}
+        for lesion in self.lesions:
+            values = self.meters[lesion].compute()[lesion]
+            results[lesion] = {f"{name}{SUFFIX}": value for name, value in values.items()}
+        for name in ("iou", "dice", "aupr"):
+            values = [results[lesion][f"{name}{SUFFIX}"] for lesion in self.lesions]
+            values = [value for value in values if not math.isnan(value)]
+            results[f"mean_{name}{SUFFIX}"] = sum(values) / len(values) if values else math.nan
+        return results
+
+
+def full_size_masks(record: idrid.SegmentationRecord, lesions=idrid.LESIONS, cache: ResizedCache | None = None):
+    """uint8 [L, H, W] of 0/1 at the image's own size; an absent mask file is all zeros.
+    cache: read through this ResizedCache (decoded once, then read from disk; one byte per pixel)."""
+    width, height = idrid.image_size(record.image_path)
+    masks = np.zeros((len(lesions), height, width), np.uint8)
+    for channel, lesion in enumerate(lesions):
+        path = record.mask_paths.get(lesion)
+        if path is not None and cache is not None:
+            masks[channel] = cache.mask(path, (height, width), image_path=record.image_path)
+        elif path is not None:
+            masks[channel] = idrid.read_mask(path, expected_size=(width, height))
+    return masks
+
+
+def _records_and_cache(data, split: str, cache_dir):
+    """(records, cache, working size or None) from a SegmentationDataset, a data root, or records."""
+    if hasattr(data, "records"):
+        return list(data.records), getattr(data, "cache", ResizedCache(cache_dir)), getattr(data, "image_size", None)
+    if isinstance(data, (str, Path)):
+        return idrid.segmentation_records(data, split), ResizedCache(cache_dir), None
+    records = list(data)
+    if not all(isinstance(record, idrid.SegmentationRecord) for record in records):
+        raise ValueError("data: expected a SegmentationDataset, a data root, or SegmentationRecords")
+    return records, ResizedCache(cache_dir), None
+
+
+@torch.no_grad()
+def evaluate_full_resolution(predict_fn: Callable, data, split: str = "test", image_size=None, window=None,
+                             overlap: float = 0.25, windows_per_batch: int = 4, blend: str = "gaussian",
+                             flip_tta: bool = False, lesions: Sequence[str] = idrid.LESIONS, threshold: float = 0.5,
+                             device="cpu", amp: str = "off", cache_dir=None, cache_masks: bool = False,
+                             keep_meter: bool = False,
+                             desc: str = "eval full resolution"):
+    """Per-lesion AUPR, Dice, IoU, sensitivity and precision against the original-size masks.
+
+    predict_fn: normalised images float [N, 3, h, w] -> lesion logits [N, len(lesions), h', w'].
+    data: a SegmentationDataset (its records, cache and image_size), a data root (with ``split``),
+    or a list of SegmentationRecords. image_size=(h, w): the working size the image is read at
+    (default: the dataset's, else the original size). window=None: one forward of the whole working
+    image; window=(h, w): sliding windows over it (overlap, windows_per_batch, blend as
+    `predict_sliding_window`). flip_tta: average with the horizontally flipped prediction.
+    cache_dir: where resized images are cached when data is not a dataset (None: no cache).
+    cache_masks: keep the full-size masks in that cache too (about 12 MB per IDRiD mask file on disk),
+    so repeated evaluations (e.g. every epoch) decode no TIFF again.
+    Returns FullResolutionMeter.compute() (and the meter, with ``keep_meter``).
+    """
+    records, cache, default_size = _records_and_cache(data, split, cache_dir)
+    device = torch.device(device)
+    meter = FullResolutionMeter(lesions, threshold=threshold)
+    transform = eval_transforms()
+
+    def probabilities(images):  # [N, 3, h, w] -> [N, L, h', w']
+        with autocast(device, amp):
+            logits = predict_fn(images)
+        return torch.sigmoid(logits.float())
+
+    whole_image = flip_averaged(probabilities) if flip_tta else probabilities
+    for record in progress(records, desc, total=len(records)):
+        width, height = idrid.image_size(record.image_path)
+        size = tuple(image_size or default_size or (height, width))
+        array = cache.image(record.image_path, size)  # uint8 [h, w, 3]; decoded anew without a cache folder
+        image = transform(to_tv_tensors(array))["image"].as_subclass(torch.Tensor).unsqueeze(0).to(device)
+        if window is None:
+            probs = whole_image(image)  # [1, L, h', w']
+        else:
+            probs = predict_sliding_window(probabilities, image, window, overlap=overlap,
+                                           windows_per_batch=windows_per_batch, blend=blend, flip_tta=flip_tta,
+                                           activation=None)  # [1, L, h, w]
+        if probs.shape[1] != len(meter.lesions):
+            raise ValueError(f"predict_fn returned {probs.shape[1]} channels for {record.image_path}, "
+                             f"expected {len(meter.lesions)} (lesions {meter.lesions})")
+        masks = full_size_masks(record, meter.lesions, cache if cache_masks and cache.directory else None)
+        masks = torch.from_numpy(masks).unsqueeze(0).to(device)  # [1, L, H, W]
+        meter.update(probs, masks)
+    results = meter.compute()
+    return (results, meter) if keep_meter else results

@@ -1,0 +1,13 @@
+"""The full-resolution benchmark runs end to end at a tiny size (timings and scores are not asserted)."""
+import pytest
+
+from benchmarks import bench_fullres
+
+pytestmark = pytest.mark.slow  # trains two small models and times sliding-window inference
+
+
+def test_fullres_benchmark_smoke_run(capsys):
+    assert bench_fullres.main(["--smoke"]) == 0
+    printed = capsys.readouterr().out
+    for row in ("whole, resized", "patches, lesion-aware", "MA AUPR", "Sliding-window inference", "peak RSS MiB"):
+        assert row in printed
