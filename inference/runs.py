@@ -20,7 +20,7 @@ import codebase.model
 import segmentation.model
 from codebase.errors import ProjectError
 from codebase.tasks import on_side, parse_tasks
-from codebase.training.run_folder import CONFIG_FILE, MODEL_FILE
+from codebase.training.run_folder import BEST_MODEL_FILE, CONFIG_FILE, MODEL_FILE
 
 
 class RunError(ProjectError):
@@ -80,6 +80,7 @@ class TrainedRun:
     kind: str
     config: dict
     model: torch.nn.Module
+    weights_file: str = MODEL_FILE  # which weights were loaded: best.pth or model.pth
 
     @property
     def all_tasks(self):
@@ -104,27 +105,43 @@ class TrainedRun:
         return MODEL_KINDS[self.kind].predict(self.model, images, side, dense)
 
 
-def load_run(folder, device="cpu"):
-    """The run in ``folder`` (saved/<name>/) with its final weights, in eval mode on ``device``."""
+WEIGHTS = ("best", "last")
+
+
+def weights_file(folder, weights="best"):
+    """The weights file of a finished run: best.pth (the checkpoint chosen on the validation split)
+    for "best", falling back to model.pth (the last epoch's) where no best.pth was written (a run
+    without validation, or one written before model selection existed); model.pth for "last"."""
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights={weights!r}: expected one of {', '.join(WEIGHTS)}")
     folder = Path(folder)
-    for name in (CONFIG_FILE, MODEL_FILE):
-        if not (folder / name).is_file():
-            raise FileNotFoundError(f"{folder / name} not found: expected a finished run folder written by "
+    if weights == "best" and (folder / BEST_MODEL_FILE).is_file():
+        return folder / BEST_MODEL_FILE
+    return folder / MODEL_FILE
+
+
+def load_run(folder, device="cpu", weights="best"):
+    """The run in ``folder`` (saved/<name>/) with its best (or last) weights, in eval mode on ``device``."""
+    folder = Path(folder)
+    path = weights_file(folder, weights)
+    for file in (folder / CONFIG_FILE, path):
+        if not file.is_file():
+            raise FileNotFoundError(f"{file} not found: expected a finished run folder written by "
                                     "train_classifier.py, train_segmentation.py or train_mlt_model.py")
     config = json.loads((folder / CONFIG_FILE).read_text())
     kind = run_kind(config)
     model = build_model(config, pretrained="none")  # the trained weights replace any pretrained ones
-    model.load_state_dict(torch.load(folder / MODEL_FILE, map_location="cpu", weights_only=True))
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     if kind == "multitask":
         model.set_routing(False)
-    return TrainedRun(folder, kind, config, model.to(device).eval())
+    return TrainedRun(folder, kind, config, model.to(device).eval(), path.name)
 
 
-def open_run(folder, device="cpu"):
+def open_run(folder, device="cpu", weights="best"):
     """load_run, with every way a folder can fail to be a run turned into a RunError naming it."""
     folder = Path(folder)
     try:
-        return load_run(folder, device)
+        return load_run(folder, device, weights)
     except FileNotFoundError as error:
         raise RunError(str(error)) from None
     except json.JSONDecodeError as error:

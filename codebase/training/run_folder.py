@@ -34,6 +34,8 @@ from codebase.training.device import resolve_device
 CONFIG_FILE = "config.json"
 CHECKPOINT_FILE = "checkpoint.pth"
 MODEL_FILE = "model.pth"
+BEST_MODEL_FILE = "best.pth"
+TEST_METRICS_FILE = "test_metrics.json"
 HISTORY_FILE = "history.json"
 LOG_FILE = "train_log.txt"
 PLOTS_FOLDER = "plots"
