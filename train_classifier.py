@@ -10,6 +10,8 @@ The defaults are the reference experiment: ResNet50 from ImageNet weights, image
 1e-4, the learning rate x0.2 every 8 epochs, 30 epochs of batch 64. Writes saved/<run.name>/
 (config.json, checkpoint.pth, model.pth, history.json, train_log.txt, plots/).
 """
+import json
+
 from classifier.dataset import (
     build_dataset,
     build_loader,
@@ -17,7 +19,7 @@ from classifier.dataset import (
     majority_accuracy,
 )
 from classifier.engine import GradingLoss, evaluate, train_one_epoch
-from classifier.model import build_model
+from classifier.model import TASKS, build_model
 from codebase.config import (
     BOOLEAN,
     check_settings,
@@ -27,6 +29,7 @@ from codebase.config import (
     parse_cli,
     size_hw,
 )
+from codebase.data.splits import SPLITS_FILE, describe, split_records
 from codebase.data.synthetic import ensure_dataset
 from codebase.errors import run_main
 from codebase.evaluation.cost import count_parameters
@@ -36,7 +39,8 @@ from codebase.training.device import make_grad_scaler
 from codebase.training.loop import fit
 from codebase.training.losses import CLASSIFICATION_LOSSES
 from codebase.training.optim import make_optimizer, make_scheduler
-from codebase.training.run_folder import Run
+from codebase.training.run_folder import TEST_METRICS_FILE, Run
+from codebase.training.selection import evaluation_plan, make_selection
 
 CONFIG = {
     "kind": "classifier",                  # the model kind, recorded so a run folder can be rebuilt
@@ -47,6 +51,7 @@ CONFIG = {
         "root": "data",
         "image_size": [178, 268],          # (height, width) the grading images are resized to
         "cache_dir": None,                 # decoded-image cache; None: <data.root>/.cache
+        "validation": 0.2,                 # carved from the training split by the seed: fraction, image count, or 0
         "num_workers": 4,
         "pin_memory": True,
     },
@@ -70,6 +75,10 @@ CONFIG = {
         "batch_size": 64,                  # per process
         "eval_batch_size": 64,
         "amp": "auto",                     # auto: bf16 (or fp16 + GradScaler) on CUDA, off on CPU
+        "evaluate_on": "validation",       # evaluations during training: "validation", or "test" (explicit; labelled test)
+        "evaluate_every": 1,               # epochs between evaluations (and the last epoch)
+        "monitor": "mean_primary",         # best.pth: mean over tasks of kappa (grading) / AUPR (lesions), or a metric path
+        "patience": 0,                     # early stopping after this many evaluations without a better score; 0: off
     },
 }
 
@@ -124,7 +133,10 @@ def main(config):
         if config["run"]["demo"] and distributed.is_main_process():
             ensure_dataset(config["data"]["root"])
         distributed.barrier()
-        datasets = {split: build_dataset(config, split) for split in ("train", "test")}
+        splits = split_records(config["data"]["root"], config["data"]["validation"], config["seed"], ("grading",))
+        run.save_json(SPLITS_FILE, describe(splits))
+        datasets = {split: build_dataset(config, split, records) for split, records in splits["grading"].items()
+                    if records}
         loaders = {split: build_loader(config, dataset, device) for split, dataset in datasets.items()}
         majority = majority_accuracy(datasets["test"])
 
@@ -142,18 +154,24 @@ def main(config):
         scaler = make_grad_scaler(device, train["amp"])
         run.log(f"classifier: {config['model']['backbone']} ({config['model']['pretrained']} weights), "
                 f"{count_parameters(model) / 1e6:.2f} M parameters; "
-                f"{len(datasets['train'])} training and {len(datasets['test'])} test images at "
+                f"{len(datasets['train'])} training, {len(splits['grading']['validation'])} validation and "
+                f"{len(datasets['test'])} test images at "
                 f"{'x'.join(map(str, config['data']['image_size']))}; test majority-class accuracy "
                 f"RG {majority['rg']:.3f}, MER {majority['mer']:.3f}")
 
+        evaluate_epoch, eval_split, test = evaluation_plan(
+            train, lambda split: evaluate(model, loaders[split], device, train["amp"]), "validation" in loaders)
         history = fit(
             run, wrapped, optimizer, scheduler,
             lambda epoch: train_one_epoch(wrapped, criterion, optimizer, loaders["train"], epoch, device,
                                           train["amp"], scaler),
-            lambda epoch: evaluate(model, loaders["test"], device, train["amp"]),
-            train["epochs"], scaler, loaders=[loaders["train"]])
-        if history:
-            run.log(final_line(history[-1]["eval"], majority))
+            evaluate_epoch, train["epochs"], scaler, loaders=[loaders["train"]], eval_split=eval_split,
+            selection=make_selection(train, TASKS), test=test)
+        tested = run.folder / TEST_METRICS_FILE
+        if run.is_main and tested.is_file():
+            results = json.loads(tested.read_text())
+            chosen = results.get("best", results["last"])
+            run.log(final_line(chosen["metrics"], majority))
         return history
 
 

@@ -25,6 +25,7 @@ from codebase.config import (
     size_hw,
 )
 from codebase.data.loaders import EpochLoader
+from codebase.data.splits import SPLITS_FILE, describe, split_records
 from codebase.data.synthetic import ensure_dataset
 from codebase.dataset import BatchStream, build_datasets
 from codebase.engine import (
@@ -43,6 +44,7 @@ from codebase.training.loop import fit
 from codebase.training.losses import CLASSIFICATION_LOSSES
 from codebase.training.optim import make_optimizer, make_scheduler
 from codebase.training.run_folder import Run
+from codebase.training.selection import evaluation_plan, make_selection
 from codebase.training.weighting import WEIGHTINGS, make_weighting
 from codebase.training.weighting import default_settings as weighting_settings
 from codebase.training.weighting import setting_rules as weighting_setting_rules
@@ -58,6 +60,7 @@ CONFIG = {
         "segmentation_size": [712, 1072],  # (height, width) the segmentation images are resized to
         "crop_size": None,                 # optional random (height, width) crop of training segmentation images
         "cache_dir": None,                 # decoded-image cache; None: <data.root>/.cache
+        "validation": 0.2,                 # carved from each training split by the seed: fraction, image count, or 0
         "num_workers": 2,
         "pin_memory": True,
         "persistent_workers": False,       # True: faster epochs; augmentations then differ after a resume
@@ -112,7 +115,10 @@ CONFIG = {
         "amp": "auto",                     # auto: bf16 (or fp16 + GradScaler) on CUDA, off on CPU
         "channels_last": True,             # NHWC activations (faster convolutions on GPUs)
         "compile": False,                  # torch.compile the backbone (minutes of compilation)
-        "evaluate_every": 1,               # epochs between test-set evaluations (and the last epoch)
+        "evaluate_every": 1,               # epochs between evaluations (and the last epoch)
+        "evaluate_on": "validation",       # evaluations during training: "validation", or "test" (explicit; labelled test)
+        "monitor": "mean_primary",         # best.pth: mean over tasks of kappa (grading) / AUPR (lesions), or a metric path
+        "patience": 0,                     # early stopping after this many evaluations without a better score; 0: off
     },
 }
 
@@ -193,17 +199,20 @@ def main(config):
         if config["run"]["demo"] and distributed.is_main_process():
             ensure_dataset(data["root"])
         distributed.barrier()
+        splits = split_records(data["root"], data["validation"], config["seed"])
+        run.save_json(SPLITS_FILE, describe(splits))
         datasets = build_datasets(data["root"], data["grading_size"], data["segmentation_size"],
-                                  data["crop_size"], data["cache_dir"])
+                                  data["crop_size"], data["cache_dir"], splits)
         loader_options = {"num_workers": data["num_workers"], "pin_memory": data["pin_memory"] and device.type == "cuda"}
         persistent = data["persistent_workers"] and data["num_workers"] > 0
         streams = {side: BatchStream(datasets[side]["train"], train["batch_size"], config["seed"],
                                      distributed.rank(), distributed.world_size(), persistent_workers=persistent,
                                      **loader_options)
                    for side in ("grading", "segmentation")}
-        test_loaders = {side: EpochLoader(datasets[side]["test"], train["eval_batch_size"], train=False,
+        eval_loaders = {split: {side: EpochLoader(datasets[side][split], train["eval_batch_size"], train=False,
                                                   seed=config["seed"], **loader_options)
-                        for side in ("grading", "segmentation")}
+                                for side in ("grading", "segmentation") if split in datasets[side]}
+                        for split in ("validation", "test")}
 
         model = build_model(config).to(device)
         if train["channels_last"]:
@@ -225,6 +234,8 @@ def main(config):
         scheduler = make_scheduler(optimizer, schedule["kind"], train["epochs"], schedule["step_size"], schedule["gamma"])
         scaler = make_grad_scaler(device, train["amp"])
         warmup_epochs = round(config["routing"]["warmup_fraction"] * train["epochs"])
+        run.log("images (train / validation / test): " + "; ".join(
+            f"{half} {' / '.join(str(len(records)) for records in parts.values())}" for half, parts in splits.items()))
         run.log(f"multi-task model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, "
                 f"{len(model.task_specs)} tasks x {model.num_experts} experts; dense routing for the first "
                 f"{warmup_epochs} epochs, then top-p with p={model.top_p}")
@@ -235,14 +246,15 @@ def main(config):
             return train_one_epoch(step, weighting, optimizer, streams, epoch, train["iterations"], device,
                                    train["amp"], scaler, dense, train["channels_last"])
 
-        def evaluate_epoch(epoch):
-            if epoch % train["evaluate_every"] and epoch != train["epochs"]:
-                return {}
-            model.set_routing(False)  # the test split is evaluated as the model will be used: top-p
-            return evaluate(model, test_loaders, device, train["amp"])
+        def evaluate_split(split):
+            model.set_routing(False)  # evaluated as the model will be used: top-p
+            return evaluate(model, eval_loaders[split], device, train["amp"])
 
+        evaluate_epoch, eval_split, test = evaluation_plan(train, evaluate_split, bool(eval_loaders["validation"]))
+        loaders = [loader for split in eval_loaders.values() for loader in split.values()]
         return fit(run, model, optimizer, scheduler, train_epoch, evaluate_epoch, train["epochs"], scaler,
-                    loaders=test_loaders.values(), extra_state={"weighting": weighting})
+                   loaders=loaders, extra_state={"weighting": weighting}, eval_split=eval_split,
+                   selection=make_selection(train, model.tasks), test=test)
 
 
 if __name__ == "__main__":

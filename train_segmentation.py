@@ -12,6 +12,8 @@ resized test image; batch 12, 100 epochs, AdamW (3e-4, backbone 3e-5, weight dec
 saved/<run.name>/ (config.json, checkpoint.pth, model.pth, history.json, train_log.txt, plots/)
 and prints the per-lesion test metrics at the end.
 """
+import json
+
 import torch
 
 from codebase.config import (
@@ -27,6 +29,7 @@ from codebase.config import (
     size_hw,
 )
 from codebase.data.idrid import LESIONS
+from codebase.data.splits import SPLITS_FILE, describe, split_records
 from codebase.data.synthetic import ensure_dataset
 from codebase.errors import run_main
 from codebase.evaluation.cost import count_parameters
@@ -38,10 +41,11 @@ from codebase.training.device import make_grad_scaler
 from codebase.training.loop import fit
 from codebase.training.losses import SegmentationLoss
 from codebase.training.optim import make_optimizer, make_scheduler
-from codebase.training.run_folder import Run
+from codebase.training.run_folder import TEST_METRICS_FILE, Run
+from codebase.training.selection import evaluation_plan, make_selection
 from segmentation.dataset import build_loaders
 from segmentation.engine import evaluate, train_one_epoch
-from segmentation.model import build_model
+from segmentation.model import TASKS, build_model
 
 CONFIG = {
     "kind": "segmentation",                # the model kind, recorded so a run folder can be rebuilt
@@ -53,6 +57,7 @@ CONFIG = {
         "image_size": [1424, 2144],        # (height, width) every image is resized to
         "crop_size": [1024, 1024],         # random (height, width) training crop; = image_size: whole image
         "cache_dir": None,                 # decoded-image cache; None: <data.root>/.cache
+        "validation": 0.2,                 # carved from the training split by the seed: fraction, image count, or 0
         "num_workers": 4,
         "pin_memory": True,
     },
@@ -80,7 +85,10 @@ CONFIG = {
         "amp": "auto",                     # auto: bf16 (or fp16 + GradScaler) on CUDA, off on CPU
         "channels_last": False,
         "threshold": 0.5,                  # probability above which a pixel counts as lesion (IoU, Dice, ...)
-        "evaluate_every": 1,               # epochs between test-set evaluations (and the last epoch)
+        "evaluate_every": 1,               # epochs between evaluations (and the last epoch)
+        "evaluate_on": "validation",       # evaluations during training: "validation", or "test" (explicit; labelled test)
+        "monitor": "mean_primary",         # best.pth: mean over tasks of kappa (grading) / AUPR (lesions), or a metric path
+        "patience": 0,                     # early stopping after this many evaluations without a better score; 0: off
     },
 }
 
@@ -144,14 +152,16 @@ def main(config):
         if config["run"]["demo"] and distributed.is_main_process():
             ensure_dataset(data["root"])
         distributed.barrier()
-        loaders = build_loaders(config, device)
+        splits = split_records(data["root"], data["validation"], config["seed"], ("segmentation",))
+        run.save_json(SPLITS_FILE, describe(splits))
+        loaders = build_loaders(config, splits["segmentation"], device)
 
         model = build_model(config).to(device)
         if train["channels_last"]:
             model = model.to(memory_format=torch.channels_last)
         run.log(f"DeepLabV3+ {config['model']['backbone']} OS {config['model']['output_stride']}: "
                 f"{count_parameters(model) / 1e6:.2f} M parameters; {len(loaders['train'].dataset)} training, "
-                f"{len(loaders['test'].dataset)} test images")
+                f"{len(splits['segmentation']['validation'])} validation, {len(loaders['test'].dataset)} test images")
         loss = config["loss"]
         criterion = SegmentationLoss(loss["segmentation_alpha"], loss["segmentation_gamma"], loss["focal_weight"], loss["dice_weight"],
                                      loss["lesion_weights"]).to(device)
@@ -167,17 +177,18 @@ def main(config):
             return train_one_epoch(wrapped, criterion, optimizer, loaders["train"], epoch, device, train["amp"],
                                    scaler, train["channels_last"])
 
-        def evaluate_epoch(epoch):
-            if epoch % train["evaluate_every"] and epoch != train["epochs"]:
-                return {}
-            return {"segmentation": evaluate(model, loaders["test"], device, train["amp"], train["threshold"])}
-
-        history = fit(run, wrapped, optimizer, scheduler, train_epoch, evaluate_epoch, train["epochs"],
-                              scaler, loaders=loaders.values())
-        final = history[-1]["eval"]["segmentation"] if history else None
-        if final:
-            run.log(f"test metrics after epoch {history[-1]['epoch']} (threshold {train['threshold']}):\n"
-                    + lesion_metrics_table(final))
+        evaluate_epoch, eval_split, test = evaluation_plan(
+            train, lambda split: {"segmentation": evaluate(model, loaders[split], device, train["amp"],
+                                                           train["threshold"])}, "validation" in loaders)
+        history = fit(run, wrapped, optimizer, scheduler, train_epoch, evaluate_epoch, train["epochs"], scaler,
+                      loaders=loaders.values(), eval_split=eval_split, selection=make_selection(train, TASKS),
+                      test=test)
+        tested = run.folder / TEST_METRICS_FILE
+        if run.is_main and tested.is_file():
+            results = json.loads(tested.read_text())
+            which = "best" if "best" in results else "last"
+            run.log(f"test metrics of the {which} weights (epoch {results[which]['epoch']}, threshold "
+                    f"{train['threshold']}):\n" + lesion_metrics_table(results[which]["metrics"]["segmentation"]))
         return history
 
 

@@ -14,10 +14,12 @@ from codebase.data.loaders import EpochLoader
 NUM_CLASSES = {"rg": NUM_RG_CLASSES, "mer": NUM_MER_CLASSES}
 
 
-def build_dataset(config, split):
-    """The GradingDataset of `split`, with training augmentation for "train"."""
+def build_dataset(config, split, records=None):
+    """The GradingDataset of ``split`` ("train", "validation" or "test"; ``records``: its images,
+    see codebase.data.splits), with training augmentation for "train"."""
     data = config["data"]
-    return GradingDataset(data["root"], split, data["image_size"], train=split == "train", cache_dir=data["cache_dir"])
+    return GradingDataset(data["root"], split, data["image_size"], train=split == "train", cache_dir=data["cache_dir"],
+                          records=records)
 
 
 def build_loader(config, dataset, device):

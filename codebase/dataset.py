@@ -11,15 +11,22 @@ from codebase.data.image_datasets import GradingDataset, SegmentationDataset
 from codebase.data.loaders import derive_seed, seed_worker
 
 
-def build_datasets(root, grading_size, segmentation_size, crop_size=None, cache_dir=None):
-    """{"grading": {"train", "test"}, "segmentation": {"train", "test"}} datasets."""
+def build_datasets(root, grading_size, segmentation_size, crop_size=None, cache_dir=None, splits=None):
+    """{"grading": {split: dataset}, "segmentation": {split: dataset}}.
+
+    splits: {half: {"train"|"validation"|"test": [record]}} (codebase.data.splits); a split without
+    images is left out. None: IDRiD's train and test splits as distributed.
+    """
+    if splits is None:
+        splits = {half: {"train": None, "test": None} for half in ("grading", "segmentation")}
     return {
-        "grading": {split: GradingDataset(root, split, grading_size, train=split == "train", cache_dir=cache_dir)
-                    for split in ("train", "test")},
+        "grading": {split: GradingDataset(root, split, grading_size, train=split == "train",
+                                          cache_dir=cache_dir, records=records)
+                    for split, records in splits["grading"].items() if records is None or records},
         "segmentation": {split: SegmentationDataset(root, split, segmentation_size, train=split == "train",
                                                     crop_size=crop_size if split == "train" else None,
-                                                    cache_dir=cache_dir)
-                         for split in ("train", "test")},
+                                                    cache_dir=cache_dir, records=records)
+                         for split, records in splits["segmentation"].items() if records is None or records},
     }
 
 

@@ -39,4 +39,12 @@ COMMON_RULES = {
     "train.batch_size": integer(1),
     "train.eval_batch_size": integer(1),
     "train.amp": choice(*AMP_SETTINGS),
+    "data.validation": Rule(lambda size: ((isinstance(size, float) and 0 <= size < 1)
+                                          or (isinstance(size, int) and not isinstance(size, bool) and size >= 0)),
+                            "a fraction in [0, 1) or a whole number of images >= 0 (0: no validation split)"),
+    "train.evaluate_on": choice("validation", "test"),
+    "train.evaluate_every": integer(1),
+    "train.monitor": TEXT,
+    "train.patience": integer(0),
 }
+

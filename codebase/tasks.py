@@ -53,6 +53,7 @@ class TaskKind:
     targets: dict[str, Target]
     make_loss: Callable
     make_meter: Callable | None = None
+    primary_metric: str | None = None  # the score model selection averages ("kappa", "aupr")
     metric_key: Callable[[str], str] = field(default=lambda target: target)
 
 
@@ -153,11 +154,12 @@ register_task_kind(TaskKind(
     targets={"rg": Target(lambda batch: batch["rg"], NUM_RG_CLASSES),
              "mer": Target(lambda batch: batch["mer"], NUM_MER_CLASSES),
              "referable": Target(lambda batch: (batch["rg"] >= 2).long(), 2)},
-    make_loss=_classification_loss, make_meter=lambda task: ClassificationMeter(task.outputs)))
+    make_loss=_classification_loss, make_meter=lambda task: ClassificationMeter(task.outputs),
+    primary_metric="kappa"))
 
 _SEGMENTATION_TARGETS = {code.lower(): (code,) for code in LESIONS}
 _SEGMENTATION_TARGETS.update({"red": ("MA", "HE"), "bright": ("EX", "SE"), "lesions": ("MA", "HE", "EX", "SE")})
 register_task_kind(TaskKind(
     name="segmentation", side="segmentation",
     targets={name: Target(_lesion_union(codes), 1) for name, codes in _SEGMENTATION_TARGETS.items()},
-    make_loss=_segmentation_loss, metric_key=str.upper))
+    make_loss=_segmentation_loss, primary_metric="aupr", metric_key=str.upper))

@@ -3,23 +3,31 @@
 Training images are resized to data.image_size and randomly cropped to data.crop_size (None: no
 crop) with the train augmentations; test images are the full resized image, normalised only.
 """
+from codebase.data.idrid import segmentation_records
 from codebase.data.image_datasets import SegmentationDataset
 from codebase.data.loaders import EpochLoader
 
 
-def build_datasets(data):
-    """{"train", "test"} SegmentationDatasets from the config's ``data`` section."""
-    return {split: SegmentationDataset(data["root"], split, data["image_size"], train=split == "train",
-                                       crop_size=data["crop_size"] if split == "train" else None,
-                                       cache_dir=data["cache_dir"])
-            for split in ("train", "test")}
+def build_datasets(data, splits):
+    """{"train", "validation", "test"} SegmentationDatasets from the config's ``data`` section and the
+    images of each split (codebase.data.splits); a split without images is left out."""
+    return {split: SegmentationDataset(data["root"], split, data["image_size"],
+                                       train=split == "train", crop_size=data["crop_size"] if split == "train" else None,
+                                       cache_dir=data["cache_dir"], records=records)
+            for split, records in splits.items() if records}
 
 
-def build_loaders(config, device):
-    """{"train", "test"} EpochLoaders: shuffled training batches, test images in order."""
+def build_loaders(config, splits, device):
+    """{"train", "validation", "test"} EpochLoaders: shuffled training batches, the others in order."""
     data, train = config["data"], config["train"]
-    datasets = build_datasets(data)
     options = {"seed": config["seed"], "num_workers": data["num_workers"],
                "pin_memory": data["pin_memory"] and device.type == "cuda"}
-    return {"train": EpochLoader(datasets["train"], train["batch_size"], train=True, **options),
-            "test": EpochLoader(datasets["test"], train["eval_batch_size"], train=False, **options)}
+    return {split: EpochLoader(dataset, train["batch_size" if split == "train" else "eval_batch_size"],
+                               train=split == "train", **options)
+            for split, dataset in build_datasets(data, splits).items()}
+
+
+def test_loader(config, device):
+    """The test split's EpochLoader alone (notebooks, comparisons): no split is carved."""
+    records = segmentation_records(config["data"]["root"], "test")
+    return build_loaders(config, {"test": records}, device)["test"]

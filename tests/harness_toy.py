@@ -26,15 +26,18 @@ from codebase.training.device import autocast, make_grad_scaler
 from codebase.training.loop import check_finite, fit, should_stop
 from codebase.training.progress import progress
 from codebase.training.run_folder import Run  # noqa: E402
+from codebase.training.selection import make_selection  # noqa: E402
 
 CONFIG = {
     "seed": 0,
     "device": "cpu",
     "run": {"name": "toy", "save_dir": "saved", "plots": False},
     "model": {"hidden": 16, "ballast": 0},  # ballast: extra buffer floats, to make checkpoints slow to write
-    "train": {"epochs": 4, "batch_size": 8, "lr": 0.01, "amp": "auto", "num_workers": 0},
-    # Test hooks: interrupt_at/nan_at = [epoch, step]; print_steps prints "step E S" per step.
-    "toy": {"samples": 40, "interrupt_at": [], "signal": "SIGINT", "nan_at": [], "print_steps": False},
+    "train": {"epochs": 4, "batch_size": 8, "lr": 0.01, "amp": "auto", "num_workers": 0, "monitor": "accuracy",
+              "patience": 0},
+    # Test hooks: interrupt_at/nan_at = [epoch, step]; print_steps prints "step E S" per step;
+    # scores: a "score" per epoch added to the evaluation (to force which epoch model selection picks).
+    "toy": {"samples": 40, "interrupt_at": [], "signal": "SIGINT", "nan_at": [], "print_steps": False, "scores": []},
 }
 
 
@@ -127,10 +130,15 @@ def main(config: dict) -> list[dict]:
             return {"loss": total / (step + 1), "loss_cross_entropy": cross_entropy.item()}
 
         def evaluate(epoch: int) -> dict:
-            return evaluate_model(distributed.unwrap(model), eval_loader, device)
+            metrics = evaluate_model(distributed.unwrap(model), eval_loader, device)
+            if toy["scores"]:
+                metrics["score"] = toy["scores"][epoch - 1]
+            return metrics
 
         return fit(run, model, optimizer, scheduler, train_one_epoch, evaluate,
-                           config["train"]["epochs"], scaler, loaders=[train_loader])
+                   config["train"]["epochs"], scaler, loaders=[train_loader],
+                   selection=make_selection(config["train"], tasks=[]),
+                   test=lambda: evaluate_model(distributed.unwrap(model), eval_loader, device))
 
 
 if __name__ == "__main__":

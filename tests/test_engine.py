@@ -79,20 +79,38 @@ def tiny_run(synthetic_root, tmp_path_factory):
 
 def test_run_writes_its_folder_and_routes_sparsely_after_warm_up(tiny_run):
     folder, config = tiny_run
-    for name in ("config.json", "checkpoint.pth", "model.pth", "history.json", "train_log.txt"):
+    for name in ("config.json", "checkpoint.pth", "model.pth", "best.pth", "history.json", "train_log.txt",
+                 "splits.json", "test_metrics.json"):
         assert (folder / name).is_file(), name
+    splits = json.loads((folder / "splits.json").read_text())
+    for half in ("grading", "segmentation"):
+        assert splits[half]["validation"] and not set(splits[half]["validation"]) & set(splits[half]["train"])
+    tested = json.loads((folder / "test_metrics.json").read_text())
+    assert tested["split"] == "test" and {"rg_kappa", "joint_accuracy"} <= set(tested["last"]["metrics"]["grading"])
     history = json.loads((folder / "history.json").read_text())
     assert [entry["train"]["dense_routing"] for entry in history] == [1.0, 0.0]
-    routing = history[-1]["eval"]["routing"]
+    routing = history[-1]["validation"]["routing"]
     assert set(routing) == set(config["model"]["task_specs"])
     for stats in routing.values():
         assert 1.0 <= stats["experts_per_image"] <= 3.0 and len(stats["usage"]) == 3
     components = history[0]["train"]["components"]
     assert {"loss_classification_rg", "loss_segmentation_od", "loss_gate_sparsity",
             "loss_gate_load_balance"} <= set(components)
-    segmentation = history[-1]["eval"]["segmentation"]
+    segmentation = history[-1]["validation"]["segmentation"]
     assert set(segmentation["OD"]) == {"iou", "dice", "sensitivity", "precision", "aupr"}
-    assert "joint_accuracy" in history[-1]["eval"]["grading"]
+    assert "joint_accuracy" in history[-1]["validation"]["grading"]
+
+
+def test_training_evaluates_validation_only_and_the_test_split_once(synthetic_root, tmp_path, monkeypatch):
+    seen = []
+    original = train_mlt_model.evaluate
+    monkeypatch.setattr(train_mlt_model, "evaluate", lambda model, loaders, *args: seen.append(
+        {side: loader.dataset.split for side, loader in loaders.items()}) or original(model, loaders, *args))
+    history = train_mlt_model.main(tiny_config(synthetic_root, tmp_path, "train.epochs=3"))
+    validation, test = {"grading": "validation", "segmentation": "validation"}, {"grading": "test", "segmentation": "test"}
+    best = json.loads((tmp_path / "mlt_demo" / "test_metrics.json").read_text())["best"]["epoch"]
+    assert seen == [validation] * 3 + [test] * (1 if best == 3 else 2)  # the last weights, then the best
+    assert all("validation" in entry and "monitor" in entry for entry in history)
 
 
 def test_a_task_added_through_task_specs_trains(synthetic_root, tmp_path):
@@ -102,10 +120,12 @@ def test_a_task_added_through_task_specs_trains(synthetic_root, tmp_path):
                          "loss.weighting=uncertainty")
     history = train_mlt_model.main(config)
     last = history[-1]
-    assert "referable_accuracy" in last["eval"]["grading"] and "RED" in last["eval"]["segmentation"]
+    assert "referable_accuracy" in last["validation"]["grading"] and "RED" in last["validation"]["segmentation"]
     assert "loss_classification_referable" in last["train"]["components"]
     checkpoint = torch.load(tmp_path / "mlt_demo" / "checkpoint.pth", weights_only=True)
-    assert "log_variances" in "".join(checkpoint["criterion"])  # learned weighting is saved
+    assert "log_variances" in checkpoint["weighting"]  # the learned weighting is saved
+    weights = [entry["train"]["task_weights"] for entry in history]  # and logged: exp(-s_t) per task
+    assert set(weights[-1]) == set(specs) and weights[-1] != {task: 1.0 for task in specs}
 
 
 def test_two_processes_write_once_match_single_process_evaluation_and_resume_in_one(synthetic_root, tmp_path):
@@ -120,7 +140,7 @@ def test_two_processes_write_once_match_single_process_evaluation_and_resume_in_
     history = json.loads((folder / "history.json").read_text())
     assert [entry["epoch"] for entry in history] == [1, 2]
 
-    assert_close(evaluate_saved(folder), history[-1]["eval"])
+    assert_close(evaluate_saved(folder), json.loads((folder / "test_metrics.json").read_text())["last"]["metrics"])
 
     train_mlt_model.main(tiny_config(synthetic_root, tmp_path, "train.eval_batch_size=1", "train.epochs=3"))
     history = json.loads((folder / "history.json").read_text())
@@ -159,7 +179,7 @@ def test_the_demo_recipe_learns_every_side_at_a_reduced_size(tmp_path_factory):
                          "train.batch_size=8", "train.eval_batch_size=16", "train.evaluate_every=12",
                          "model.aspp_channels=64", "model.head_hidden=64")
     history = train_mlt_model.main(config)
-    grading, segmentation = history[-1]["eval"]["grading"], history[-1]["eval"]["segmentation"]
+    grading, segmentation = history[-1]["validation"]["grading"], history[-1]["validation"]["segmentation"]
     labels = build_datasets(root, (96, 144), (64, 96))["grading"]["test"].labels  # [N, 2] (rg, mer)
     majority = [torch.bincount(torch.as_tensor(labels[:, i])).max().item() / len(labels) for i in (0, 1)]
     assert grading["rg_accuracy"] > majority[0] and grading["mer_accuracy"] > majority[1], (grading, majority)

@@ -37,8 +37,8 @@ class GradingDataset(Dataset):
     """Item: {"image": float32 [3,H,W] normalised, "rg": int64 [], "mer": int64 [], "name": str}."""
 
     def __init__(self, root, split: str, image_size=(712, 1072), train: bool = False, cache_dir=None, records=None):
-        """``records``: the images to use (a carved part of ``split``, see codebase.data.splits);
-        None reads the whole split."""
+        """``split`` names the images: "train", "validation" or "test" (codebase.data.splits), with
+        their ``records``; records None reads IDRiD's own "train" or "test" split whole."""
         self.root = Path(root)
         self.split = split
         self.image_size = _size(image_size, "image_size")

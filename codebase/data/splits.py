@@ -9,7 +9,6 @@ split are recorded in the run folder (splits.json).
 """
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
 
@@ -80,6 +79,3 @@ def describe(splits: dict) -> dict:
             for half, parts in splits.items()}
 
 
-def write_splits(folder, splits: dict, write_text) -> None:
-    """splits.json in the run folder (``write_text(path, text)``: an atomic writer)."""
-    write_text(Path(folder) / SPLITS_FILE, json.dumps(describe(splits), indent=1) + "\n")

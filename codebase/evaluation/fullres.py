@@ -18,11 +18,11 @@ import torch.nn.functional as F
 
 from codebase.data import idrid
 from codebase.data.cache import ResizedCache
+from codebase.data.transforms import eval_transforms, to_tv_tensors
+from codebase.evaluation.metrics import SegmentationMeter
 from codebase.evaluation.sliding_window import flip_averaged, predict_sliding_window
 from codebase.training.device import autocast
 from codebase.training.progress import progress
-from codebase.evaluation.metrics import SegmentationMeter
-from codebase.data.transforms import eval_transforms, to_tv_tensors
 
 SUFFIX = "_fullres"
 

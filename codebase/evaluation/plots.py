@@ -7,14 +7,14 @@ completed epoch,
      "lr": 0.001,                     # learning rate of the first parameter group
      "time": 41.7,                    # seconds for the epoch (train + eval)
      "train": {"loss": 0.52, "loss_focal": 0.31, "loss_dice": 0.21, ...},
-     "eval": {"loss": 0.60,
-              "grading": {"rg_accuracy": 0.71, "rg_kappa": 0.55, "rg_confusion": [[...]], ...},
-              "segmentation": {"MA": {"iou": 0.2, "dice": 0.3, "aupr": 0.25, ...}, ...,
-                               "mean_iou": 0.4, "mean_dice": 0.5, "mean_aupr": 0.45},
-              "routing": {"segmentation_ma": {"experts_per_image": 1.6, "usage": [0.5, 0.3, 0.2]},
-                          ...}}}
+     "validation": {                  # "test" instead when train.evaluate_on=test
+         "grading": {"rg_accuracy": 0.71, "rg_kappa": 0.55, "rg_confusion": [[...]], ...},
+         "segmentation": {"MA": {"iou": 0.2, "dice": 0.3, "aupr": 0.25, ...}, ...,
+                          "mean_iou": 0.4, "mean_dice": 0.5, "mean_aupr": 0.45},
+         "routing": {"segmentation_ma": {"experts_per_image": 1.6, "usage": [0.5, 0.3, 0.2]}, ...}},
+     "monitor": 0.63}                 # the score model selection compares (epochs with an evaluation)
 
-"train" is what the engine's train_one_epoch returned and "eval" what evaluate returned: any
+"train" is what the engine's train_one_epoch returned and "validation" what evaluate returned: any
 nesting of dicts, with numbers or lists of numbers at the leaves. Curves are found by leaf name,
 at any depth and in any section, so nothing here depends on a particular model:
 
@@ -43,6 +43,10 @@ from codebase.training.atomic import atomic_write
 
 KeyPath = tuple[str, ...]
 CURVE_METRICS = ("iou", "dice", "aupr")  # per-lesion metrics drawn as curves
+# Sections whose curves need no label: the validation split ("eval" in histories written before it
+# existed). Curves of the training set, or of the test split when a run evaluated it every epoch on
+# request, say so in their labels: "MA (test)".
+MAIN_SECTIONS = ("validation", "eval")
 ROUTER_STATISTICS = {"experts_per_image": "experts per image", "busiest_share": "busiest expert's share",
                      "usage_entropy": "usage entropy / log E"}
 
@@ -124,7 +128,7 @@ def _select(scalars, leaf_test) -> dict[str, tuple]:
 def _lesion_curves(scalars, metric: str) -> dict[str, tuple]:
     curves = {}
     for path, curve in scalars.items():
-        phase = "" if path[0] == "eval" else f" ({path[0]})"
+        phase = "" if path[0] in MAIN_SECTIONS else f" ({path[0]})"
         if path[-1] == metric and len(path) >= 2:
             curves[path[-2] + phase] = curve
         elif path[-1] == f"mean_{metric}":
@@ -137,7 +141,7 @@ def _under_routing(path: KeyPath) -> bool:
 
 
 def _task_label(path: KeyPath) -> str:
-    return path[-2] if path[0] == "eval" else f"{path[-2]} ({path[0]})"
+    return path[-2] if path[0] in MAIN_SECTIONS else f"{path[-2]} ({path[0]})"
 
 
 def _router_usage(lists) -> dict[str, dict[str, tuple]]:
@@ -169,7 +173,7 @@ def _panels(panels: dict[str, dict[str, tuple]], ylabel: str = "", columns: int 
         unused.remove()
     for axes, (title, curves) in zip(grid, panels.items()):
         for label, (epochs, values) in curves.items():
-            dashed = label.startswith("eval") or label == "mean"
+            dashed = label.startswith(MAIN_SECTIONS) or label == "mean"
             axes.plot(epochs, values, linestyle="--" if dashed else "-", marker=".", label=label)
         axes.set_title(title)
         axes.set_xlabel("epoch")

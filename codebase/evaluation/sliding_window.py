@@ -70,7 +70,9 @@ def predict_sliding_window(predict_fn: Callable, image: torch.Tensor, window, ov
         output = predict_fn(windows)
         return activation(output) if activation is not None else output
 
-    from monai.inferers import sliding_window_inference  # here: importing MONAI takes seconds
+    from monai.inferers import (
+        sliding_window_inference,  # here: importing MONAI takes seconds
+    )
 
     predictor = flip_averaged(windows_forward, vertical_flip) if flip_tta else windows_forward
     output = sliding_window_inference(batch, window, int(windows_per_batch), predictor, overlap=overlap,

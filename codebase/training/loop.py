@@ -43,7 +43,8 @@ from codebase.data.loaders import (
 from codebase.training import distributed
 from codebase.training.device import autocast
 from codebase.training.progress import progress
-from codebase.training.run_folder import MODEL_FILE, Run
+from codebase.training.run_folder import BEST_MODEL_FILE, MODEL_FILE, Run
+from codebase.training.selection import Selection
 
 
 class NonFiniteLossError(RuntimeError):
@@ -189,19 +190,25 @@ def _request_stop(number: int, frame) -> None:
 def fit(run: Run, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler,
         train_one_epoch: Callable[[int], dict], evaluate: Callable[[int], dict] | None, epochs: int,
         scaler: torch.amp.GradScaler | None = None, *, loaders: Iterable[EpochLoader] = (),
-        extra_state: dict | None = None) -> list[dict]:
+        extra_state: dict | None = None, eval_split: str = "validation", selection: Selection | None = None,
+        test: Callable[[], dict] | None = None) -> list[dict]:
     """Train from the run's last complete epoch up to `epochs`; return the history.
 
     Epochs are numbered from 1. Each epoch: `loader.set_epoch(epoch)` for each of `loaders`,
-    `train_one_epoch(epoch)` -> dict, `evaluate(epoch)` -> dict (may be None), `scheduler.step()`
-    (once per epoch; a per-step scheduler goes in `extra_state` instead, with scheduler=None),
-    then a checkpoint, history.json, plots and one summary line. `extra_state` maps names to
-    other objects with state_dict/load_state_dict to checkpoint (e.g. a learned loss weighting).
-    At the end, model.pth. Interrupts and non-finite losses end the process via SystemExit
-    (130/143, resp. 1) after logging, leaving checkpoint.pth at the last complete epoch.
+    `train_one_epoch(epoch)` -> dict, `evaluate(epoch)` -> dict on `eval_split` (empty on epochs
+    without evaluation), `scheduler.step()` (once per epoch; a per-step scheduler goes in
+    `extra_state` instead, with scheduler=None), then a checkpoint, history.json, plots and one
+    summary line. `extra_state` maps names to other objects with state_dict/load_state_dict to
+    checkpoint (e.g. a learned loss weighting). `selection` (codebase.training.selection) scores
+    each evaluation: a better score writes best.pth, and its patience may stop training early.
+    At the end: model.pth (the last weights) and, with `test` (metrics of the model's current
+    weights on the test split), test_metrics.json with the test metrics of the last and of the
+    best weights. Interrupts and non-finite losses end the process via SystemExit (130/143,
+    resp. 1) after logging, leaving checkpoint.pth at the last complete epoch.
     """
+    selection = selection or Selection()
     tracked = {"model": distributed.unwrap(model), "optimizer": optimizer, "scheduler": scheduler,
-               "scaler": scaler, **(extra_state or {})}
+               "scaler": scaler, "selection": selection, **(extra_state or {})}
     completed = 0
     if run.checkpoint is not None:
         completed = _restore(run.checkpoint, tracked, run.config["seed"])
@@ -213,6 +220,8 @@ def fit(run: Run, model: torch.nn.Module, optimizer: torch.optim.Optimizer, sche
     try:
         with _stop_on_signals():
             for epoch in range(completed + 1, epochs + 1):
+                if selection.stopped_early:
+                    break
                 started = time.perf_counter()
                 learning_rate = optimizer.param_groups[0]["lr"]
                 for loader in loaders:
@@ -224,34 +233,70 @@ def fit(run: Run, model: torch.nn.Module, optimizer: torch.optim.Optimizer, sche
                 _exit_if_stopped(run, epoch, completed)
                 if scheduler is not None:
                     scheduler.step()
-                run.history.append({"epoch": epoch, "lr": learning_rate,
-                                    "time": round(time.perf_counter() - started, 3),
-                                    "train": as_json_data(train_metrics, "train"),
-                                    "eval": as_json_data(eval_metrics, "eval")})
+                score = selection.update(epoch, eval_metrics)
+                entry = {"epoch": epoch, "lr": learning_rate, "time": round(time.perf_counter() - started, 3),
+                         "train": as_json_data(train_metrics, "train"),
+                         eval_split: as_json_data(eval_metrics, eval_split)}
+                if score is not None:
+                    entry["monitor"] = score
+                run.history.append(entry)
+                if selection.improved:
+                    run.save_best(model)
                 _save(run, tracked, epoch)
                 completed = epoch
                 run.log(summary_line(run.history[-1], epochs))
+                if selection.stopped_early:
+                    run.log(f"early stopping after epoch {epoch}: {selection.evaluations_without_gain} evaluations "
+                            f"without a better {run.config['train'].get('monitor', 'score')} than epoch "
+                            f"{selection.best_epoch}'s {selection.best_score:.4g} (train.patience)")
                 _exit_if_stopped(run, epoch, completed)
     except NonFiniteLossError as error:
         kept = f"checkpoint.pth keeps epoch {completed}" if completed else "no epoch was completed"
         run.log(f"stopped: {error}. {kept}; lower the learning rate or check the data before resuming.")
         raise SystemExit(1) from error
     run.save_model(model)
-    run.log(f"done after epoch {completed}; final weights in {run.folder / MODEL_FILE}")
+    chosen = (f"; best weights (epoch {selection.best_epoch}, monitored {selection.best_score:.4g}) in "
+              f"{run.folder / BEST_MODEL_FILE}" if selection.best_epoch is not None else "")
+    run.log(f"done after epoch {completed}; final weights in {run.folder / MODEL_FILE}{chosen}")
+    if test is not None:
+        _test_once(run, model, test, completed, selection)
     return run.history
 
 
-def summary_line(entry: dict, epochs: int) -> str:
-    """"epoch 3/30  lr 1.00e-03  train loss 0.52  eval rg_accuracy 0.71 ...  41.7s".
+def _test_once(run: Run, model: torch.nn.Module, test: Callable[[], dict], last_epoch: int,
+               selection: Selection) -> None:
+    """The test split, evaluated once at the end, for the last and for the best weights: test_metrics.json."""
+    results = {"split": "test", "last": {"epoch": last_epoch, "metrics": as_json_data(test(), "test")}}
+    if selection.best_epoch is not None:
+        best = {"epoch": selection.best_epoch, "monitor": selection.best_score}
+        if selection.best_epoch == last_epoch:
+            best["metrics"] = results["last"]["metrics"]
+        else:
+            unwrapped = distributed.unwrap(model)
+            last_state = {name: value.clone() for name, value in unwrapped.state_dict().items()}
+            unwrapped.load_state_dict(run.load_best())
+            best["metrics"] = as_json_data(test(), "test")
+            unwrapped.load_state_dict(last_state)
+        results["best"] = best
+    run.save_test_metrics(results)
+    chosen = results.get("best", results["last"])
+    numbers = " ".join(f"{name} {value:.4g}" for name, value in _shallow_numbers(chosen["metrics"], 1)[:8])
+    run.log(f"test split ({'best' if 'best' in results else 'last'} weights, epoch {chosen['epoch']}): {numbers}")
 
-    Train numbers at the top level only (the loss, not its components); eval numbers one level
-    down too (per-task summaries, not per lesion).
+
+def summary_line(entry: dict, epochs: int) -> str:
+    """"epoch 3/30  lr 1.00e-03  train loss 0.52  validation rg_accuracy 0.71 ...  monitor 0.63  41.7s".
+
+    Train numbers at the top level only (the loss, not its components); evaluation numbers one
+    level down too (per-task summaries, not per lesion), under the split they were measured on.
     """
     parts = [f"epoch {entry['epoch']}/{epochs}", f"lr {entry['lr']:.2e}"]
-    for section, depth in (("train", 0), ("eval", 1)):
+    for section, depth in (("train", 0), ("validation", 1), ("test", 1), ("eval", 1)):
         numbers = _shallow_numbers(entry.get(section, {}), depth)
         if numbers:
             parts.append(section + " " + " ".join(f"{name} {value:.4g}" for name, value in numbers))
+    if "monitor" in entry:
+        parts.append(f"monitor {entry['monitor']:.4g}")
     parts.append(f"{entry['time']:.1f}s")
     return "  ".join(parts)
 

@@ -115,6 +115,25 @@ class Run:
         if self.is_main:
             atomic_torch_save(distributed.unwrap(model).state_dict(), self.folder / MODEL_FILE)
 
+    def save_best(self, model: torch.nn.Module) -> None:
+        """The weights chosen on the validation split so far (state dict of the unwrapped model) to best.pth."""
+        if self.is_main:
+            atomic_torch_save(distributed.unwrap(model).state_dict(), self.folder / BEST_MODEL_FILE)
+
+    def load_best(self) -> dict:
+        """best.pth as a state dict, read by rank 0 and sent to every rank (no shared file system needed)."""
+        state = (torch.load(self.folder / BEST_MODEL_FILE, map_location="cpu", weights_only=True)
+                 if self.is_main else None)
+        return distributed.broadcast_object(state)
+
+    def save_json(self, name: str, data) -> None:
+        """A JSON file in the run folder (splits.json, test_metrics.json), written atomically by rank 0."""
+        if self.is_main:
+            atomic_write_text(self.folder / name, json.dumps(data, indent=1) + "\n")
+
+    def save_test_metrics(self, results: dict) -> None:
+        self.save_json(TEST_METRICS_FILE, results)
+
     def save_history(self) -> None:
         if self.is_main:
             atomic_write_text(self.folder / HISTORY_FILE, json.dumps(self.history, indent=1) + "\n")

@@ -50,16 +50,18 @@ def tiny_run(learning_root, tmp_path_factory):
 
 
 def test_learns_the_synthetic_grades(tiny_run):
-    _, history, majority = tiny_run
-    final = history[-1]["eval"]
+    folder, history, majority = tiny_run
+    tested = json.loads((folder / "test_metrics.json").read_text())
+    final = tested["best"]["metrics"]  # the weights chosen on the validation split, scored on the test split
     assert history[-1]["train"]["loss"] < history[0]["train"]["loss"]
     assert final["rg_accuracy"] > majority["rg"] and final["rg_kappa"] > 0.3, final
 
 
 def test_run_folder_holds_every_output(tiny_run):
     folder, history, _ = tiny_run
-    assert {p.name for p in folder.iterdir()} >= {"config.json", "checkpoint.pth", "model.pth", "history.json",
-                                                  "train_log.txt", "plots"}
+    assert {p.name for p in folder.iterdir()} >= {"config.json", "checkpoint.pth", "model.pth", "best.pth",
+                                                  "history.json", "train_log.txt", "plots", "splits.json",
+                                                  "test_metrics.json"}
     assert {"loss.png", "loss_components.png", "classification.png"} <= {p.name for p in (folder / "plots").iterdir()}
     assert json.loads((folder / "history.json").read_text()) == history
     assert json.loads((folder / "config.json").read_text())["model"]["backbone"] == "resnet18"

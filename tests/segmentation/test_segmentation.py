@@ -13,7 +13,7 @@ from codebase.data.idrid import LESIONS
 from codebase.data.loaders import seed_everything
 from codebase.data.synthetic import generate
 from inference.runs import load_run
-from segmentation.dataset import build_loaders
+from segmentation.dataset import test_loader
 from segmentation.engine import evaluate
 from segmentation.model import TASKS, DeepLabV3Plus, predict
 
@@ -47,7 +47,7 @@ def tiny_run(tmp_path_factory):
     config = tiny_config(root, tmp_path_factory.mktemp("saved"))
     seed_everything(config["seed"])  # as Run does before main builds the model
     untrained = DeepLabV3Plus(**config["model"])
-    before = evaluate(untrained, build_loaders(config, torch.device("cpu"))["test"], torch.device("cpu"))
+    before = evaluate(untrained, test_loader(config, torch.device("cpu")), torch.device("cpu"))
     history = train_segmentation.main(config)
     return Path(config["run"]["save_dir"]) / "tiny", history, before
 
@@ -82,12 +82,12 @@ def test_defaults_are_the_reference_experiment():
     assert (config["train"]["batch_size"], config["train"]["epochs"]) == (12, 100)
     assert config["optim"] == {"lr": 3e-4, "backbone_lr": 3e-5, "weight_decay": 1e-4}
     assert config["schedule"] == {"kind": "step", "step_size": 60, "gamma": 0.1}
-    assert (config["loss"]["alpha"], config["loss"]["gamma"]) == (0.75, 4.0)
+    assert (config["loss"]["segmentation_alpha"], config["loss"]["segmentation_gamma"]) == (0.75, 4.0)
 
 
 def test_training_learns_the_optic_disc(tiny_run):
-    _, history, before = tiny_run
-    after = history[-1]["eval"]["segmentation"]
+    folder, history, before = tiny_run
+    after = json.loads((folder / "test_metrics.json").read_text())["best"]["metrics"]["segmentation"]
     assert before["OD"]["dice"] < 0.2
     assert after["OD"]["dice"] > 0.5 and after["OD"]["aupr"] > 0.8, after["OD"]
     assert history[-1]["train"]["loss"] < history[0]["train"]["loss"]
@@ -104,7 +104,7 @@ def test_run_writes_its_files_and_the_final_table(tiny_run):
     assert {"loss", "loss_focal", "loss_dice"} <= set(train)
     assert set(train["lesions"]) == set(LESIONS) and set(train["lesions"]["MA"]) == {"loss_focal", "loss_dice"}
     log = (folder / "train_log.txt").read_text()
-    assert f"test metrics after epoch {EPOCHS}" in log and "OD Optic Disc" in log
+    assert "test metrics of the best weights" in log and "OD Optic Disc" in log
     run = load_run(folder)
     model, config = run.model, run.config
     assert config["model"]["aspp_channels"] == 32 and not model.training
