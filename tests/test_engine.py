@@ -106,7 +106,7 @@ def test_training_evaluates_validation_only_and_the_test_split_once(synthetic_ro
     original = train_mlt_model.evaluate
     monkeypatch.setattr(train_mlt_model, "evaluate", lambda model, loaders, *args: seen.append(
         {side: loader.dataset.split for side, loader in loaders.items()}) or original(model, loaders, *args))
-    history = train_mlt_model.main(tiny_config(synthetic_root, tmp_path, "train.epochs=3"))
+    history = train_mlt_model.main(tiny_config(synthetic_root, tmp_path, "train.epochs=3", "train.evaluate_every=1"))
     validation, test = {"grading": "validation", "segmentation": "validation"}, {"grading": "test", "segmentation": "test"}
     best = json.loads((tmp_path / "mlt_demo" / "test_metrics.json").read_text())["best"]["epoch"]
     assert seen == [validation] * 3 + [test] * (1 if best == 3 else 2)  # the last weights, then the best
