@@ -31,7 +31,12 @@ import math
 import sys
 from pathlib import Path
 
-from codebase.data.idrid import LESIONS, IDRiDError, grading_records, segmentation_records
+from codebase.data.idrid import (
+    LESIONS,
+    IDRiDError,
+    grading_records,
+    segmentation_records,
+)
 from codebase.data.image_datasets import GradingDataset, SegmentationDataset
 from codebase.data.loaders import EpochLoader
 from codebase.evaluation.cost import (
@@ -197,8 +202,9 @@ def tables(report):
     for name, fields in report["multitask_vs_baselines"].items():
         result.append((f"{name} (top-p routing) against classifier + DeepLabV3+",
                        ["", "multi-task", "classifier + DeepLabV3+", "ratio"],
-                       [[label, _cell(fields[field]["multitask"], scale, 2), _cell(fields[field]["baselines"], scale, 2),
-                         _cell(fields[field]["ratio"], 1, 2) + "x"] for label, _, field, scale in VERSUS_ROWS]))
+                       [[label, _cell(fields[field]["multitask"], scale, 2),
+                         _cell(fields[field]["baselines"], scale, 2), _cell(fields[field]["ratio"], 1, 2) + "x"]
+                        for label, _, field, scale in VERSUS_ROWS]))
     return result
 
 
@@ -265,8 +271,11 @@ def main(argv=None):
     parser.add_argument("--weights", choices=WEIGHTS, default="best",
                         help="best: each run's best.pth, chosen on the validation split (model.pth where it has "
                              "none); last: model.pth (default best)")
-    parser.add_argument("--examples", type=int, default=3, help="test images shown per split in report.html (default 3)")
+    parser.add_argument("--examples", type=int, default=3,
+                        help="test images shown per split in report.html (default 3)")
     args = parser.parse_args(argv)
+    if args.examples < 0:
+        parser.error(f"--examples {args.examples}: expected a count of images, 0 or more")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         print(f"error: --out {out} is a file, expected a folder", file=sys.stderr)

@@ -54,7 +54,13 @@ from codebase.evaluation.evaluate import task_key
 from codebase.evaluation.visualize import LESION_COLOURS, lesion_legend, overlay
 from codebase.training.atomic import atomic_write, atomic_write_text
 from codebase.training.device import resolve_device
-from inference.predictor import DEFAULT_SCALE, IMAGE_SUFFIXES, check_input, collect_inputs, predict_image
+from inference.predictor import (
+    DEFAULT_SCALE,
+    IMAGE_SUFFIXES,
+    check_input,
+    collect_inputs,
+    predict_image,
+)
 from inference.runs import WEIGHTS, RunError, open_run
 
 OVERLAY_MAX_SIDE = 1024  # pixels; the overlay is a picture to look at, the masks keep full resolution

@@ -14,9 +14,9 @@ import torch.nn.functional as F
 
 from codebase.data.cache import load_resized_image
 from codebase.data.idrid import image_size, read_image
+from codebase.data.transforms import eval_transforms, to_tv_tensors
 from codebase.evaluation.fundus_check import WORK_SIDE, check_fundus
 from codebase.evaluation.sliding_window import predict_sliding_window
-from codebase.data.transforms import eval_transforms, to_tv_tensors
 from codebase.training.device import autocast
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")

@@ -152,9 +152,11 @@ def example_figure(run, examples, device, threshold=0.5):
     if run.tasks("classification"):
         for record in examples.get("grading", []):
             result, _ = predict_image(run, record.image_path, device, None, threshold)
-            predicted = result["grades"]
-            caption = (f"{record.name}: true RG {record.retinopathy_grade} MER {record.macular_edema_risk}\n"
-                       f"predicted RG {predicted['rg']['grade']} MER {predicted['mer']['grade']}")
+            truth = {"rg": record.retinopathy_grade, "mer": record.macular_edema_risk}
+            keys = [key for key in result["grades"] if key in truth]
+            true_text = " ".join(f"{key.upper()} {truth[key]}" for key in keys)
+            predicted_text = " ".join(f"{key.upper()} {result['grades'][key]['grade']}" for key in keys)
+            caption = f"{record.name}: true {true_text}\npredicted {predicted_text}"
             rows.append([(_picture(record.image_path), caption)])
     if not rows:
         return None
@@ -183,8 +185,8 @@ def comparison_html(report, tables, runs, pr_curves, examples, device, title="Mo
     (see example_figure). Sections: SECTIONS, in that order.
     """
     entries = report["runs"]
-    parts = [f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
-             f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>",
+    parts = [(f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+              f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"),
              _note(f"Test split of {report['data_root']}; device {report['device']} ({report['machine']}). "
                    "Figures measured on synthetic data describe the code, not real photographs."),
              f"<h2>{SECTIONS[0]}</h2>"]

@@ -1,6 +1,5 @@
 """Fixtures of the script tests: one tiny trained run per model, trained once per test session."""
 import pytest
-
 from tiny_training import TRAINERS, train_tiny
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_training import ENV, REPO
 
 import compare_models
 import predict
@@ -18,7 +19,6 @@ from codebase.data.idrid import LESIONS, grading_records, segmentation_records
 from inference.predictor import forward_passes
 from inference.report import SECTIONS as REPORT_SECTIONS
 from inference.runs import open_run
-from tiny_training import ENV, REPO
 
 pytestmark = pytest.mark.slow  # trains models or runs scripts in subprocesses
 

@@ -10,9 +10,15 @@ import torch
 from PIL import Image
 from sklearn.datasets import load_sample_images
 
+import compare_models
 import predict
 from codebase.data.idrid import grading_records, segmentation_records
-from inference.predictor import SegmentationPlan, load_input, segmentation_plan, sliding_probabilities
+from inference.predictor import (
+    SegmentationPlan,
+    load_input,
+    segmentation_plan,
+    sliding_probabilities,
+)
 from inference.runs import open_run
 
 
@@ -39,6 +45,8 @@ def test_out_naming_a_file_is_one_error_and_exit_2_before_any_prediction(tmp_pat
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ") and str(existing) in err[0] and "is a file" in err[0]
     assert existing.read_text() == "not a folder"
+    assert compare_models.main(["--runs", str(tmp_path / "no_run"), "--out", str(existing)]) == 2
+    assert str(existing) in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- sliding-window plan rules (no trained run needed)
