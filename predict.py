@@ -26,9 +26,9 @@ more of the photograph's pixels: use --sliding off for the trained scale. --slid
 image resized to H,W. --overlap sets the windows' overlap, --flip-tta averages horizontally flipped
 windows. Grading always sees the whole image at its trained size.
 
-Per image it prints the fundus check, the grades with their class probabilities (classifier, multi-task), each lesion's area in pixels
-and percent at the input's own resolution (segmentation, multi-task) and the experts each task ran
-(multi-task: top-p routing, or all experts with --dense; with sliding windows, every expert some
+Per image it prints the fundus check, the grades with their class probabilities (classifier,
+multi-task), each lesion's area in pixels and percent at the input's own resolution (segmentation,
+multi-task) and the experts each task ran (multi-task: top-p routing, or all experts with --dense; with sliding windows, every expert some
 window ran), the sliding plan and the seconds the check and prediction took, and writes to --out
 (default <run>/predictions/):
 
