@@ -29,8 +29,8 @@ windows. Grading always sees the whole image at its trained size.
 Per image it prints the fundus check, the grades with their class probabilities (classifier,
 multi-task), each lesion's area in pixels and percent at the input's own resolution (segmentation,
 multi-task) and the experts each task ran (multi-task: top-p routing, or all experts with
---dense; with sliding windows, every expert some window ran), the sliding plan and the seconds the check and prediction took, and writes to --out
-(default <run>/predictions/):
+--dense; with sliding windows, every expert some window ran), the sliding plan and the seconds
+the check and prediction took, and writes to --out (default <run>/predictions/):
 
     <image>/overlay.png        lesions painted in their colours, legend, grades in the title
     <image>/mask_<LESION>.png  uint8 0/255 at the input's resolution, one per lesion
