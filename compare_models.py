@@ -16,7 +16,13 @@ trained at different resolutions are compared on equal work): parameters, forwar
 costs two forwards per image, one per side, as predict.py runs it. The multi-task model is
 measured with top-p and with dense routing, with its mean experts per image per task on the test
 split, and set against the classifier and DeepLabV3+ together (ratio of its top-p cost to the sum
-of theirs). Writes comparison.md and comparison.json to --out and prints the markdown.
+of theirs). Each run is loaded with its best.pth (chosen on the validation split; model.pth where
+it has none) or, with --weights last, model.pth; the tables name the file.
+
+Writes comparison.md and comparison.json to --out and prints the markdown, and report.html
+(inference.report): the same tables, each run's training curves, confusion matrices, precision-
+recall curves per lesion, expert usage per task of multi-task runs, and --examples test images
+with true and predicted lesions and grades; figures are embedded, so the file opens offline.
 """
 import argparse
 import itertools
@@ -25,7 +31,12 @@ import math
 import sys
 from pathlib import Path
 
-from codebase.data.idrid import LESIONS, IDRiDError, segmentation_records
+from codebase.data.idrid import (
+    LESIONS,
+    IDRiDError,
+    grading_records,
+    segmentation_records,
+)
 from codebase.data.image_datasets import GradingDataset, SegmentationDataset
 from codebase.data.loaders import EpochLoader
 from codebase.evaluation.cost import (
@@ -42,7 +53,8 @@ from codebase.evaluation.evaluate import (
 from codebase.training.atomic import atomic_write_text
 from codebase.training.device import autocast, resolve_device
 from inference.predictor import forward, forward_passes, load_input
-from inference.runs import RunError, open_run
+from inference.report import comparison_html
+from inference.runs import WEIGHTS, RunError, open_run
 
 KIND_NAMES = {"classifier": "ResNet classifier", "segmentation": "DeepLabV3+", "multitask": "multi-task MoE"}
 ACCURACY_ROWS = [("RG accuracy", "grading", "rg_accuracy"), ("RG quadratic weighted kappa", "grading", "rg_kappa"),
@@ -64,10 +76,11 @@ VERSUS_ROWS = COST_ROWS[:3]  # parameters, top-p FLOPs and latency
 
 
 def evaluate_run(run, root, device):
-    """{"grading": metrics, "segmentation": metrics} of the run on root's test split (the sides it has)."""
+    """({"grading": metrics, "segmentation": metrics}, {lesion: (precision, recall)}) of the run on root's
+    test split (the sides it has)."""
     sizes, amp = run.input_sizes(), run.config["train"]["amp"]
     batch = run.config["train"]["eval_batch_size"]
-    results = {}
+    results, pr_curves = {}, {}
     if "classification" in sizes:
         dataset = GradingDataset(root, "test", sizes["classification"])
         tasks = run.tasks("classification")
@@ -77,10 +90,11 @@ def evaluate_run(run, root, device):
     if "segmentation" in sizes:
         dataset = SegmentationDataset(root, "test", sizes["segmentation"])
         tasks = run.tasks("segmentation")
-        results["segmentation"] = evaluate_segmentation(lambda images: run.predict(images, side="segmentation"),
-                                                        EpochLoader(dataset, batch, train=False, seed=0), tasks,
-                                                        device, amp)
-    return results
+        results["segmentation"], meter = evaluate_segmentation(
+            lambda images: run.predict(images, side="segmentation"), EpochLoader(dataset, batch, train=False, seed=0),
+            tasks, device, amp, keep_meter=True)
+        pr_curves = {lesion: meter.pr_curve(lesion) for lesion in meter.lesions}
+    return results, pr_curves
 
 
 def measure_cost(run, paths, device, repeats, dense=None, size=None):
@@ -104,18 +118,20 @@ def measure_cost(run, paths, device, repeats, dense=None, size=None):
 
 
 def describe_run(name, run, root, device, paths, repeats, cost_size=None):
-    """Everything comparison.json holds about one run."""
-    entry = {"name": name, "folder": str(run.folder), "kind": run.kind,
+    """(everything comparison.json holds about one run, its {lesion: (precision, recall)} on the test split)."""
+    accuracy, pr_curves = evaluate_run(run, root, device)
+    entry = {"name": name, "folder": str(run.folder), "kind": run.kind, "weights": run.weights_file,
              "backbone": run.config["model"]["backbone"],
              "input_sizes": {side: list(size) for side, size in run.input_sizes().items()},
-             **evaluate_run(run, root, device), "parameters": count_parameters(run.model),
+             **accuracy, "parameters": count_parameters(run.model),
              "cost": measure_cost(run, paths, device, repeats, size=cost_size)}
     if run.kind == "multitask":
         entry["top_p"] = run.model.top_p
         entry["dense_cost"] = measure_cost(run, paths, device, repeats, dense=True, size=cost_size)
         routing = {**entry.get("grading", {}).pop("routing", {}), **entry.get("segmentation", {}).pop("routing", {})}
         entry["experts_per_image"] = {task: routing[task]["experts_per_image"] for task in run.task_specs}
-    return entry
+        entry["routing_usage"] = {task: routing[task]["usage"] for task in run.task_specs}
+    return entry, pr_curves
 
 
 def versus_baselines(entries):
@@ -167,36 +183,49 @@ def _table(header, rows):
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
-def markdown(report):
-    """comparison.md: accuracy and cost tables, one column per run, and the multi-task model against both baselines."""
+def tables(report):
+    """[(heading, header, rows)]: accuracy, cost (one column per run) and each multi-task run against both
+    baselines, cells as text; what comparison.md and report.html show."""
     entries = report["runs"]
     header = [""] + [f"{e['name']} ({KIND_NAMES[e['kind']]})" for e in entries]
+    result = [("Accuracy", header, [[label] + [_cell(_accuracy_value(e, section, key)) for e in entries]
+                                    for label, section, key in ACCURACY_ROWS])]
+    rows = [["backbone"] + [e["backbone"] for e in entries],
+            ["weights file"] + [e["weights"] for e in entries],
+            ["trained input size (HxW)"] + [_sizes_cell(e["input_sizes"]) for e in entries]]
+    rows += [[label] + [_cell(_cost_value(e, section, field), scale, 2) for e in entries]
+             for label, section, field, scale in COST_ROWS]
+    tasks = dict.fromkeys(t for e in entries for t in e.get("experts_per_image", {}))
+    rows += [[f"experts per image: {task.split('_', 1)[1].upper()}"]
+             + [_cell(e.get("experts_per_image", {}).get(task), 1, 2) for e in entries] for task in tasks]
+    result.append(("Cost", header, rows))
+    for name, fields in report["multitask_vs_baselines"].items():
+        result.append((f"{name} (top-p routing) against classifier + DeepLabV3+",
+                       ["", "multi-task", "classifier + DeepLabV3+", "ratio"],
+                       [[label, _cell(fields[field]["multitask"], scale, 2),
+                         _cell(fields[field]["baselines"], scale, 2), _cell(fields[field]["ratio"], 1, 2) + "x"]
+                        for label, _, field, scale in VERSUS_ROWS]))
+    return result
+
+
+def markdown(report):
+    """comparison.md: accuracy and cost tables, one column per run, and the multi-task model against both baselines."""
+    (_, header, accuracy), (_, _, cost), *versus = tables(report)
     lines = ["# Model comparison", "",
              f"Accuracy on the test split of `{report['data_root']}`, each model at its trained size. Cost per "
              f"image at batch 1 {_cost_size_text(report['cost_size'])} on {report['device']} "
              f"({report['machine']}), mean FLOPs and median latency over {report['cost_images']} test image(s), "
              f"{report['repeats']} timed runs after warm-up. A multiply-add counts as 2 FLOPs; "
              "the multi-task model routes top-p unless a row says dense.", "", "## Accuracy", ""]
-    lines += _table(header, [[label] + [_cell(_accuracy_value(e, section, key)) for e in entries]
-                             for label, section, key in ACCURACY_ROWS])
+    lines += _table(header, accuracy)
     lines += ["", "## Cost", ""]
-    rows = [["backbone"] + [e["backbone"] for e in entries],
-            ["trained input size (HxW)"] + [_sizes_cell(e["input_sizes"]) for e in entries]]
-    rows += [[label] + [_cell(_cost_value(e, section, field), scale, 2) for e in entries]
-            for label, section, field, scale in COST_ROWS]
-    tasks = dict.fromkeys(t for e in entries for t in e.get("experts_per_image", {}))
-    rows += [[f"experts per image: {task.split('_', 1)[1].upper()}"]
-             + [_cell(e.get("experts_per_image", {}).get(task), 1, 2) for e in entries] for task in tasks]
-    lines += _table(header, rows)
+    lines += _table(header, cost)
     lines += ["", "## Multi-task model against both baselines together", ""]
-    if not report["multitask_vs_baselines"]:
+    if not versus:
         lines.append("(needs one classifier run, one DeepLabV3+ run and a multi-task run)")
-    for name, fields in report["multitask_vs_baselines"].items():
+    for (name, fields), (_, versus_header, versus_rows) in zip(report["multitask_vs_baselines"].items(), versus):
         lines += [f"`{name}` with top-p routing against classifier + DeepLabV3+:", ""]
-        lines += _table(["", "multi-task", "classifier + DeepLabV3+", "ratio"],
-                        [[label, _cell(fields[field]["multitask"], scale, 2),
-                          _cell(fields[field]["baselines"], scale, 2), _cell(fields[field]["ratio"], 1, 2) + "x"]
-                         for label, _, field, scale in VERSUS_ROWS])
+        lines += _table(versus_header, versus_rows)
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 
@@ -239,10 +268,21 @@ def main(argv=None):
     parser.add_argument("--cost-size", type=image_size_arg, metavar="H,W",
                         help="measure every model's cost at this one image size (default: each at its trained "
                              "size; accuracy is always measured at the trained size)")
+    parser.add_argument("--weights", choices=WEIGHTS, default="best",
+                        help="best: each run's best.pth, chosen on the validation split (model.pth where it has "
+                             "none); last: model.pth (default best)")
+    parser.add_argument("--examples", type=int, default=3,
+                        help="test images shown per split in report.html (default 3)")
     args = parser.parse_args(argv)
+    if args.examples < 0:
+        parser.error(f"--examples {args.examples}: expected a count of images, 0 or more")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        print(f"error: --out {out} is a file, expected a folder", file=sys.stderr)
+        return 2
     try:
         device = resolve_device(args.device)
-        runs = [open_run(folder, device) for folder in args.runs]
+        runs = [open_run(folder, device, args.weights) for folder in args.runs]
         root = Path(args.data_root or runs[0].config["data"]["root"])
         paths = [record.image_path for record in segmentation_records(root, "test")[:args.cost_images]]
         if not paths:
@@ -250,19 +290,25 @@ def main(argv=None):
     except (RunError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    entries = []
-    for name, run in zip(run_names(args.runs), runs):
-        print(f"{name}: {KIND_NAMES[run.kind]}, evaluating on {root} and measuring its cost on {device}", flush=True)
-        entries.append(describe_run(name, run, root, device, paths, args.repeats, args.cost_size))
+    entries, pr_curves = [], {}
+    names = run_names(args.runs)
+    for name, run in zip(names, runs):
+        print(f"{name}: {KIND_NAMES[run.kind]} ({run.weights_file}), evaluating on {root} and measuring its cost "
+              f"on {device}", flush=True)
+        entry, pr_curves[name] = describe_run(name, run, root, device, paths, args.repeats, args.cost_size)
+        entries.append(entry)
     report = {"data_root": str(root), "device": str(device), "machine": machine(device), "cost_images": len(paths),
               "cost_size": list(args.cost_size) if args.cost_size else None, "repeats": args.repeats, "runs": entries, "multitask_vs_baselines": versus_baselines(entries)}
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     text = markdown(report)
     atomic_write_text(out / "comparison.json", json.dumps(_without_nan(report), indent=2, allow_nan=False))
     atomic_write_text(out / "comparison.md", text)
     print(text)
-    print(f"written: {out / 'comparison.md'}, {out / 'comparison.json'}")
+    examples = {"segmentation": segmentation_records(root, "test")[:args.examples],
+                "grading": grading_records(root, "test")[:args.examples]}
+    page = comparison_html(report, tables(report), dict(zip(names, runs)), pr_curves, examples, device)
+    atomic_write_text(out / "report.html", page)
+    print(f"written: {out / 'comparison.md'}, {out / 'comparison.json'}, {out / 'report.html'}")
     return 0
 
 

@@ -1,7 +1,8 @@
 """predict.py on new images (two sizes, greyscale, one corrupt file) and compare_models.py on three
 tiny runs, each script run as a user runs it: a subprocess on the command line."""
+import base64
 import json
-import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,50 +11,16 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_training import ENV, REPO
 
 import compare_models
 import predict
-import train_classifier
-import train_mlt_model
-import train_segmentation
-from codebase.config import parse_cli
 from codebase.data.idrid import LESIONS, grading_records, segmentation_records
 from inference.predictor import forward_passes
+from inference.report import SECTIONS as REPORT_SECTIONS
 from inference.runs import open_run
 
 pytestmark = pytest.mark.slow  # trains models or runs scripts in subprocesses
-
-REPO = Path(__file__).resolve().parents[2]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "PYTHONPATH": str(REPO)}
-COMMON = ["train.epochs=1", "train.eval_batch_size=4", "run.plots=false"]
-# Grading and segmentation at different sizes, so an image takes two forwards (one per side). routing.top_p
-# is tiny, so top-p routing keeps exactly one expert per image and task (the fewest reaching p, at least
-# one) where dense routing runs all three: top-p must cost fewer FLOPs than dense.
-MULTITASK = ["data.grading_size=64,96", "data.segmentation_size=96,128", "model.aspp_channels=16",
-             "model.decoder_channels=16", "model.head_hidden=16", "train.iterations=2", "train.batch_size=2",
-             "routing.top_p=0.05"]
-CLASSIFIER = ["data.image_size=64,96", "data.num_workers=0", "model.head_hidden=16", "train.batch_size=5"]
-SEGMENTATION = ["data.image_size=64,96", "data.crop_size=64,96", "model.aspp_channels=16", "model.decoder_channels=16", "train.batch_size=2"]
-TRAINERS = {"multitask": (train_mlt_model, MULTITASK), "classifier": (train_classifier, CLASSIFIER),
-            "segmentation": (train_segmentation, SEGMENTATION)}
-
-
-def train_tiny(script, sets, root, save_dir, name):
-    """Train the script's demo config at a tiny size (resnet18, one epoch) into save_dir/name."""
-    argv = ["--demo", "--device", "cpu", "--data-root", str(root), "--run-name", name,
-            "--set", f"run.save_dir={save_dir}"]
-    for assignment in COMMON + sets:
-        argv += ["--set", assignment]
-    script.main(parse_cli(script.CONFIG, argv, script.DEMO, validate=script.validate))
-    return save_dir / name
-
-
-@pytest.fixture(scope="module")
-def tiny_runs(synthetic_root, tmp_path_factory):
-    """{kind: run folder} of one tiny run per model."""
-    save_dir = tmp_path_factory.mktemp("saved")
-    return {kind: train_tiny(script, sets, synthetic_root, save_dir, f"tiny_{kind}")
-            for kind, (script, sets) in TRAINERS.items()}
 
 
 @pytest.fixture(scope="module")
@@ -124,8 +91,8 @@ def test_compare_models_reports_every_row_and_top_p_costs_less_than_dense(tiny_r
         assert f"| {label} |" in text, label
     assert "| backbone | resnet18 | resnet18 | resnet18 |" in text
     assert "| trained input size (HxW) | 64x96 | 64x96 | grading 64x96, segmentation 96x128 |" in text
-
-
+    weights = [("best.pth" if (folder / "best.pth").is_file() else "model.pth") for folder in folders]
+    assert f"| weights file | {' | '.join(weights)} |" in text
     report = json.loads((tmp_path / "comparison.json").read_text())
     runs = {entry["kind"]: entry for entry in report["runs"]}
     for entry in runs.values():
@@ -140,6 +107,20 @@ def test_compare_models_reports_every_row_and_top_p_costs_less_than_dense(tiny_r
     versus = report["multitask_vs_baselines"][multitask["name"]]
     expected = multitask["parameters"] / (runs["classifier"]["parameters"] + runs["segmentation"]["parameters"])
     assert versus["parameters"]["ratio"] == pytest.approx(expected)
+    assert set(multitask["routing_usage"]) == set(multitask["experts_per_image"])
+
+    page = (tmp_path / "report.html").read_text()
+    for heading in REPORT_SECTIONS:
+        assert f"<h2>{heading}</h2>" in page, heading
+    for name in (entry["name"] for entry in report["runs"]):
+        assert f"<h3>{name}</h3>" in page
+    figures = re.findall(r'src="([^"]*)"', page)
+    assert len(figures) >= 3 + 2 + 1 + 1 + 3  # curves of 3 runs, 2 confusions, PR, routing, 3 example sets
+    assert all(src.startswith("data:image/png;base64,") for src in figures), [src[:40] for src in figures]
+    assert "file:" not in page and "href=" not in page
+    for src in figures:
+        assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    print(f"report.html: {len(page.encode())} bytes, {len(figures)} figures")
 
 
 def test_cost_size_measures_every_model_at_one_resolution(tiny_runs, synthetic_root):
