@@ -76,7 +76,7 @@ def history_figures(history: list[dict]) -> dict[str, Figure]:
         "segmentation": _panels({
             LESION_METRICS[metric]: _lesion_curves(scalars, metric) for metric in CURVE_METRICS
         }),
-        "router_usage": _panels(_router_usage(lists), ylabel="share of images", columns=4),
+        "router_usage": _panels(_router_usage(lists), ylabel="share of images", columns=4, ylim=(-0.03, 1.03)),
         "router_experts": _panels({title: {
             _task_label(path): curve for path, curve in scalars.items() if _under_routing(path) and path[-1] == leaf}
             for leaf, title in ROUTER_STATISTICS.items()}),
@@ -158,9 +158,10 @@ def _router_usage(lists) -> dict[str, dict[str, tuple]]:
     return panels
 
 
-def _panels(panels: dict[str, dict[str, tuple]], ylabel: str = "", columns: int | None = None) -> Figure | None:
+def _panels(panels: dict[str, dict[str, tuple]], ylabel: str = "", columns: int | None = None,
+            ylim: tuple | None = None) -> Figure | None:
     """Line plots, one per non-empty panel, in one row or in a grid ``columns`` wide (smaller
-    panels, filled row by row); None if every panel is empty."""
+    panels, filled row by row), on a common y range ``ylim`` if given; None if every panel is empty."""
     panels = {title: curves for title, curves in panels.items() if curves}
     if not panels:
         return None
@@ -179,6 +180,8 @@ def _panels(panels: dict[str, dict[str, tuple]], ylabel: str = "", columns: int 
         axes.set_xlabel("epoch")
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.set_ylabel(ylabel)
+        if ylim is not None:
+            axes.set_ylim(*ylim)
         axes.grid(alpha=0.3)
         axes.legend(fontsize="small")
     return figure

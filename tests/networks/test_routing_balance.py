@@ -145,6 +145,7 @@ def test_router_usage_is_a_grid_of_small_panels():
     assert [axes.get_title() for axes in usage.axes] == tasks  # 7 panels, no empty ones
     assert {round(axes.get_position().x0, 3) for axes in usage.axes}.__len__() == 4  # 4 columns
     assert {round(axes.get_position().y0, 3) for axes in usage.axes}.__len__() == 2  # 2 rows
+    assert all(axes.get_ylim() == (-0.03, 1.03) for axes in usage.axes)  # shares on one scale
     width, height = usage.get_size_inches()
     assert width <= 16 and height <= 8
     titles = [axes.get_title() for axes in figures["router_experts"].axes]
