@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import machine, print_table  # noqa: E402
-from codebase import idrid  # noqa: E402
+from codebase.data import idrid  # noqa: E402
 from codebase.data.patches import PatchSegmentationDataset  # noqa: E402
 from codebase.data.image_datasets import SegmentationDataset  # noqa: E402
 from codebase.evaluation.fullres import evaluate_full_resolution  # noqa: E402
