@@ -156,3 +156,61 @@ def evaluate_full_resolution(predict_fn: Callable, data, split: str = "test", im
         meter.update(probs, masks)
     results = meter.compute()
     return (results, meter) if keep_meter else results
+
+
+# ---------------------------------------------------------------------------------------------
+# Wiring: training-time evaluation and comparisons
+
+FULLRES_EVAL = ("off", "final", "every")  # train.fullres_eval: never, the final test evaluation, every evaluation
+
+
+def sliding_window_logits(predict_fn: Callable, window, overlap: float = 0.25, windows_per_batch: int = 4,
+                          eps: float = 1e-6) -> Callable:
+    """images [N, 3, H, W] -> logits [N, L, H, W] of the probabilities blended over sliding ``window``s
+    of the images (predict_fn: windows -> logits), so routines that take logits (evaluate_segmentation)
+    score a patch-trained model on whole working-size images."""
+    def predict(images):
+        probs = predict_sliding_window(predict_fn, images, window, overlap=overlap,
+                                       windows_per_batch=windows_per_batch)  # [N, L, H, W] in [0, 1]
+        return torch.logit(probs.float(), eps=eps)
+
+    return predict
+
+
+def fullres_metrics(predict_fn: Callable, data, split: str = "test", image_size=None, window=None,
+                    overlap: float = 0.25, lesions: Sequence[str] = idrid.LESIONS, threshold: float = 0.5,
+                    device="cpu", amp: str = "off", cache_dir=None, cache_masks: bool = False,
+                    windows_per_batch: int = 4, desc: str = "eval full resolution") -> dict:
+    """`evaluate_full_resolution` sharded over the processes of a distributed run (each scores every
+    world_size-th image, the histograms are summed), so every rank returns the single-process result.
+
+    predict_fn: normalised images [N, 3, h, w] -> lesion logits [N, len(lesions), h, w].
+    data: a data root (with ``split``), a list of SegmentationRecords, or a SegmentationDataset.
+    image_size: the working size the model sees (None: the dataset's, else the original size);
+    window: None for one forward of the whole image, (h, w) for sliding windows over it.
+    Returns {lesion: {"aupr_fullres", "dice_fullres", "iou_fullres", "sensitivity_fullres",
+    "precision_fullres"}, "mean_aupr_fullres", "mean_dice_fullres", "mean_iou_fullres"}.
+    """
+    from codebase.training import distributed
+    records, cache, default_size = _records_and_cache(data, split, cache_dir)
+    shard = records[distributed.rank()::distributed.world_size()]
+    _, meter = evaluate_full_resolution(predict_fn, shard, split, image_size or default_size, window, overlap,
+                                        windows_per_batch, lesions=lesions, threshold=threshold, device=device,
+                                        amp=amp, cache_dir=cache.directory, cache_masks=cache_masks,
+                                        keep_meter=True, desc=desc)
+    if distributed.is_distributed():
+        distributed.all_reduce_sum(meter.state_tensors())
+    return meter.compute()
+
+
+def with_fullres(segmentation: dict, fullres: dict) -> dict:
+    """The working-resolution lesion metrics with the full-resolution ones beside them: each lesion's
+    dict gains its "*_fullres" entries, the top level the "mean_*_fullres" means."""
+    merged = dict(segmentation)
+    for key, value in fullres.items():
+        if isinstance(value, dict):
+            merged[key] = {**merged.get(key, {}), **value}
+        else:
+            merged[key] = value
+    merged["resolution_fullres"] = "original (the mask files' size)"
+    return merged
