@@ -15,6 +15,8 @@ from codebase.data.loaders import EpochLoader
 from codebase.data.synthetic import generate
 from codebase.dataset import build_datasets
 from codebase.engine import evaluate
+from codebase.evaluation.fullres import fullres_metrics, with_fullres
+from codebase.tasks import on_side
 
 pytestmark = pytest.mark.slow  # trains models or runs scripts in subprocesses
 
@@ -49,9 +51,17 @@ def evaluate_saved(folder):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the two processes ran (OMP_NUM_THREADS=1): the same reduction order
     try:
-        return evaluate(model, loaders, torch.device("cpu"))
+        results = evaluate(model, loaders, torch.device("cpu"))
+        tasks = on_side(model.tasks, "segmentation")
+        fullres = fullres_metrics(lambda images: torch.cat([model(images, side="segmentation")["logits"][task.name]
+                                                            for task in tasks], dim=1),
+                                  datasets["segmentation"]["test"], lesions=[task.key for task in tasks])
     finally:
         torch.set_num_threads(threads)
+    height, width = data["segmentation_size"]
+    results["segmentation"] = with_fullres({**results["segmentation"], "resolution": f"resized {height}x{width}"},
+                                           fullres)
+    return results
 
 
 def assert_close(actual, expected, where="eval"):
@@ -64,6 +74,8 @@ def assert_close(actual, expected, where="eval"):
         assert len(actual) == len(expected), where
         for index, (a, e) in enumerate(zip(actual, expected)):
             assert_close(a, e, f"{where}[{index}]")
+    elif isinstance(expected, str):
+        assert actual == expected, where
     else:
         assert actual == pytest.approx(expected, abs=1e-6, nan_ok=True), where
 
@@ -164,6 +176,7 @@ def test_notebook_executes_on_the_run(tiny_run, tmp_path, monkeypatch, name):
     assert str(folder.resolve()) in printed
     if name == "evaluate_mlt.ipynb":
         assert "rg_accuracy" in printed and "OD Optic Disc" in printed
+        assert "segmentation at the original resolution, multi-task" in printed and "aupr_fullres" in printed
     else:
         assert "lesion masks missing (grading image)" in printed and "true missing" in printed
     assert figures

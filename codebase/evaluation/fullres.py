@@ -214,3 +214,38 @@ def with_fullres(segmentation: dict, fullres: dict) -> dict:
             merged[key] = value
     merged["resolution_fullres"] = "original (the mask files' size)"
     return merged
+
+
+def run_window(config: dict) -> tuple[tuple[int, int] | None, tuple[int, int] | None, float]:
+    """(working size or None for the original size, sliding window or None, overlap) a saved run's
+    lesions are predicted at: its data.patches when enabled, else one forward of the image resized to
+    data.image_size (DeepLabV3+) or data.segmentation_size (multi-task)."""
+    data = config["data"]
+    patches = data.get("patches") or {}
+    if patches.get("enabled"):
+        working = patches.get("working_size")
+        return (tuple(working) if working else None), tuple(patches["crop_size"]), patches.get("overlap", 0.25)
+    size = data.get("segmentation_size", data.get("image_size"))
+    return tuple(size), None, 0.25
+
+
+def run_fullres_metrics(run, root, split: str = "test", device="cpu", threshold: float | None = None,
+                        cache_dir=None) -> dict:
+    """`fullres_metrics` of a loaded run (inference.runs.TrainedRun: .config, .tasks(side), .predict) on
+    ``root``'s ``split``, at the size and window the run was trained for (`run_window`). Only the
+    run's segmentation tasks that are IDRiD lesions (with mask files) are scored; {} when it has none.
+    threshold: default the run's train.threshold (0.5 when it has none)."""
+    tasks = [task for task in run.tasks("segmentation") if task.key in idrid.LESIONS]
+    if not tasks:
+        return {}
+    size, window, overlap = run_window(run.config)
+    train = run.config["train"]
+
+    def lesion_logits(images):  # [N, 3, h, w] -> [N, len(tasks), h, w]
+        logits = run.predict(images, side="segmentation")["logits"]
+        return torch.cat([logits[task.name] for task in tasks], dim=1)
+
+    return fullres_metrics(lesion_logits, root, split, image_size=size, window=window, overlap=overlap,
+                           lesions=[task.key for task in tasks],
+                           threshold=train.get("threshold", 0.5) if threshold is None else threshold,
+                           device=device, amp=train.get("amp", "off"), cache_dir=cache_dir)

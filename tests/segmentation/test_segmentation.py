@@ -123,5 +123,5 @@ def test_notebook_executes_on_the_run(tiny_run, monkeypatch, name, figures):
     printed, shown, _ = notebooks.execute(name)
     assert str(folder.resolve()) in printed
     if name.startswith("evaluate"):
-        assert "OD Optic Disc" in printed and "aupr" in printed
+        assert "OD Optic Disc" in printed and "aupr" in printed and "aupr_fullres" in printed
     assert shown == figures
