@@ -102,23 +102,43 @@ def data_passes(dataset) -> tuple[float, float]:
     return seconds[0], seconds[1]
 
 
+def resident_mib() -> tuple[float, float]:
+    """(current, peak) resident set of this process in MiB. On Linux the peak is VmHWM, which starts
+    afresh at exec and at `reset_peak_resident` (getrusage's ru_maxrss would carry over the peak of
+    the parent that started this process); elsewhere ru_maxrss."""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+        return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # bytes on macOS
+    return peak, peak
+
+
+def reset_peak_resident() -> None:
+    """Start this process's peak resident set afresh from its current one (Linux 4.0+; else nothing)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
 def measure_inference(args) -> dict:
     """In this (child) process: seconds and peak memory of sliding-window inference of one image of
     --measure-inference HEIGHT WIDTH."""
     device = resolve_device(args.device)
     model = build_model(args, device).eval()
     image = torch.randn(1, 3, *args.measure_inference, device=device)
-    baseline_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     predict_sliding_window(model, image[..., :args.crop[0], :args.crop[1]], args.crop)  # warm-up
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    before, _ = resident_mib()  # the model, the input image and the libraries
+    reset_peak_resident()
     start = time.perf_counter()
     probs = predict_sliding_window(model, image, args.crop, overlap=args.overlap,
                                    windows_per_batch=args.windows_per_batch, flip_tta=args.flip_tta)
     probs.sum().item()  # waits for the device
     seconds = time.perf_counter() - start
-    peak = {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "rss_before_mib": baseline_kib / 1024}
+    peak = {"peak_rss_mib": resident_mib()[1], "rss_before_mib": before}
     if device.type == "cuda":
         peak["peak_cuda_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
     return {"seconds": seconds, **peak}
@@ -227,7 +247,7 @@ def main(argv=None) -> int:
                      f"{inference['rss_before_mib']:.0f}", f"{inference.get('peak_cuda_mib', float('nan')):.0f}"])
     print_table(f"Sliding-window inference of one image, window {args.crop[0]}x{args.crop[1]}, "
                 f"{args.windows_per_batch} windows per forward (a separate process per size)",
-                ["image", "seconds", "peak RSS MiB (whole process)", "RSS before inference MiB", "peak CUDA MiB"], rows)
+                ["image", "seconds", "peak RSS MiB (process, during inference)", "RSS before inference MiB", "peak CUDA MiB"], rows)
     return 0
 
 
