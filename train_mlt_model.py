@@ -26,7 +26,11 @@ from codebase.config import (
 )
 from codebase.data.idrid import LESIONS
 from codebase.data.loaders import EpochLoader
-from codebase.data.patches import PATCH_SETTINGS, patch_setting_rules, validate_patch_settings
+from codebase.data.patches import (
+    PATCH_SETTINGS,
+    patch_setting_rules,
+    validate_patch_settings,
+)
 from codebase.data.splits import SPLITS_FILE, describe, split_records
 from codebase.data.synthetic import ensure_dataset
 from codebase.dataset import BatchStream, build_datasets
@@ -38,7 +42,12 @@ from codebase.engine import (
 )
 from codebase.errors import run_main
 from codebase.evaluation.evaluate import evaluate_segmentation
-from codebase.evaluation.fullres import FULLRES_EVAL, fullres_metrics, sliding_window_logits, with_fullres
+from codebase.evaluation.fullres import (
+    FULLRES_EVAL,
+    fullres_metrics,
+    sliding_window_logits,
+    with_fullres,
+)
 from codebase.model import build_model
 from codebase.settings import COMMON_RULES
 from codebase.tasks import on_side, parse_tasks

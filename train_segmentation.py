@@ -29,7 +29,11 @@ from codebase.config import (
     size_hw,
 )
 from codebase.data.idrid import LESIONS
-from codebase.data.patches import PATCH_SETTINGS, patch_setting_rules, validate_patch_settings
+from codebase.data.patches import (
+    PATCH_SETTINGS,
+    patch_setting_rules,
+    validate_patch_settings,
+)
 from codebase.data.splits import SPLITS_FILE, describe, split_records
 from codebase.data.synthetic import ensure_dataset
 from codebase.errors import run_main

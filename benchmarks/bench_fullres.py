@@ -32,18 +32,18 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import print_table, ratio  # noqa: E402
-from codebase.data import idrid  # noqa: E402
-from codebase.data.image_datasets import SegmentationDataset  # noqa: E402
-from codebase.data.loaders import seed_everything  # noqa: E402
-from codebase.data.patches import PatchSegmentationDataset  # noqa: E402
-from codebase.data.synthetic import ensure_dataset  # noqa: E402
-from codebase.evaluation.cost import machine  # noqa: E402
-from codebase.evaluation.fullres import evaluate_full_resolution  # noqa: E402
-from codebase.evaluation.sliding_window import predict_sliding_window  # noqa: E402
-from codebase.training.device import resolve_device  # noqa: E402
-from codebase.training.losses import SegmentationLoss  # noqa: E402
-from segmentation.model import DeepLabV3Plus  # noqa: E402
+from benchmarks.common import print_table, ratio
+from codebase.data import idrid
+from codebase.data.image_datasets import SegmentationDataset
+from codebase.data.loaders import seed_everything
+from codebase.data.patches import PatchSegmentationDataset
+from codebase.data.synthetic import ensure_dataset
+from codebase.evaluation.cost import machine
+from codebase.evaluation.fullres import evaluate_full_resolution
+from codebase.evaluation.sliding_window import predict_sliding_window
+from codebase.training.device import resolve_device
+from codebase.training.losses import SegmentationLoss
+from segmentation.model import DeepLabV3Plus
 
 
 def build_model(args, device):

@@ -9,8 +9,8 @@ from torch.utils.data import DataLoader, Sampler
 from codebase.config import ConfigError
 from codebase.data.idrid import LESIONS, segmentation_records
 from codebase.data.image_datasets import GradingDataset, SegmentationDataset
-from codebase.data.patches import patch_dataset, working_resolution
 from codebase.data.loaders import derive_seed, seed_worker
+from codebase.data.patches import patch_dataset, working_resolution
 
 
 def build_datasets(root, grading_size, segmentation_size, crop_size=None, cache_dir=None, splits=None,

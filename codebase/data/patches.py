@@ -17,7 +17,16 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from codebase.config import BOOLEAN, ConfigError, get_value, integer, number, optional, require, size_hw
+from codebase.config import (
+    BOOLEAN,
+    ConfigError,
+    get_value,
+    integer,
+    number,
+    optional,
+    require,
+    size_hw,
+)
 from codebase.data import idrid
 from codebase.data.cache import ResizedCache, load_resized_image, load_resized_mask
 from codebase.data.transforms import eval_transforms, to_tv_tensors, train_transforms

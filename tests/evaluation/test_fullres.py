@@ -10,11 +10,19 @@ from sklearn import metrics as sk
 from codebase.data import idrid
 from codebase.data.cache import load_resized_image
 from codebase.data.image_datasets import SegmentationDataset
-from codebase.evaluation.fullres import (FullResolutionMeter, evaluate_full_resolution, full_size_masks,
-                                         fullres_metrics, run_fullres_metrics, run_window, sliding_window_logits,
-                                         upsample_probabilities, with_fullres)
-from codebase.tasks import parse_tasks
 from codebase.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from codebase.evaluation.fullres import (
+    FullResolutionMeter,
+    evaluate_full_resolution,
+    full_size_masks,
+    fullres_metrics,
+    run_fullres_metrics,
+    run_window,
+    sliding_window_logits,
+    upsample_probabilities,
+    with_fullres,
+)
+from codebase.tasks import parse_tasks
 
 
 def test_upsampling_is_bilinear_with_half_pixel_centres():
