@@ -24,7 +24,13 @@ from codebase.config import (
     require,
     size_hw,
 )
+from codebase.data.idrid import LESIONS
 from codebase.data.loaders import EpochLoader
+from codebase.data.patches import (
+    PATCH_SETTINGS,
+    patch_setting_rules,
+    validate_patch_settings,
+)
 from codebase.data.splits import SPLITS_FILE, describe, split_records
 from codebase.data.synthetic import ensure_dataset
 from codebase.dataset import BatchStream, build_datasets
@@ -35,9 +41,16 @@ from codebase.engine import (
     train_one_epoch,
 )
 from codebase.errors import run_main
+from codebase.evaluation.evaluate import evaluate_segmentation
+from codebase.evaluation.fullres import (
+    FULLRES_EVAL,
+    fullres_metrics,
+    sliding_window_logits,
+    with_fullres,
+)
 from codebase.model import build_model
 from codebase.settings import COMMON_RULES
-from codebase.tasks import parse_tasks
+from codebase.tasks import on_side, parse_tasks
 from codebase.training import distributed
 from codebase.training.device import make_grad_scaler
 from codebase.training.loop import fit
@@ -64,6 +77,11 @@ CONFIG = {
         "num_workers": 2,
         "pin_memory": True,
         "persistent_workers": False,       # True: faster epochs; augmentations then differ after a resume
+        "patches": dict(PATCH_SETTINGS),   # lesion-aware crops at a working resolution for the segmentation side
+                                           # (README "Lesions at full resolution"); enabled: training crops of
+                                           # images kept at patches.working_size (None: native), validation and
+                                           # test by sliding patches.crop_size windows over the working-size image
+                                           # (segmentation_size and crop_size then unused); grading unchanged
     },
     "model": {
         "backbone": "resnet50",
@@ -119,6 +137,9 @@ CONFIG = {
         "evaluate_on": "validation",       # evaluations during training: "validation", or "test" (explicit; labelled test)
         "monitor": "mean_primary",         # best.pth: mean over tasks of kappa (grading) / AUPR (lesions), or a metric path
         "patience": 0,                     # early stopping after this many evaluations without a better score; 0: off
+        "fullres_eval": "final",           # lesion metrics against the original-size masks ("*_fullres", beside the
+                                           # working-resolution ones): "off", "final" (the test split at the end),
+                                           # "every" (every evaluation too)
     },
 }
 
@@ -177,6 +198,8 @@ RULES = {
     "train.channels_last": BOOLEAN,
     "train.compile": BOOLEAN,
     "train.evaluate_every": integer(1),
+    **patch_setting_rules("data.patches"),
+    "train.fullres_eval": choice(*FULLRES_EVAL),
 }
 
 
@@ -190,6 +213,7 @@ def validate(config):
     size = config["data"]["segmentation_size"]
     require(config, "data.crop_size", lambda c: c is None or (c[0] <= size[0] and c[1] <= size[1]),
             f"None or [height, width] no larger than data.segmentation_size={size}")
+    validate_patch_settings(config, "data.patches")
 
 def main(config):
     """Train as configured; returns the history (one dict per epoch)."""
@@ -201,8 +225,11 @@ def main(config):
         distributed.barrier()
         splits = split_records(data["root"], data["validation"], config["seed"])
         run.save_json(SPLITS_FILE, describe(splits))
+        patches = data["patches"] if data["patches"]["enabled"] else None
+        lesions = [task.key for task in on_side(parse_tasks(config["model"]["task_specs"]), "segmentation")
+                   if task.key in LESIONS]  # IDRiD's own lesions (a derived target has no mask file)
         datasets = build_datasets(data["root"], data["grading_size"], data["segmentation_size"],
-                                  data["crop_size"], data["cache_dir"], splits)
+                                  data["crop_size"], data["cache_dir"], splits, patches, lesions or LESIONS)
         loader_options = {"num_workers": data["num_workers"], "pin_memory": data["pin_memory"] and device.type == "cuda"}
         persistent = data["persistent_workers"] and data["num_workers"] > 0
         streams = {side: BatchStream(datasets[side]["train"], train["batch_size"], config["seed"],
@@ -246,11 +273,47 @@ def main(config):
             return train_one_epoch(step, weighting, optimizer, streams, epoch, train["iterations"], device,
                                    train["amp"], scaler, dense, train["channels_last"])
 
-        def evaluate_split(split):
-            model.set_routing(False)  # evaluated as the model will be used: top-p
-            return evaluate(model, eval_loaders[split], device, train["amp"])
+        segmentation_tasks = on_side(model.tasks, "segmentation")
+        lesion_tasks = [task for task in segmentation_tasks if task.key in lesions]  # scored at full resolution
+        window = patches["crop_size"] if patches else None
+        overlap = patches["overlap"] if patches else 0.25
 
-        evaluate_epoch, eval_split, test = evaluation_plan(train, evaluate_split, bool(eval_loaders["validation"]))
+        def segmentation_logits(images, tasks=segmentation_tasks):  # [N, 3, h, w] -> [N, len(tasks), h, w]
+            logits = model(images, side="segmentation")["logits"]
+            return torch.cat([logits[task.name] for task in tasks], dim=1)
+
+        def evaluate_split(split, full_resolution):
+            model.set_routing(False)  # evaluated as the model will be used: top-p
+            loaders = eval_loaders[split]
+            if window is None:
+                results = evaluate(model, loaders, device, train["amp"])
+            else:  # the lesions by sliding windows over the working-size image (no routing statistics)
+                results = evaluate(model, {"grading": loaders.get("grading")}, device, train["amp"])
+                if "segmentation" in loaders and segmentation_tasks:
+                    windows = sliding_window_logits(segmentation_logits, window, overlap)
+                    results["segmentation"] = evaluate_segmentation(
+                        lambda images: {"logits": {task.name: logits for task, logits in zip(
+                            segmentation_tasks, windows(images).split(1, dim=1))}},
+                        loaders["segmentation"], segmentation_tasks, device, train["amp"])
+            if "segmentation" in results:
+                height, width = loaders["segmentation"].dataset.image_size
+                results["segmentation"]["resolution"] = (
+                    f"sliding window {window[0]}x{window[1]} over {height}x{width}" if window
+                    else f"resized {height}x{width}")
+                if full_resolution and lesion_tasks:
+                    fullres = fullres_metrics(lambda images: segmentation_logits(images, lesion_tasks),
+                                              loaders["segmentation"].dataset, split,
+                                              window=window, overlap=overlap, lesions=lesions, device=device,
+                                              amp=train["amp"], cache_masks=train["fullres_eval"] == "every")
+                    results["segmentation"] = with_fullres(results["segmentation"], fullres)
+            return results
+
+        evaluate_epoch, eval_split, _ = evaluation_plan(
+            train, lambda split: evaluate_split(split, train["fullres_eval"] == "every"),
+            bool(eval_loaders["validation"]))
+
+        def test():
+            return evaluate_split("test", train["fullres_eval"] != "off")
         loaders = [loader for split in eval_loaders.values() for loader in split.values()]
         return fit(run, model, optimizer, scheduler, train_epoch, evaluate_epoch, train["epochs"], scaler,
                    loaders=loaders, extra_state={"weighting": weighting}, eval_split=eval_split,

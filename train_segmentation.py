@@ -29,10 +29,18 @@ from codebase.config import (
     size_hw,
 )
 from codebase.data.idrid import LESIONS
+from codebase.data.patches import (
+    PATCH_SETTINGS,
+    patch_setting_rules,
+    validate_patch_settings,
+)
 from codebase.data.splits import SPLITS_FILE, describe, split_records
 from codebase.data.synthetic import ensure_dataset
 from codebase.errors import run_main
 from codebase.evaluation.cost import count_parameters
+from codebase.evaluation.fullres import FULLRES_EVAL, fullres_metrics, with_fullres
+from codebase.evaluation.fullres import SUFFIX as FULLRES_SUFFIX
+from codebase.evaluation.metrics import LESION_METRICS
 from codebase.evaluation.visualize import lesion_metrics_table
 from codebase.networks.backbones import BACKBONES
 from codebase.settings import COMMON_RULES
@@ -60,6 +68,11 @@ CONFIG = {
         "validation": 0.2,                 # carved from the training split by the seed: fraction, image count, or 0
         "num_workers": 4,
         "pin_memory": True,
+        "patches": dict(PATCH_SETTINGS),   # lesion-aware crops at a working resolution (README "Lesions at full
+                                           # resolution"); enabled: training crops of images kept at
+                                           # patches.working_size (None: native), validation and test by sliding
+                                           # patches.crop_size windows over the working-size image (image_size
+                                           # and crop_size above then unused)
     },
     "model": {                             # the arguments of segmentation.model.DeepLabV3Plus
         "backbone": "resnet50",
@@ -89,6 +102,9 @@ CONFIG = {
         "evaluate_on": "validation",       # evaluations during training: "validation", or "test" (explicit; labelled test)
         "monitor": "mean_primary",         # best.pth: mean over tasks of kappa (grading) / AUPR (lesions), or a metric path
         "patience": 0,                     # early stopping after this many evaluations without a better score; 0: off
+        "fullres_eval": "final",           # lesion metrics against the original-size masks ("*_fullres", beside the
+                                           # working-resolution ones): "off", "final" (the test split at the end),
+                                           # "every" (every evaluation too)
     },
 }
 
@@ -131,6 +147,8 @@ RULES = {
     "train.channels_last": BOOLEAN,
     "train.threshold": number(0, 1),
     "train.evaluate_every": integer(1),
+    **patch_setting_rules("data.patches"),
+    "train.fullres_eval": choice(*FULLRES_EVAL),
 }
 
 
@@ -143,6 +161,7 @@ def validate(config):
     image_size = config["data"]["image_size"]
     require(config, "data.crop_size", lambda c: c is None or (c[0] <= image_size[0] and c[1] <= image_size[1]),
             f"None or [height, width] no larger than data.image_size={image_size}")
+    validate_patch_settings(config, "data.patches")
 
 def main(config):
     """Train (or resume) the run the config describes; returns the history."""
@@ -177,9 +196,29 @@ def main(config):
             return train_one_epoch(wrapped, criterion, optimizer, loaders["train"], epoch, device, train["amp"],
                                    scaler, train["channels_last"])
 
-        evaluate_epoch, eval_split, test = evaluation_plan(
-            train, lambda split: {"segmentation": evaluate(model, loaders[split], device, train["amp"],
-                                                           train["threshold"])}, "validation" in loaders)
+        patches = data["patches"] if data["patches"]["enabled"] else None
+        window = patches["crop_size"] if patches else None
+        overlap = patches["overlap"] if patches else 0.25
+        height, width = loaders["test"].dataset.image_size
+        resolution = (f"sliding window {window[0]}x{window[1]} over {height}x{width}" if patches
+                      else f"resized {height}x{width}")
+
+        def evaluate_split(split, full_resolution):
+            metrics = evaluate(model, loaders[split], device, train["amp"], train["threshold"], window=window,
+                               overlap=overlap)
+            metrics["resolution"] = resolution
+            if full_resolution:
+                fullres = fullres_metrics(model, loaders[split].dataset, split, window=window, overlap=overlap,
+                                          threshold=train["threshold"], device=device, amp=train["amp"],
+                                          cache_masks=train["fullres_eval"] == "every")
+                metrics = with_fullres(metrics, fullres)
+            return {"segmentation": metrics}
+
+        evaluate_epoch, eval_split, _ = evaluation_plan(
+            train, lambda split: evaluate_split(split, train["fullres_eval"] == "every"), "validation" in loaders)
+
+        def test():
+            return evaluate_split("test", train["fullres_eval"] != "off")
         history = fit(run, wrapped, optimizer, scheduler, train_epoch, evaluate_epoch, train["epochs"], scaler,
                       loaders=loaders.values(), eval_split=eval_split, selection=make_selection(train, TASKS),
                       test=test)
@@ -187,8 +226,12 @@ def main(config):
         if run.is_main and tested.is_file():
             results = json.loads(tested.read_text())
             which = "best" if "best" in results else "last"
+            metrics = results[which]["metrics"]["segmentation"]
             run.log(f"test metrics of the {which} weights (epoch {results[which]['epoch']}, threshold "
-                    f"{train['threshold']}):\n" + lesion_metrics_table(results[which]["metrics"]["segmentation"]))
+                    f"{train['threshold']}), {metrics['resolution']}:\n" + lesion_metrics_table(metrics))
+            if "mean_aupr_fullres" in metrics:
+                run.log("the same at the original resolution of the masks:\n" + lesion_metrics_table(
+                    metrics, metrics=tuple(f"{name}{FULLRES_SUFFIX}" for name in LESION_METRICS)))
         return history
 
 

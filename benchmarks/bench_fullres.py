@@ -5,13 +5,16 @@ same number of samples per step: (a) whole training images resized to --whole-si
 patches from images kept at --size (the working resolution), a --lesion-share of them centred on a
 lesion. Each is scored on the test split against the full-size masks (codebase.evaluation.fullres):
 (a) by one forward of the resized image, (b) by sliding windows of --crop over the working image.
-A child process then times sliding-window inference of one working-size image and reports its peak
-memory (resident set on CPU, allocated memory on CUDA).
+Also measured: one pass of the patch dataset over the training images with an empty cache (decoding,
+writing the cache) against a second, cached pass; and, in a separate process per size, the time and
+peak memory of sliding-window inference of one image at each --inference-sizes (resident set on CPU,
+allocated memory on CUDA).
 
 On synthetic data these figures say only that the pipeline runs, not how a method fares on IDRiD.
 
     python benchmarks/bench_fullres.py --smoke                          # seconds: tiny tree, tiny model
-    python benchmarks/bench_fullres.py --data-root data --size 1424 2144 --crop 512 512 --steps 2000
+    python benchmarks/bench_fullres.py                                  # the issue's setting (see --help)
+    python benchmarks/bench_fullres.py --data-root data --size 2848 4288 --crop 512 512 --steps 2000
 """
 from __future__ import annotations
 
@@ -29,22 +32,24 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import machine, print_table  # noqa: E402
-from codebase.data import idrid  # noqa: E402
-from codebase.data.patches import PatchSegmentationDataset  # noqa: E402
-from codebase.data.image_datasets import SegmentationDataset  # noqa: E402
-from codebase.evaluation.fullres import evaluate_full_resolution  # noqa: E402
-from codebase.evaluation.sliding_window import predict_sliding_window  # noqa: E402
+from benchmarks.common import print_table, ratio
+from codebase.data import idrid
+from codebase.data.image_datasets import SegmentationDataset
 from codebase.data.loaders import seed_everything
+from codebase.data.patches import PatchSegmentationDataset
+from codebase.data.synthetic import ensure_dataset
+from codebase.evaluation.cost import machine
+from codebase.evaluation.fullres import evaluate_full_resolution
+from codebase.evaluation.sliding_window import predict_sliding_window
 from codebase.training.device import resolve_device
-from codebase.training.losses import SegmentationLoss  # noqa: E402
-from codebase.data.synthetic import ensure_dataset  # noqa: E402
-from segmentation.model import DeepLabV3Plus  # noqa: E402
+from codebase.training.losses import SegmentationLoss
+from segmentation.model import DeepLabV3Plus
 
 
 def build_model(args, device):
     seed_everything(args.seed)  # both arms start from the same weights
-    return DeepLabV3Plus(args.backbone, 16, "none", channels=args.channels).to(device)
+    return DeepLabV3Plus(args.backbone, 16, "none", aspp_channels=args.channels,
+                         decoder_channels=args.channels).to(device)
 
 
 def warm_up(args, device) -> None:
@@ -73,41 +78,74 @@ def train(model, dataset, args, device) -> float:
     return time.perf_counter() - start
 
 
-def score(model, root, args, device, whole: bool) -> tuple[dict, float]:
+def score(model, root, args, device, whole: bool, cache_dir) -> tuple[dict, float]:
     model.eval()
     start = time.perf_counter()
     if whole:
-        results = evaluate_full_resolution(model, root, split="test", image_size=args.whole_size, device=device)
+        results = evaluate_full_resolution(model, root, split="test", image_size=args.whole_size, device=device,
+                                           cache_dir=cache_dir)
     else:
         results = evaluate_full_resolution(model, root, split="test", image_size=args.size, window=args.crop,
                                            overlap=args.overlap, windows_per_batch=args.windows_per_batch,
-                                           device=device)
+                                           device=device, cache_dir=cache_dir)
     return results, time.perf_counter() - start
 
 
+def data_passes(dataset) -> tuple[float, float]:
+    """Seconds of one pass over ``dataset`` (one crop per image) with its cache empty, then cached."""
+    seconds = []
+    for _ in range(2):
+        start = time.perf_counter()
+        for index in range(len(dataset.records)):
+            dataset[index]
+        seconds.append(time.perf_counter() - start)
+    return seconds[0], seconds[1]
+
+
+def resident_mib() -> tuple[float, float]:
+    """(current, peak) resident set of this process in MiB. On Linux the peak is VmHWM, which starts
+    afresh at exec and at `reset_peak_resident` (getrusage's ru_maxrss would carry over the peak of
+    the parent that started this process); elsewhere ru_maxrss."""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+        return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # bytes on macOS
+    return peak, peak
+
+
+def reset_peak_resident() -> None:
+    """Start this process's peak resident set afresh from its current one (Linux 4.0+; else nothing)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
 def measure_inference(args) -> dict:
-    """In this (child) process: seconds and peak memory of sliding-window inference of one image at --size."""
+    """In this (child) process: seconds and peak memory of sliding-window inference of one image of
+    --measure-inference HEIGHT WIDTH."""
     device = resolve_device(args.device)
     model = build_model(args, device).eval()
-    image = torch.randn(1, 3, *args.size, device=device)
-    baseline_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    image = torch.randn(1, 3, *args.measure_inference, device=device)
     predict_sliding_window(model, image[..., :args.crop[0], :args.crop[1]], args.crop)  # warm-up
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    before, _ = resident_mib()  # the model, the input image and the libraries
+    reset_peak_resident()
     start = time.perf_counter()
     probs = predict_sliding_window(model, image, args.crop, overlap=args.overlap,
                                    windows_per_batch=args.windows_per_batch, flip_tta=args.flip_tta)
     probs.sum().item()  # waits for the device
     seconds = time.perf_counter() - start
-    peak = {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "rss_before_mib": baseline_kib / 1024}
+    peak = {"peak_rss_mib": resident_mib()[1], "rss_before_mib": before}
     if device.type == "cuda":
         peak["peak_cuda_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
     return {"seconds": seconds, **peak}
 
 
-def inference_in_child(argv) -> dict:
-    command = [sys.executable, str(Path(__file__).resolve()), *argv, "--measure-inference"]
+def inference_in_child(argv, size) -> dict:
+    command = [sys.executable, str(Path(__file__).resolve()), *argv, "--measure-inference", *map(str, size)]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"inference measurement failed:\n{done.stderr[-2000:]}")
@@ -117,31 +155,41 @@ def inference_in_child(argv) -> dict:
 def parse(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-root", type=Path, help="IDRiD root (default: a synthetic tree of --native size)")
-    parser.add_argument("--native", type=int, nargs=2, default=(768, 1152), metavar=("HEIGHT", "WIDTH"),
-                        help="size of the synthetic tree's images when no --data-root")
-    parser.add_argument("--size", type=int, nargs=2, default=(768, 1152), metavar=("HEIGHT", "WIDTH"),
+    parser.add_argument("--native", type=int, nargs=2, default=(1424, 2144), metavar=("HEIGHT", "WIDTH"),
+                        help="size of the synthetic tree's images when no --data-root (default: half IDRiD's)")
+    parser.add_argument("--train-images", type=int, default=6, help="synthetic training images")
+    parser.add_argument("--test-images", type=int, default=2, help="synthetic test images")
+    parser.add_argument("--size", type=int, nargs=2, default=(1424, 2144), metavar=("HEIGHT", "WIDTH"),
                         help="working resolution of the patch arm and of its sliding-window inference")
-    parser.add_argument("--whole-size", type=int, nargs=2, default=(384, 576), metavar=("HEIGHT", "WIDTH"),
+    parser.add_argument("--whole-size", type=int, nargs=2, default=(712, 1072), metavar=("HEIGHT", "WIDTH"),
                         help="input size of the whole-image arm")
-    parser.add_argument("--crop", type=int, nargs=2, default=(256, 256), metavar=("HEIGHT", "WIDTH"))
-    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--crop", type=int, nargs=2, default=(384, 384), metavar=("HEIGHT", "WIDTH"))
+    parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--lesion-share", type=float, default=0.5)
     parser.add_argument("--overlap", type=float, default=0.25)
     parser.add_argument("--windows-per-batch", type=int, default=4)
+    parser.add_argument("--inference-sizes", type=int, nargs="+", default=(1424, 2144, 2848, 4288),
+                        metavar="HEIGHT WIDTH", help="pairs: one sliding-window inference per size")
     parser.add_argument("--flip-tta", action="store_true", help="flip TTA in the inference measurement")
-    parser.add_argument("--backbone", default="resnet18")
+    parser.add_argument("--backbone", default="mobilenet_v3_large")
     parser.add_argument("--channels", type=int, default=64, help="ASPP and decoder width")
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--smoke", action="store_true", help="tiny tree and model, a few steps (the tests)")
-    parser.add_argument("--measure-inference", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--measure-inference", type=int, nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if len(args.inference_sizes) % 2:
+        parser.error("--inference-sizes: expected HEIGHT WIDTH pairs")
     if args.smoke:
         args.native = args.size = (96, 144)
         args.whole_size, args.crop, args.steps, args.batch, args.channels = (48, 72), (48, 48), 2, 2, 16
+        args.train_images, args.test_images, args.inference_sizes, args.backbone = 4, 2, (96, 144), "resnet18"
+    if args.threads:
+        torch.set_num_threads(args.threads)
     return args
 
 
@@ -153,38 +201,53 @@ def main(argv=None) -> int:
         return 0
     device = resolve_device(args.device)
     with tempfile.TemporaryDirectory() as scratch:
-        root = args.data_root
+        root, cache_dir = args.data_root, Path(scratch) / "cache"
         if root is None:
             height, width = args.native
-            root = ensure_dataset(Path(scratch) / "data", size=(width, height), seg_train=4, seg_test=2,
-                                  grade_train=0, grade_test=0)
+            root = ensure_dataset(Path(scratch) / "data", size=(width, height), seg_train=args.train_images,
+                                  seg_test=args.test_images, grade_train=0, grade_test=0)
+        patches = PatchSegmentationDataset(root, "train", args.crop, image_size=args.size,
+                                           lesion_share=args.lesion_share, cache_dir=cache_dir)
+        first_pass, cached_pass = data_passes(patches)
         arms = {
-            "whole, resized": (SegmentationDataset(root, "train", args.whole_size, train=True), True),
-            "patches, lesion-aware": (PatchSegmentationDataset(root, "train", args.crop, image_size=args.size,
-                                                               lesion_share=args.lesion_share), False),
+            "whole, resized": (SegmentationDataset(root, "train", args.whole_size, train=True, cache_dir=cache_dir),
+                               True),
+            "patches, lesion-aware": (patches, False),
         }
         warm_up(args, device)
-        rows = []
+        rows, scores = [], {}
         for name, (dataset, whole) in arms.items():
             model = build_model(args, device)
             train_seconds = train(model, dataset, args, device)
-            results, eval_seconds = score(model, root, args, device, whole)
+            results, eval_seconds = score(model, root, args, device, whole, cache_dir)
+            scores[name] = results
             pixels = args.whole_size if whole else args.crop
             rows.append([name, args.steps, args.steps * args.batch, f"{pixels[0]}x{pixels[1]}",
                          f"{train_seconds:.1f}", f"{eval_seconds:.1f}"]
                         + [f"{results[lesion]['aupr_fullres']:.3f}" for lesion in idrid.LESIONS]
+                        + [f"{results[lesion]['dice_fullres']:.3f}" for lesion in idrid.LESIONS]
                         + [f"{results['mean_aupr_fullres']:.3f}"])
     print(f"\n{machine(device)}; working size {args.size[0]}x{args.size[1]}, {args.backbone}; synthetic data "
           "unless --data-root: the figures show the pipeline runs, not how a method fares on IDRiD")
-    print_table("Same optimizer steps and samples: AUPR at the original mask resolution (test split)",
+    print_table("Same optimizer steps and samples: AUPR and Dice at the original mask resolution (test split)",
                 ["arm", "steps", "samples", "sample px", "train s", "eval s",
-                 *(f"{lesion} AUPR" for lesion in idrid.LESIONS), "mean AUPR"], rows)
-    inference = inference_in_child(argv)
-    print_table(f"Sliding-window inference of one {args.size[0]}x{args.size[1]} image, window {args.crop[0]}x"
-                f"{args.crop[1]}, {args.windows_per_batch} windows per forward (separate process)",
-                ["seconds", "peak RSS MiB (whole process)", "RSS before inference MiB", "peak CUDA MiB"],
-                [[f"{inference['seconds']:.2f}", f"{inference['peak_rss_mib']:.0f}",
-                  f"{inference['rss_before_mib']:.0f}", f"{inference.get('peak_cuda_mib', float('nan')):.0f}"]])
+                 *(f"{lesion} AUPR" for lesion in idrid.LESIONS), *(f"{lesion} Dice" for lesion in idrid.LESIONS),
+                 "mean AUPR"], rows)
+    whole, patch = scores["whole, resized"], scores["patches, lesion-aware"]
+    print_table("Patches over whole resized images, per lesion", ["lesion", "AUPR ratio", "AUPR difference"],
+                [[lesion, ratio(patch[lesion]["aupr_fullres"], whole[lesion]["aupr_fullres"]),
+                  f"{patch[lesion]['aupr_fullres'] - whole[lesion]['aupr_fullres']:+.3f}"] for lesion in idrid.LESIONS])
+    print_table(f"Patch dataset, one {args.crop[0]}x{args.crop[1]} crop per training image at {args.size[0]}x"
+                f"{args.size[1]}", ["first pass (empty cache) s", "cached pass s", "first / cached"],
+                [[f"{first_pass:.2f}", f"{cached_pass:.2f}", ratio(first_pass, cached_pass)]])
+    rows = []
+    for height, width in zip(args.inference_sizes[::2], args.inference_sizes[1::2]):
+        inference = inference_in_child(argv, (height, width))
+        rows.append([f"{height}x{width}", f"{inference['seconds']:.2f}", f"{inference['peak_rss_mib']:.0f}",
+                     f"{inference['rss_before_mib']:.0f}", f"{inference.get('peak_cuda_mib', float('nan')):.0f}"])
+    print_table(f"Sliding-window inference of one image, window {args.crop[0]}x{args.crop[1]}, "
+                f"{args.windows_per_batch} windows per forward (a separate process per size)",
+                ["image", "seconds", "peak RSS MiB (process, during inference)", "RSS before inference MiB", "peak CUDA MiB"], rows)
     return 0
 
 

@@ -7,26 +7,43 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from codebase.config import ConfigError
+from codebase.data.idrid import LESIONS, segmentation_records
 from codebase.data.image_datasets import GradingDataset, SegmentationDataset
 from codebase.data.loaders import derive_seed, seed_worker
+from codebase.data.patches import patch_dataset, working_resolution
 
 
-def build_datasets(root, grading_size, segmentation_size, crop_size=None, cache_dir=None, splits=None):
+def build_datasets(root, grading_size, segmentation_size, crop_size=None, cache_dir=None, splits=None,
+                   patches=None, lesions=LESIONS):
     """{"grading": {split: dataset}, "segmentation": {split: dataset}}.
 
     splits: {half: {"train"|"validation"|"test": [record]}} (codebase.data.splits); a split without
     images is left out. None: IDRiD's train and test splits as distributed.
+    patches: an enabled ``data.patches`` section (codebase.data.patches): the segmentation training
+    set is then lesion-aware crops (centred on ``lesions``) of images kept at its working resolution,
+    and validation and test segmentation images are whole at that resolution (segmentation_size and
+    crop_size are unused); grading keeps whole resized images either way.
     """
     if splits is None:
         splits = {half: {"train": None, "test": None} for half in ("grading", "segmentation")}
+    segmentation = {split: records if records is not None else segmentation_records(root, split)
+                    for split, records in splits["segmentation"].items()}
+    if patches:
+        segmentation_size = working_resolution(patches, [r for records in segmentation.values() for r in records])
+
+    def segmentation_dataset(split, records):
+        if patches and split == "train":
+            return patch_dataset(root, patches, records, cache_dir, lesions)
+        return SegmentationDataset(root, split, segmentation_size, train=split == "train",
+                                   crop_size=crop_size if split == "train" else None, cache_dir=cache_dir,
+                                   records=records)
+
     return {
         "grading": {split: GradingDataset(root, split, grading_size, train=split == "train",
                                           cache_dir=cache_dir, records=records)
                     for split, records in splits["grading"].items() if records is None or records},
-        "segmentation": {split: SegmentationDataset(root, split, segmentation_size, train=split == "train",
-                                                    crop_size=crop_size if split == "train" else None,
-                                                    cache_dir=cache_dir, records=records)
-                         for split, records in splits["segmentation"].items() if records is None or records},
+        "segmentation": {split: segmentation_dataset(split, records)
+                         for split, records in segmentation.items() if records},
     }
 
 

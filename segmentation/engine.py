@@ -8,9 +8,10 @@ import torch
 
 from codebase.data.idrid import LESIONS
 from codebase.evaluation.evaluate import evaluate_segmentation
+from codebase.evaluation.fullres import sliding_window_logits
 from codebase.training import distributed
 from codebase.training.loop import train_steps
-from segmentation.model import TASKS, predict
+from segmentation.model import TASKS
 
 
 def train_one_epoch(model, criterion, optimizer, loader, epoch, device, amp="off", scaler=None, channels_last=False):
@@ -33,10 +34,16 @@ def train_one_epoch(model, criterion, optimizer, loader, epoch, device, amp="off
             "lesions": {k: {"loss_focal": means[f"focal_{k}"], "loss_dice": means[f"dice_{k}"]} for k in LESIONS}}
 
 
-def evaluate(model, loader, device, amp="off", threshold=0.5, keep_meter=False):
+def evaluate(model, loader, device, amp="off", threshold=0.5, keep_meter=False, window=None, overlap=0.25):
     """Per-lesion IoU, Dice, sensitivity, precision (at ``threshold``) and AUPR over ``loader``,
-    and their means; with ``keep_meter`` also the SegmentationMeter (for precision-recall curves)."""
+    and their means; with ``keep_meter`` also the SegmentationMeter (for precision-recall curves).
+    window=(h, w): each image is predicted by sliding windows of that size (a patch-trained model)."""
     model = distributed.unwrap(model)
     model.eval()
-    return evaluate_segmentation(lambda images: predict(model, images), loader, TASKS, device, amp,
-                                 threshold, keep_meter=keep_meter)
+    logits_of = model if window is None else sliding_window_logits(model, window, overlap)
+
+    def predict_tasks(images):
+        logits = logits_of(images)  # [B, 5, H, W]
+        return {"logits": {task.name: logits[:, i:i + 1] for i, task in enumerate(TASKS)}}
+
+    return evaluate_segmentation(predict_tasks, loader, TASKS, device, amp, threshold, keep_meter=keep_meter)

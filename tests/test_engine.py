@@ -15,6 +15,8 @@ from codebase.data.loaders import EpochLoader
 from codebase.data.synthetic import generate
 from codebase.dataset import build_datasets
 from codebase.engine import evaluate
+from codebase.evaluation.fullres import fullres_metrics, with_fullres
+from codebase.tasks import on_side
 
 pytestmark = pytest.mark.slow  # trains models or runs scripts in subprocesses
 
@@ -49,9 +51,17 @@ def evaluate_saved(folder):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the two processes ran (OMP_NUM_THREADS=1): the same reduction order
     try:
-        return evaluate(model, loaders, torch.device("cpu"))
+        results = evaluate(model, loaders, torch.device("cpu"))
+        tasks = on_side(model.tasks, "segmentation")
+        fullres = fullres_metrics(lambda images: torch.cat([model(images, side="segmentation")["logits"][task.name]
+                                                            for task in tasks], dim=1),
+                                  datasets["segmentation"]["test"], lesions=[task.key for task in tasks])
     finally:
         torch.set_num_threads(threads)
+    height, width = data["segmentation_size"]
+    results["segmentation"] = with_fullres({**results["segmentation"], "resolution": f"resized {height}x{width}"},
+                                           fullres)
+    return results
 
 
 def assert_close(actual, expected, where="eval"):
@@ -64,6 +74,8 @@ def assert_close(actual, expected, where="eval"):
         assert len(actual) == len(expected), where
         for index, (a, e) in enumerate(zip(actual, expected)):
             assert_close(a, e, f"{where}[{index}]")
+    elif isinstance(expected, str):
+        assert actual == expected, where
     else:
         assert actual == pytest.approx(expected, abs=1e-6, nan_ok=True), where
 
@@ -130,7 +142,8 @@ def test_a_task_added_through_task_specs_trains(synthetic_root, tmp_path):
 
 def test_two_processes_write_once_match_single_process_evaluation_and_resume_in_one(synthetic_root, tmp_path):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               str(REPO / "train_mlt_model.py"), *tiny_argv(synthetic_root, tmp_path, "train.eval_batch_size=1")]
+               str(REPO / "train_mlt_model.py"),
+               *tiny_argv(synthetic_root, tmp_path, "train.eval_batch_size=1", "data.validation=0")]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "PYTHONPATH": str(REPO)}
     finished = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
     assert finished.returncode == 0, finished.stderr[-4000:]
@@ -142,7 +155,8 @@ def test_two_processes_write_once_match_single_process_evaluation_and_resume_in_
 
     assert_close(evaluate_saved(folder), json.loads((folder / "test_metrics.json").read_text())["last"]["metrics"])
 
-    train_mlt_model.main(tiny_config(synthetic_root, tmp_path, "train.eval_batch_size=1", "train.epochs=3"))
+    train_mlt_model.main(tiny_config(synthetic_root, tmp_path, "train.eval_batch_size=1", "data.validation=0",
+                                     "train.epochs=3"))
     history = json.loads((folder / "history.json").read_text())
     assert [entry["epoch"] for entry in history] == [1, 2, 3]
     assert "resumed from" in (folder / "train_log.txt").read_text()
@@ -164,6 +178,7 @@ def test_notebook_executes_on_the_run(tiny_run, tmp_path, monkeypatch, name):
     assert str(folder.resolve()) in printed
     if name == "evaluate_mlt.ipynb":
         assert "rg_accuracy" in printed and "OD Optic Disc" in printed
+        assert "segmentation at the original resolution, multi-task" in printed and "aupr_fullres" in printed
     else:
         assert "lesion masks missing (grading image)" in printed and "true missing" in printed
     assert figures

@@ -17,6 +17,16 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from codebase.config import (
+    BOOLEAN,
+    ConfigError,
+    get_value,
+    integer,
+    number,
+    optional,
+    require,
+    size_hw,
+)
 from codebase.data import idrid
 from codebase.data.cache import ResizedCache, load_resized_image, load_resized_mask
 from codebase.data.transforms import eval_transforms, to_tv_tensors, train_transforms
@@ -192,3 +202,64 @@ class PatchSegmentationDataset(Dataset):
             "origin": torch.tensor([top, left], dtype=torch.int64),
             "centred_on": torch.tensor(lesion, dtype=torch.int64),
         }
+
+
+# ---------------------------------------------------------------------------------------------
+# The ``data.patches`` section of the segmentation and multi-task train scripts
+
+PATCH_SETTINGS = {
+    "enabled": False,           # True: train the lesions on crops of images kept at working_size
+    "working_size": None,       # [height, width] the images are kept at; None: each image's native size
+    "crop_size": [512, 512],    # training crop and sliding-window size at the working resolution
+    "lesion_share": 0.5,        # share of crops centred on a lesion pixel (lesion kind drawn uniformly)
+    "crops_per_image": 8,       # crops of each training image per epoch
+    "overlap": 0.25,            # overlap of neighbouring sliding windows in evaluation
+}
+
+
+def patch_setting_rules(prefix: str = "data.patches") -> dict:
+    """One rule per setting of PATCH_SETTINGS under ``prefix``."""
+    return {
+        f"{prefix}.enabled": BOOLEAN,
+        f"{prefix}.working_size": optional(size_hw(32)),
+        f"{prefix}.crop_size": size_hw(32),
+        f"{prefix}.lesion_share": number(0, 1),
+        f"{prefix}.crops_per_image": integer(1),
+        f"{prefix}.overlap": number(0, 1, high_open=True),
+    }
+
+
+def validate_patch_settings(config: dict, prefix: str = "data.patches") -> None:
+    """ConfigError when the crop is larger than a given working size (a native working size is
+    checked against the images when the data is built: `working_resolution`)."""
+    size = get_value(config, f"{prefix}.working_size")
+    if size is not None:
+        require(config, f"{prefix}.crop_size", lambda crop: crop[0] <= size[0] and crop[1] <= size[1],
+                f"[height, width] no larger than {prefix}.working_size={size}")
+
+
+def working_resolution(patches: dict, records, prefix: str = "data.patches") -> tuple[int, int]:
+    """(H, W) of the patch-trained lesion pipeline: the working_size setting, or the native size of
+    the first image (IDRiD's are all 4288x2848). ConfigError when the crop does not fit an image."""
+    if patches["working_size"] is not None:
+        return tuple(patches["working_size"])
+    records = list(records)
+    if not records:
+        raise ConfigError(f"{prefix}.working_size=None: no segmentation images to read the native size from")
+    width, height = idrid.image_size(records[0].image_path)
+    crop = patches["crop_size"]
+    for record in records:
+        record_width, record_height = idrid.image_size(record.image_path)
+        if crop[0] > record_height or crop[1] > record_width:
+            raise ConfigError(f"{prefix}.crop_size={crop}: larger than {record.image_path} "
+                              f"({record_height}x{record_width} native); lower it or set {prefix}.working_size")
+    return height, width
+
+
+def patch_dataset(root, patches: dict, records, cache_dir=None, lesions=idrid.LESIONS) -> PatchSegmentationDataset:
+    """The training PatchSegmentationDataset a ``data.patches`` section describes, over ``records``;
+    crops are centred on the given ``lesions`` (the run's lesion tasks)."""
+    return PatchSegmentationDataset(root, "train", patches["crop_size"], image_size=patches["working_size"],
+                                    lesion_share=patches["lesion_share"], sample_lesions=tuple(lesions),
+                                    crops_per_image=patches["crops_per_image"], train=True, cache_dir=cache_dir,
+                                    records=records)

@@ -156,3 +156,96 @@ def evaluate_full_resolution(predict_fn: Callable, data, split: str = "test", im
         meter.update(probs, masks)
     results = meter.compute()
     return (results, meter) if keep_meter else results
+
+
+# ---------------------------------------------------------------------------------------------
+# Wiring: training-time evaluation and comparisons
+
+FULLRES_EVAL = ("off", "final", "every")  # train.fullres_eval: never, the final test evaluation, every evaluation
+
+
+def sliding_window_logits(predict_fn: Callable, window, overlap: float = 0.25, windows_per_batch: int = 4,
+                          eps: float = 1e-6) -> Callable:
+    """images [N, 3, H, W] -> logits [N, L, H, W] of the probabilities blended over sliding ``window``s
+    of the images (predict_fn: windows -> logits), so routines that take logits (evaluate_segmentation)
+    score a patch-trained model on whole working-size images."""
+    def predict(images):
+        probs = predict_sliding_window(predict_fn, images, window, overlap=overlap,
+                                       windows_per_batch=windows_per_batch)  # [N, L, H, W] in [0, 1]
+        return torch.logit(probs.float(), eps=eps)
+
+    return predict
+
+
+def fullres_metrics(predict_fn: Callable, data, split: str = "test", image_size=None, window=None,
+                    overlap: float = 0.25, lesions: Sequence[str] = idrid.LESIONS, threshold: float = 0.5,
+                    device="cpu", amp: str = "off", cache_dir=None, cache_masks: bool = False,
+                    windows_per_batch: int = 4, desc: str = "eval full resolution") -> dict:
+    """`evaluate_full_resolution` sharded over the processes of a distributed run (each scores every
+    world_size-th image, the histograms are summed), so every rank returns the single-process result.
+
+    predict_fn: normalised images [N, 3, h, w] -> lesion logits [N, len(lesions), h, w].
+    data: a data root (with ``split``), a list of SegmentationRecords, or a SegmentationDataset.
+    image_size: the working size the model sees (None: the dataset's, else the original size);
+    window: None for one forward of the whole image, (h, w) for sliding windows over it.
+    Returns {lesion: {"aupr_fullres", "dice_fullres", "iou_fullres", "sensitivity_fullres",
+    "precision_fullres"}, "mean_aupr_fullres", "mean_dice_fullres", "mean_iou_fullres"}.
+    """
+    from codebase.training import distributed
+    records, cache, default_size = _records_and_cache(data, split, cache_dir)
+    shard = records[distributed.rank()::distributed.world_size()]
+    _, meter = evaluate_full_resolution(predict_fn, shard, split, image_size or default_size, window, overlap,
+                                        windows_per_batch, lesions=lesions, threshold=threshold, device=device,
+                                        amp=amp, cache_dir=cache.directory, cache_masks=cache_masks,
+                                        keep_meter=True, desc=desc)
+    if distributed.is_distributed():
+        distributed.all_reduce_sum(meter.state_tensors())
+    return meter.compute()
+
+
+def with_fullres(segmentation: dict, fullres: dict) -> dict:
+    """The working-resolution lesion metrics with the full-resolution ones beside them: each lesion's
+    dict gains its "*_fullres" entries, the top level the "mean_*_fullres" means."""
+    merged = dict(segmentation)
+    for key, value in fullres.items():
+        if isinstance(value, dict):
+            merged[key] = {**merged.get(key, {}), **value}
+        else:
+            merged[key] = value
+    merged["resolution_fullres"] = "original (the mask files' size)"
+    return merged
+
+
+def run_window(config: dict) -> tuple[tuple[int, int] | None, tuple[int, int] | None, float]:
+    """(working size or None for the original size, sliding window or None, overlap) a saved run's
+    lesions are predicted at: its data.patches when enabled, else one forward of the image resized to
+    data.image_size (DeepLabV3+) or data.segmentation_size (multi-task)."""
+    data = config["data"]
+    patches = data.get("patches") or {}
+    if patches.get("enabled"):
+        working = patches.get("working_size")
+        return (tuple(working) if working else None), tuple(patches["crop_size"]), patches.get("overlap", 0.25)
+    size = data.get("segmentation_size", data.get("image_size"))
+    return tuple(size), None, 0.25
+
+
+def run_fullres_metrics(run, root, split: str = "test", device="cpu", threshold: float | None = None,
+                        cache_dir=None) -> dict:
+    """`fullres_metrics` of a loaded run (inference.runs.TrainedRun: .config, .tasks(side), .predict) on
+    ``root``'s ``split``, at the size and window the run was trained for (`run_window`). Only the
+    run's segmentation tasks that are IDRiD lesions (with mask files) are scored; {} when it has none.
+    threshold: default the run's train.threshold (0.5 when it has none)."""
+    tasks = [task for task in run.tasks("segmentation") if task.key in idrid.LESIONS]
+    if not tasks:
+        return {}
+    size, window, overlap = run_window(run.config)
+    train = run.config["train"]
+
+    def lesion_logits(images):  # [N, 3, h, w] -> [N, len(tasks), h, w]
+        logits = run.predict(images, side="segmentation")["logits"]
+        return torch.cat([logits[task.name] for task in tasks], dim=1)
+
+    return fullres_metrics(lesion_logits, root, split, image_size=size, window=window, overlap=overlap,
+                           lesions=[task.key for task in tasks],
+                           threshold=train.get("threshold", 0.5) if threshold is None else threshold,
+                           device=device, amp=train.get("amp", "off"), cache_dir=cache_dir)

@@ -7,9 +7,18 @@ import pytest
 import torch
 from PIL import Image
 
+from codebase.config import ConfigError
 from codebase.data import idrid
 from codebase.data.cache import ResizedCache
-from codebase.data.patches import PatchSegmentationDataset, lesion_points, pack_masks, unpack_masks
+from codebase.data.patches import (
+    PATCH_SETTINGS,
+    PatchSegmentationDataset,
+    lesion_points,
+    pack_masks,
+    patch_dataset,
+    unpack_masks,
+    working_resolution,
+)
 from codebase.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 HEIGHT, WIDTH = 96, 128
@@ -203,3 +212,16 @@ def test_no_cache_mode_keeps_arrays_in_memory(synthetic_root, tmp_path, monkeypa
     for item in range(len(dataset)):
         dataset[item]
     assert counts == Counter({"IDRiD_01.jpg": 1, "IDRiD_01_MA.tif": 1}) and not (root / ".cache").exists()
+
+
+def test_working_resolution_and_the_dataset_a_patches_section_describes(synthetic_root, tmp_path):
+    records = idrid.segmentation_records(synthetic_root, "train")
+    section = {**PATCH_SETTINGS, "crop_size": [64, 64], "crops_per_image": 3, "lesion_share": 1.0}
+    assert working_resolution(section, records) == (128, 192)  # native, from the files
+    assert working_resolution({**section, "working_size": [96, 144]}, records) == (96, 144)
+    with pytest.raises(ConfigError, match=r"data\.patches\.crop_size=\[256, 64\]: larger than .*128x192 native"):
+        working_resolution({**section, "crop_size": [256, 64]}, records)
+    dataset = patch_dataset(synthetic_root, section, records[:2], cache_dir=tmp_path, lesions=("OD",))
+    assert len(dataset) == 6 and dataset.image_size is None and dataset.crop_size == (64, 64)
+    sample = dataset[0]
+    assert sample["image"].shape == (3, 64, 64) and int(sample["centred_on"]) == idrid.LESIONS.index("OD")

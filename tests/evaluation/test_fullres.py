@@ -10,9 +10,19 @@ from sklearn import metrics as sk
 from codebase.data import idrid
 from codebase.data.cache import load_resized_image
 from codebase.data.image_datasets import SegmentationDataset
-from codebase.evaluation.fullres import (FullResolutionMeter, evaluate_full_resolution, full_size_masks,
-                                         upsample_probabilities)
 from codebase.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from codebase.evaluation.fullres import (
+    FullResolutionMeter,
+    evaluate_full_resolution,
+    full_size_masks,
+    fullres_metrics,
+    run_fullres_metrics,
+    run_window,
+    sliding_window_logits,
+    upsample_probabilities,
+    with_fullres,
+)
+from codebase.tasks import parse_tasks
 
 
 def test_upsampling_is_bilinear_with_half_pixel_centres():
@@ -135,3 +145,59 @@ def test_cached_masks_decode_once_and_score_the_same(synthetic_root, tmp_path, m
     assert str(second) == str(first)  # equal, NaN included
     with pytest.raises(AssertionError, match="decoded a source file"):
         evaluate_full_resolution(model, synthetic_root, image_size=(64, 96), cache_dir=tmp_path)  # masks uncached
+
+
+def test_sliding_window_logits_are_the_blended_probabilities_as_logits():
+    model = toy_model(torch.Generator().manual_seed(2))  # per pixel: windows change nothing
+    images = torch.randn(2, 3, 40, 56, generator=torch.Generator().manual_seed(3))
+    logits = sliding_window_logits(model, (24, 24), overlap=0.5)(images)
+    assert logits.shape == (2, 5, 40, 56)
+    torch.testing.assert_close(torch.sigmoid(logits), torch.sigmoid(model(images)), atol=1e-5, rtol=0)
+
+
+def test_fullres_metrics_equal_the_whole_split_routine_and_merge_beside_the_resized_ones(synthetic_root):
+    model = toy_model(torch.Generator().manual_seed(1))
+    records = idrid.segmentation_records(synthetic_root, "test")
+    expected = evaluate_full_resolution(model, records, image_size=(64, 96))
+    results = fullres_metrics(model, synthetic_root, "test", image_size=(64, 96))
+    for lesion in idrid.LESIONS:
+        assert results[lesion] == pytest.approx(expected[lesion], nan_ok=True)
+    subset = fullres_metrics(lambda images: model(images)[:, 3:4], records, lesions=("SE",), image_size=(64, 96))
+    assert set(subset) == {"SE", "mean_iou_fullres", "mean_dice_fullres", "mean_aupr_fullres"}
+    assert subset["SE"] == pytest.approx(expected["SE"], nan_ok=True)
+
+    resized = {"MA": {"aupr": 0.1}, "mean_aupr": 0.1, "resolution": "resized 64x96"}
+    merged = with_fullres(resized, results)
+    assert merged["MA"] == {"aupr": 0.1, **results["MA"]} and merged["mean_aupr"] == 0.1
+    assert merged["mean_aupr_fullres"] == results["mean_aupr_fullres"] and merged["resolution"] == "resized 64x96"
+    assert "aupr_fullres" not in resized["MA"]  # the resized metrics are left as they were
+
+
+class SavedRun:
+    """What run_fullres_metrics needs of inference.runs.TrainedRun."""
+
+    def __init__(self, config, logits_of, keys=idrid.LESIONS):
+        self.config, self.logits_of, self.keys = config, logits_of, keys
+
+    def tasks(self, side):
+        return parse_tasks({f"segmentation_{key.lower()}": 1 for key in self.keys})
+
+    def predict(self, images, side="segmentation"):
+        logits = self.logits_of(images)
+        return {"logits": {f"segmentation_{key.lower()}": logits[:, i:i + 1] for i, key in enumerate(self.keys)}}
+
+
+def test_a_saved_run_is_scored_at_its_own_size_and_window(synthetic_root):
+    model = toy_model(torch.Generator().manual_seed(4))
+    resized = {"data": {"image_size": [64, 96]}, "train": {"threshold": 0.5, "amp": "off"}}
+    assert run_window(resized) == ((64, 96), None, 0.25)
+    results = run_fullres_metrics(SavedRun(resized, model), synthetic_root)
+    expected = evaluate_full_resolution(model, synthetic_root, image_size=(64, 96))
+    assert results["OD"] == pytest.approx(expected["OD"], nan_ok=True)
+    patched = {"data": {"segmentation_size": [64, 96], "patches": {"enabled": True, "working_size": None,
+                                                                   "crop_size": [64, 64], "overlap": 0.5}},
+               "train": {"amp": "off"}}
+    assert run_window(patched) == (None, (64, 64), 0.5)
+    results = run_fullres_metrics(SavedRun(patched, model), synthetic_root)
+    expected = evaluate_full_resolution(model, synthetic_root, window=(64, 64), overlap=0.5)  # original size
+    assert results["EX"] == pytest.approx(expected["EX"], abs=1e-6, nan_ok=True)

@@ -9,5 +9,6 @@ pytestmark = pytest.mark.slow  # trains two small models and times sliding-windo
 def test_fullres_benchmark_smoke_run(capsys):
     assert bench_fullres.main(["--smoke"]) == 0
     printed = capsys.readouterr().out
-    for row in ("whole, resized", "patches, lesion-aware", "MA AUPR", "Sliding-window inference", "peak RSS MiB"):
+    for row in ("whole, resized", "patches, lesion-aware", "MA AUPR", "OD Dice", "AUPR ratio", "first / cached",
+                "Sliding-window inference", "96x144", "peak RSS MiB"):
         assert row in printed

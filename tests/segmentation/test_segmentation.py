@@ -13,7 +13,7 @@ from codebase.data.idrid import LESIONS
 from codebase.data.loaders import seed_everything
 from codebase.data.synthetic import generate
 from inference.runs import load_run
-from segmentation.dataset import test_loader
+from segmentation.dataset import split_loader
 from segmentation.engine import evaluate
 from segmentation.model import TASKS, DeepLabV3Plus, predict
 
@@ -47,7 +47,7 @@ def tiny_run(tmp_path_factory):
     config = tiny_config(root, tmp_path_factory.mktemp("saved"))
     seed_everything(config["seed"])  # as Run does before main builds the model
     untrained = DeepLabV3Plus(**config["model"])
-    before = evaluate(untrained, test_loader(config, torch.device("cpu")), torch.device("cpu"))
+    before = evaluate(untrained, split_loader(config, "test", torch.device("cpu")), torch.device("cpu"))
     history = train_segmentation.main(config)
     return Path(config["run"]["save_dir"]) / "tiny", history, before
 
@@ -77,7 +77,7 @@ def test_defaults_are_the_reference_experiment():
     config = with_defaults(train_segmentation.CONFIG)
     train_segmentation.validate(config)
     assert config["model"] == {"backbone": "resnet50", "output_stride": 8, "pretrained": "imagenet",
-                               "channels": 256, "separable": False}
+                               "aspp_channels": 256, "decoder_channels": 256, "separable": False}
     assert (config["data"]["image_size"], config["data"]["crop_size"]) == ([1424, 2144], [1024, 1024])
     assert (config["train"]["batch_size"], config["train"]["epochs"]) == (12, 100)
     assert config["optim"] == {"lr": 3e-4, "backbone_lr": 3e-5, "weight_decay": 1e-4}
@@ -123,5 +123,5 @@ def test_notebook_executes_on_the_run(tiny_run, monkeypatch, name, figures):
     printed, shown, _ = notebooks.execute(name)
     assert str(folder.resolve()) in printed
     if name.startswith("evaluate"):
-        assert "OD Optic Disc" in printed and "aupr" in printed
+        assert "OD Optic Disc" in printed and "aupr" in printed and "aupr_fullres" in printed
     assert shown == figures
