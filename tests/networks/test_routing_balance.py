@@ -7,7 +7,7 @@ from torch import nn
 
 import train_mlt_model
 from codebase.engine import GATE_REGULARISERS, MultiTaskLoss
-from codebase.evaluation.evaluate import plots
+from codebase.evaluation import plots
 from codebase.evaluation.evaluate import RoutingMeter
 from codebase.networks.experts import ExpertBank
 from codebase.networks.layers import Gate
