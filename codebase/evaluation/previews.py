@@ -109,12 +109,15 @@ def _probabilities(logits: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
 
 
 def _with_caption(picture: np.ndarray, lines: list[str]) -> np.ndarray:
-    """Float [H, W, 3] in [0, 1] with the non-empty `lines` written in a black strip below; uint8."""
+    """Float [H, W, 3] in [0, 1] with the non-empty `lines` written in a black strip below (widened
+    to the longest line); uint8."""
     lines = [line for line in lines if line]
     height, width = picture.shape[:2]
+    font = ImageFont.load_default()
+    width = max([width] + [4 + int(np.ceil(font.getlength(line))) for line in lines])
     canvas = Image.new("RGB", (width, height + LINE_HEIGHT * len(lines) + 4))
     canvas.paste(Image.fromarray((picture * 255).round().astype(np.uint8)), (0, 0))
-    draw, font = ImageDraw.Draw(canvas), ImageFont.load_default()
+    draw = ImageDraw.Draw(canvas)
     for index, line in enumerate(lines):
         draw.text((2, height + 2 + LINE_HEIGHT * index), line, fill=(255, 255, 255), font=font)
     return np.asarray(canvas)

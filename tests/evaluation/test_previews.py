@@ -57,13 +57,18 @@ def test_a_sample_without_masks_gets_no_true_panel_and_the_picture_has_a_caption
     assert [label for label, _ in panels] == ["image", "predicted"]
     assert grades == ["RG 2 (true 2)", "MER 1 (true 0)"]
     picture = preview.draw(item)
-    assert picture.dtype == np.uint8 and picture.shape == (8 + 2 * LINE_HEIGHT + 4, 20, 3)
+    assert picture.dtype == np.uint8 and picture.shape[0] == 8 + 2 * LINE_HEIGHT + 4 and picture.shape[1] >= 20
+    drawn = np.concatenate([panel for _, panel in panels], axis=1)
+    np.testing.assert_array_equal(picture[:8, :20], (drawn * 255).round().astype(np.uint8))
     assert picture[8:].any(), "the caption is written below the panels"
+    narrow = preview.draw({"image": torch.randn(3, 8, 4), "rg": torch.tensor(2), "mer": torch.tensor(0)})
+    assert narrow.shape[1] > 8 and narrow[:8, 8:].max() == 0, "the strip is widened to the caption"
 
 
 def test_preview_of_a_real_model_on_validation_datasets(synthetic_root):
     torch.manual_seed(0)
-    model = MultiTaskModel({task.name: task.outputs for task in TASKS}, "resnet18", 2, pretrained="none").train()
+    model = MultiTaskModel({task.name: task.outputs for task in TASKS}, "resnet18", 2, pretrained="none",
+                           aspp_channels=16, decoder_channels=16, head_hidden=16, gate_hidden=16).train()
     grading = GradingDataset(synthetic_root, "test", (64, 96))
     segmentation = SegmentationDataset(synthetic_root, "test", (64, 80))
     preview = PredictionPreview(model, predict, [grading, segmentation], model.tasks, torch.device("cpu"), count=3)
@@ -73,6 +78,6 @@ def test_preview_of_a_real_model_on_validation_datasets(synthetic_root):
     shapes = [image.shape for image in images.values()]
     assert shapes[0] == (64 + 2 * LINE_HEIGHT + 4, 2 * 96, 3)  # image | predicted (a grading image has no masks)
     assert shapes[1] == shapes[2] == (64 + 2 * LINE_HEIGHT + 4, 3 * 80, 3)  # image | predicted | true
+    # (captions are narrower than these panels)
     assert all(image.dtype == np.uint8 for image in images.values())
     assert list(images)[1] == f"1_{segmentation[0]['name']}"
-    assert preview._samples is not None and len(preview(2)) == 3  # the same samples each epoch
