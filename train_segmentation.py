@@ -185,7 +185,8 @@ def main(config):
         history = fit(run, wrapped, optimizer, scheduler, train_epoch, evaluate_epoch, train["epochs"], scaler,
                       loaders=loaders.values(), eval_split=eval_split, selection=make_selection(train, TASKS),
                       test=test, preview=PredictionPreview(model, predict_lesions, [
-                          loaders["validation"].dataset if "validation" in loaders else None], TASKS, device))
+                          loaders["validation"].dataset if "validation" in loaders else None], TASKS, device,
+                          threshold=train["threshold"]))
         tested = run.folder / TEST_METRICS_FILE
         if run.is_main and tested.is_file():
             results = json.loads(tested.read_text())
