@@ -1,6 +1,6 @@
 """The event log of a run: TensorBoard event files in <run folder>/tensorboard/.
 
-    tensorboard --logdir saved        # every run folder is one run in TensorBoard
+    tensorboard --logdir saved        # each run appears as <run name>/tensorboard
 
 Every event is at the run's global optimizer step (`StepCounter`: steps of completed epochs plus
 steps into the current one, kept in the checkpoint), so all curves share one x axis:
@@ -18,7 +18,8 @@ steps into the current one, kept in the checkpoint), so all curves share one x a
 Resuming continues the same curves: the first event a process writes opens a new event file
 whose SessionLog START (SummaryWriter's ``purge_step``) tells TensorBoard to drop every event at
 that step or later from the earlier files, i.e. what an interrupted epoch wrote after the last
-checkpoint. Only rank 0 writes; nothing is written (no file) until the first event.
+checkpoint (TensorBoard's fast data server likewise replaces a curve's points from a step that is
+written again). Only rank 0 writes; nothing is written (no file) until the first event.
 """
 import math
 import time
