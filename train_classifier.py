@@ -20,6 +20,7 @@ from classifier.dataset import (
 )
 from classifier.engine import GradingLoss, evaluate, train_one_epoch
 from classifier.model import TASKS, build_model
+from classifier.model import predict as predict_grades
 from codebase.config import (
     BOOLEAN,
     check_settings,
@@ -33,6 +34,7 @@ from codebase.data.splits import SPLITS_FILE, describe, split_records
 from codebase.data.synthetic import ensure_dataset
 from codebase.errors import run_main
 from codebase.evaluation.cost import count_parameters
+from codebase.evaluation.previews import PredictionPreview
 from codebase.settings import COMMON_RULES
 from codebase.training import distributed
 from codebase.training.device import make_grad_scaler
@@ -166,7 +168,8 @@ def main(config):
             lambda epoch: train_one_epoch(wrapped, criterion, optimizer, loaders["train"], epoch, device,
                                           train["amp"], scaler),
             evaluate_epoch, train["epochs"], scaler, loaders=[loaders["train"]], eval_split=eval_split,
-            selection=make_selection(train, TASKS), test=test)
+            selection=make_selection(train, TASKS), test=test,
+            preview=PredictionPreview(model, predict_grades, [datasets.get("validation")], TASKS, device))
         tested = run.folder / TEST_METRICS_FILE
         if run.is_main and tested.is_file():
             results = json.loads(tested.read_text())

@@ -48,7 +48,8 @@ from codebase.evaluation.fullres import (
     sliding_window_logits,
     with_fullres,
 )
-from codebase.model import build_model
+from codebase.evaluation.previews import PredictionPreview
+from codebase.model import build_model, predict
 from codebase.settings import COMMON_RULES
 from codebase.tasks import on_side, parse_tasks
 from codebase.training import distributed
@@ -317,7 +318,9 @@ def main(config):
         loaders = [loader for split in eval_loaders.values() for loader in split.values()]
         return fit(run, model, optimizer, scheduler, train_epoch, evaluate_epoch, train["epochs"], scaler,
                    loaders=loaders, extra_state={"weighting": weighting}, eval_split=eval_split,
-                   selection=make_selection(train, model.tasks), test=test)
+                   selection=make_selection(train, model.tasks), test=test,
+                   preview=PredictionPreview(model, predict, [datasets[side].get("validation") for side in datasets],
+                                             model.tasks, device))
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ from codebase.evaluation.cost import count_parameters
 from codebase.evaluation.fullres import FULLRES_EVAL, fullres_metrics, with_fullres
 from codebase.evaluation.fullres import SUFFIX as FULLRES_SUFFIX
 from codebase.evaluation.metrics import LESION_METRICS
+from codebase.evaluation.previews import PredictionPreview
 from codebase.evaluation.visualize import lesion_metrics_table
 from codebase.networks.backbones import BACKBONES
 from codebase.settings import COMMON_RULES
@@ -54,6 +55,7 @@ from codebase.training.selection import evaluation_plan, make_selection
 from segmentation.dataset import build_loaders
 from segmentation.engine import evaluate, train_one_epoch
 from segmentation.model import TASKS, build_model
+from segmentation.model import predict as predict_lesions
 
 CONFIG = {
     "kind": "segmentation",                # the model kind, recorded so a run folder can be rebuilt
@@ -221,7 +223,9 @@ def main(config):
             return evaluate_split("test", train["fullres_eval"] != "off")
         history = fit(run, wrapped, optimizer, scheduler, train_epoch, evaluate_epoch, train["epochs"], scaler,
                       loaders=loaders.values(), eval_split=eval_split, selection=make_selection(train, TASKS),
-                      test=test)
+                      test=test, preview=PredictionPreview(model, predict_lesions, [
+                          loaders["validation"].dataset if "validation" in loaders else None], TASKS, device,
+                          threshold=train["threshold"]))
         tested = run.folder / TEST_METRICS_FILE
         if run.is_main and tested.is_file():
             results = json.loads(tested.read_text())

@@ -25,7 +25,8 @@ HARNESS_DEFAULTS = {
     "seed": 0,
     "device": "auto",
     "deterministic": False,  # True: cudnn picks deterministic kernels instead of benchmarking the fastest
-    "run": {"name": "run", "save_dir": "saved", "resume": None, "demo": False, "plots": True},
+    "run": {"name": "run", "save_dir": "saved", "resume": None, "demo": False, "plots": True,
+            "tensorboard": True},  # TensorBoard event files in saved/<name>/tensorboard/
 }
 
 

@@ -22,6 +22,7 @@ COMMON_RULES = {
     "run.resume": optional(BOOLEAN),
     "run.demo": BOOLEAN,
     "run.plots": BOOLEAN,
+    "run.tensorboard": BOOLEAN,
     "data.root": TEXT,
     "data.cache_dir": optional(TEXT),
     "data.num_workers": integer(0),

@@ -23,7 +23,7 @@ from codebase.config import parse_cli
 from codebase.data.loaders import EpochLoader
 from codebase.training import distributed
 from codebase.training.device import autocast, make_grad_scaler
-from codebase.training.loop import check_finite, fit, should_stop
+from codebase.training.loop import check_finite, fit, record_step, should_stop
 from codebase.training.progress import progress
 from codebase.training.run_folder import Run  # noqa: E402
 from codebase.training.selection import make_selection  # noqa: E402
@@ -88,6 +88,13 @@ def evaluate_model(model: nn.Module, loader, device) -> dict:
             "routing": {"segmentation_ma": {"experts_per_image": 1.0, "usage": (usage / totals[1]).tolist()}}}
 
 
+def weight_image(model: ToyModel) -> np.ndarray:
+    """The first layer's weights as a uint8 [hidden, 8, 3] image (the toy's preview)."""
+    weights = model.layers[0].weight.detach()  # [hidden, 8]
+    scaled = (weights - weights.min()) / (weights.max() - weights.min() + 1e-12)
+    return (scaled * 255).round().to(torch.uint8).unsqueeze(-1).expand(-1, -1, 3).numpy()
+
+
 def main(config: dict) -> list[dict]:
     toy = config["toy"]
     with Run(config) as run:
@@ -123,6 +130,7 @@ def main(config: dict) -> list[dict]:
                 scaler.step(optimizer)
                 scaler.update()
                 total += loss.item()
+                record_step(epoch, len(train_loader), loss, {"cross_entropy": cross_entropy, "penalty": penalty})
                 if toy["interrupt_at"] == [epoch, step]:
                     os.kill(os.getpid(), getattr(signal, toy["signal"]))
                 if should_stop():
@@ -138,7 +146,8 @@ def main(config: dict) -> list[dict]:
         return fit(run, model, optimizer, scheduler, train_one_epoch, evaluate,
                    config["train"]["epochs"], scaler, loaders=[train_loader],
                    selection=make_selection(config["train"], tasks=[]),
-                   test=lambda: evaluate_model(distributed.unwrap(model), eval_loader, device))
+                   test=lambda: evaluate_model(distributed.unwrap(model), eval_loader, device),
+                   preview=lambda epoch: {"first_layer": weight_image(distributed.unwrap(model))})
 
 
 if __name__ == "__main__":

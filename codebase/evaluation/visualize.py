@@ -26,11 +26,12 @@ def displayable(image):
     return (image.detach().cpu().float() * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
 
 
-def overlay(image, masks, alpha=0.65):
+def overlay(image, masks, alpha=0.65, colours=LESION_COLOURS):
     """Paint each lesion's mask over ``image`` in the lesion's colour.
 
     image: uint8 [H, W, 3] or float [H, W, 3] in [0, 1]; masks: {lesion: [H, W]} (non-zero =
-    foreground), or an array [5, H, W] in LESIONS order. Returns float [H, W, 3] in [0, 1].
+    foreground), or an array [5, H, W] in LESIONS order; colours: {lesion: (r, g, b) in [0, 1]}.
+    Returns float [H, W, 3] in [0, 1].
     """
     if not isinstance(masks, dict):
         masks = dict(zip(LESIONS, masks))
@@ -38,7 +39,7 @@ def overlay(image, masks, alpha=0.65):
     out = out / 255 if np.asarray(image).dtype == np.uint8 else out.copy()
     for lesion, mask in masks.items():
         where = np.asarray(mask) != 0
-        out[where] = (1 - alpha) * out[where] + alpha * np.asarray(LESION_COLOURS[lesion])
+        out[where] = (1 - alpha) * out[where] + alpha * np.asarray(colours[lesion])
     return out
 
 

@@ -45,6 +45,7 @@ from codebase.training.device import autocast
 from codebase.training.progress import progress
 from codebase.training.run_folder import BEST_MODEL_FILE, MODEL_FILE, Run
 from codebase.training.selection import Selection
+from codebase.training.tensorboard import StepCounter
 
 
 class NonFiniteLossError(RuntimeError):
@@ -128,11 +129,30 @@ def train_steps(batches: Iterable, loss_of, optimizer: torch.optim.Optimizer, de
         check_finite(loss, components, step=sums.steps + 1, epoch=epoch)
         optimizer_step(loss, optimizer, scaler, None if backward_of is None else backward_of(*extra))
         bar.set_postfix(loss=f"{sums.add(loss, components):.4f}")
+        record_step(epoch, total if total is not None else _length(batches), loss, components)
         if after_step is not None:
             after_step(*extra)
         if should_stop():
             break
     return sums.means()
+
+
+_step_recorder: Callable[[int, int | None, torch.Tensor, dict], None] | None = None  # set by `fit`
+
+
+def record_step(epoch: int, steps_per_epoch: int | None, loss: torch.Tensor, components: dict) -> None:
+    """Count one optimizer step of `fit`'s current epoch and write its loss and components to the
+    run's event log (TensorBoard). `train_steps` calls it; an engine with its own loop calls it
+    after each optimizer step. Outside `fit` it does nothing."""
+    if _step_recorder is not None:
+        _step_recorder(epoch, steps_per_epoch, loss, components)
+
+
+def _length(batches) -> int | None:
+    try:
+        return len(batches)
+    except TypeError:
+        return None
 
 
 def check_finite(loss: torch.Tensor, components: dict | None = None, step: int | None = None,
@@ -191,7 +211,7 @@ def fit(run: Run, model: torch.nn.Module, optimizer: torch.optim.Optimizer, sche
         train_one_epoch: Callable[[int], dict], evaluate: Callable[[int], dict] | None, epochs: int,
         scaler: torch.amp.GradScaler | None = None, *, loaders: Iterable[EpochLoader] = (),
         extra_state: dict | None = None, eval_split: str = "validation", selection: Selection | None = None,
-        test: Callable[[], dict] | None = None) -> list[dict]:
+        test: Callable[[], dict] | None = None, preview: Callable[[int], dict] | None = None) -> list[dict]:
     """Train from the run's last complete epoch up to `epochs`; return the history.
 
     Epochs are numbered from 1. Each epoch: `loader.set_epoch(epoch)` for each of `loaders`,
@@ -205,20 +225,26 @@ def fit(run: Run, model: torch.nn.Module, optimizer: torch.optim.Optimizer, sche
     weights on the test split), test_metrics.json with the test metrics of the last and of the
     best weights. Interrupts and non-finite losses end the process via SystemExit (130/143,
     resp. 1) after logging, leaving checkpoint.pth at the last complete epoch.
+    Into the run's event log (TensorBoard, see codebase.training.tensorboard) go each step's losses,
+    each history entry and, at each evaluation, the images of `preview(epoch)` -> {name: uint8
+    [H, W, 3]} (e.g. codebase.evaluation.previews.PredictionPreview).
     """
     selection = selection or Selection()
+    steps = StepCounter()
     tracked = {"model": distributed.unwrap(model), "optimizer": optimizer, "scheduler": scheduler,
-               "scaler": scaler, "selection": selection, **(extra_state or {})}
+               "scaler": scaler, "selection": selection, "step_counter": steps, **(extra_state or {})}
     completed = 0
     if run.checkpoint is not None:
         completed = _restore(run.checkpoint, tracked, run.config["seed"])
+        if "step_counter" not in run.checkpoint:
+            steps.continue_after(completed)  # a checkpoint written before steps were counted
         run.checkpoint = None
         run.save_history()  # history.json may lag the checkpoint if a crash came between the two
         run.plot()
         run.log(f"resumed from {run.checkpoint_path} after epoch {completed}")
     loaders = list(loaders)
     try:
-        with _stop_on_signals():
+        with _stop_on_signals(), _recording_steps(run, steps):
             for epoch in range(completed + 1, epochs + 1):
                 if selection.stopped_early:
                     break
@@ -240,6 +266,7 @@ def fit(run: Run, model: torch.nn.Module, optimizer: torch.optim.Optimizer, sche
                 if score is not None:
                     entry["monitor"] = score
                 run.history.append(entry)
+                _write_events(run, entry, steps.end_epoch(), preview if eval_metrics else None)
                 if selection.improved:
                     run.save_best(model)
                 _save(run, tracked, epoch)
@@ -261,6 +288,36 @@ def fit(run: Run, model: torch.nn.Module, optimizer: torch.optim.Optimizer, sche
     if test is not None:
         _test_once(run, model, test, completed, selection)
     return run.history
+
+
+@contextlib.contextmanager
+def _recording_steps(run: Run, steps: StepCounter):
+    """Route `record_step` to the step counter and the run's event log while training."""
+    global _step_recorder
+
+    def record(epoch: int, steps_per_epoch: int | None, loss: torch.Tensor, components: dict) -> None:
+        step = steps.step(epoch, steps_per_epoch)
+        if run.events is not None:
+            run.events.write_step(step, loss, components)
+
+    previous, _step_recorder = _step_recorder, record
+    try:
+        yield
+    finally:
+        _step_recorder = previous
+
+
+def _write_events(run: Run, entry: dict, step: int, preview: Callable[[int], dict] | None) -> None:
+    """The history entry and the preview images into the event log (rank 0, when it is on), before
+    the checkpoint: a resumed run supersedes whatever an epoch wrote after its last checkpoint."""
+    if run.events is None:
+        return
+    run.events.write_epoch(entry, step)
+    if preview is not None:
+        try:
+            run.events.write_images(preview(entry["epoch"]), step)
+        except Exception as error:  # a broken preview must not stop the training
+            run.log(f"warning: no preview images for epoch {entry['epoch']}: {error!r}")
 
 
 def _test_once(run: Run, model: torch.nn.Module, test: Callable[[], dict], last_epoch: int,

@@ -1,7 +1,8 @@
 """The run folder saved/<name>/: choosing it, config.json, checkpoints, history, logs, plots.
 
 Run folder saved/<name>/: config.json, checkpoint.pth, model.pth, history.json (schema in
-codebase.evaluation.plots), train_log.txt, plots/*.png. Every file is replaced atomically;
+codebase.evaluation.plots), train_log.txt, plots/*.png, tensorboard/ (event files, unless
+run.tensorboard is false; see codebase.training.tensorboard). Every file is replaced atomically;
 train_log.txt is only appended to. `--no-resume` never touches an earlier run: when the folder
 already holds one, the run goes to <name>_2 (or _3, ...) and the log says so. A run that fails
 with an exception before its first checkpoint (bad data found while loading it, say) leaves the
@@ -30,6 +31,7 @@ from codebase.training.atomic import (
     remove_stale_temporaries,
 )
 from codebase.training.device import resolve_device
+from codebase.training.tensorboard import EVENT_FILE_PREFIX, TENSORBOARD_FOLDER, EventLog
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_FILE = "checkpoint.pth"
@@ -92,6 +94,9 @@ class Run:
         self._prepare_folder()
         for note in notes:
             self.log(note)
+        # The run's TensorBoard event log (rank 0); its file is opened at the first event.
+        self.events = (EventLog(self.folder / TENSORBOARD_FOLDER)
+                       if self.is_main and self.config["run"]["tensorboard"] else None)
 
     @property
     def checkpoint_path(self) -> Path:
@@ -148,12 +153,18 @@ class Run:
             self.log(f"warning: could not draw plots: {error!r}")
 
     def close(self) -> None:
+        self._close_events()
         distributed.shutdown()
+
+    def _close_events(self) -> None:
+        if getattr(self, "events", None) is not None:
+            self.events.close()
 
     def __enter__(self) -> "Run":
         return self
 
     def __exit__(self, exc_type, *_) -> None:
+        self._close_events()
         if exc_type is not None and issubclass(exc_type, Exception):
             self._undo_writes()
         distributed.shutdown(wait=exc_type is None)
@@ -207,8 +218,11 @@ class _FolderState:
         config, log = folder / CONFIG_FILE, folder / LOG_FILE
         self.config = config.read_bytes() if config.is_file() else None
         self.log_size = log.stat().st_size if log.is_file() else None
+        events = folder / TENSORBOARD_FOLDER
+        self.event_files = set(events.glob(EVENT_FILE_PREFIX + "*")) if events.is_dir() else None
 
     def restore(self) -> None:
+        self._remove_new_event_files()
         if self.folder not in self.created:
             config, log = self.folder / CONFIG_FILE, self.folder / LOG_FILE
             if self.config is None:
@@ -227,6 +241,17 @@ class _FolderState:
                 path.rmdir()  # a parent the run created, unless something else was written there since
             except OSError:
                 break
+
+    def _remove_new_event_files(self) -> None:
+        events = self.folder / TENSORBOARD_FOLDER
+        if not events.is_dir():
+            return
+        for path in events.glob(EVENT_FILE_PREFIX + "*"):
+            if self.event_files is None or path not in self.event_files:
+                path.unlink(missing_ok=True)
+        if self.event_files is None:
+            with contextlib.suppress(OSError):
+                events.rmdir()
 
 
 def load_checkpoint(path: str | Path) -> dict:

@@ -76,12 +76,12 @@ def test_run_writes_its_files_and_a_safe_checkpoint(tmp_path, reference):
     folder = tmp_path / "toy"
     names = {path.name for path in folder.iterdir()}
     assert names == {"config.json", "checkpoint.pth", "model.pth", "best.pth", "history.json", "train_log.txt",
-                     "test_metrics.json", "plots"}
+                     "test_metrics.json", "plots", "tensorboard"}
     assert {path.name for path in (folder / "plots").iterdir()} >= {"loss.png", "segmentation.png",
                                                                     "router_usage.png"}
     checkpoint = load_checkpoint(folder / "checkpoint.pth")
     assert set(checkpoint) == {"epoch", "model", "optimizer", "scheduler", "scaler", "rng", "config", "history",
-                               "selection"}
+                               "selection", "step_counter"}
     assert checkpoint["epoch"] == 2 and len(checkpoint["history"]) == 2
     assert json.loads((folder / "config.json").read_text()) == checkpoint["config"]
     log = (folder / "train_log.txt").read_text()
