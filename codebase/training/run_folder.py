@@ -30,6 +30,7 @@ from codebase.training.atomic import (
     remove_stale_temporaries,
 )
 from codebase.training.device import resolve_device
+from codebase.training.lock import FolderLock, RunFolderInUse
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_FILE = "checkpoint.pth"
@@ -64,6 +65,7 @@ class Run:
         self.config = with_defaults(config)
         self._before: _FolderState | None = None
         self._saved_checkpoint = False
+        self._lock: FolderLock | None = None
         self.device = resolve_device(self.config["device"])
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = not self.config["deterministic"]
@@ -74,6 +76,7 @@ class Run:
         except BaseException as error:
             if isinstance(error, Exception):
                 self._undo_writes()
+            self._release_lock()
             distributed.shutdown(wait=False)
             raise
 
@@ -148,7 +151,12 @@ class Run:
             self.log(f"warning: could not draw plots: {error!r}")
 
     def close(self) -> None:
+        self._release_lock()
         distributed.shutdown()
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
 
     def __enter__(self) -> "Run":
         return self
@@ -156,6 +164,7 @@ class Run:
     def __exit__(self, exc_type, *_) -> None:
         if exc_type is not None and issubclass(exc_type, Exception):
             self._undo_writes()
+        self._release_lock()
         distributed.shutdown(wait=exc_type is None)
 
     def _undo_writes(self) -> None:
@@ -168,13 +177,21 @@ class Run:
         """(folder, checkpoint or None, notes for the log, error or None) on rank 0."""
         try:
             folder, notes = _choose_folder(self.config["run"])
+            if folder.is_dir():  # lock before reading the checkpoint; a new folder is locked once made
+                self._lock = FolderLock(folder)
+                try:
+                    self._lock.acquire()
+                except OSError:
+                    self._lock = None  # unwritable: _prepare_folder reports it
             path = folder / CHECKPOINT_FILE
             checkpoint = (load_checkpoint(path) if path.exists() and self.config["run"]["resume"]
                           is not False else None)
             if checkpoint is not None:
                 notes += _check_compatible(folder, checkpoint["config"], self.config, must_match)
             return folder, checkpoint, notes, None
-        except (ConfigError, CheckpointError) as error:
+        except (ConfigError, CheckpointError, RunFolderInUse) as error:
+            if isinstance(error, RunFolderInUse):
+                self._lock = None
             return None, None, [], error
 
     def _prepare_folder(self) -> None:
@@ -184,14 +201,22 @@ class Run:
             try:
                 self._before = _FolderState(self.folder)
                 (self.folder / PLOTS_FOLDER).mkdir(parents=True, exist_ok=True)
+                if self._lock is None:
+                    self._lock = FolderLock(self.folder)
+                    self._lock.acquire()
                 remove_stale_temporaries(self.folder)
                 atomic_write_text(self.folder / CONFIG_FILE, json.dumps(self.config, indent=2) + "\n")
+            except RunFolderInUse as failure:
+                self._before, self._lock = None, None  # the folder belongs to the holder: undo nothing
+                error = str(failure)
             except OSError as failure:
                 error = (f"cannot write the run folder {self.folder}: {failure.strerror or failure}; "
                          "choose another place with --set run.save_dir=DIR or --run-name NAME")
         error = distributed.broadcast_object(error)
         if error:
             raise ConfigError(error)
+        if self._lock is not None and self._lock.stale:
+            self.log(f"took over the lock left by {self._lock.stale}, which has ended")
         self.log(f"run folder {self.folder} (started {time.strftime('%Y-%m-%d %H:%M:%S')}, "
                  f"device {self.device}, {distributed.world_size()} process(es))")
 
