@@ -431,16 +431,15 @@ def segmentation_records(root, split: str) -> list[SegmentationRecord]:
     return records
 
 
-def check_headers(records) -> None:
-    """Open every image and mask of `records` (file headers only, no pixel decoding): IDRiDError
-    listing each empty, unreadable or oversized file and each mask whose size differs from its
-    image's, so a run finds them before training instead of when it first reads them."""
+def check_files(records) -> None:
+    """Decode every image of `records` at 1/8 scale (which still reads every byte) and open every
+    mask's header: IDRiDError listing each empty, truncated, unreadable or oversized file and each
+    mask whose size differs from its image's, so a run finds them before training instead of when
+    it first reads them (a test image: after the last epoch)."""
     problems: list[str] = []
     for record in records:
-        try:
-            size = image_size(record.image_path)
-        except IDRiDError as error:
-            problems.extend(error.problems)
+        size = _verify_image(record.image_path, problems)
+        if size is None:
             continue
         for path in getattr(record, "mask_paths", {}).values():
             if path is None:

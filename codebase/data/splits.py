@@ -66,7 +66,7 @@ def split_records(root, size, seed: int, halves=("grading", "segmentation")) -> 
         read = idrid.grading_records if half == "grading" else idrid.segmentation_records
         training = read(root, "train")
         testing = read(root, "test")
-        idrid.check_headers(training + testing)  # bad files found before training, not when first read
+        idrid.check_files(training + testing)  # bad files found before training, not when first read
         strata = ([record.retinopathy_grade for record in training] if half == "grading"
                   else [0] * len(training))
         train, validation = carve(strata, size, derive_seed(seed, _HALF_TAGS[half]), f"{half}")

@@ -143,19 +143,16 @@ SMALL = {"classifier": (train_classifier, ["model.head_hidden=8", "data.image_si
                                          "data.grading_size=64,96", "data.segmentation_size=64,96"])}
 
 
-def write_run(folder: Path, kind: str, root, weights_of: str | None = None) -> Path:
-    """A finished run folder of `kind` (untrained weights), or with the weights of `weights_of`."""
+def write_run(folder: Path, kind: str, root) -> Path:
+    """A finished run folder of `kind` with untrained weights (only loading matters here)."""
     script, settings = SMALL[kind]
     argv = ["--data-root", str(root)] + [arg for item in ["model.backbone=resnet18", "model.pretrained=none", *settings]
                                          for arg in ("--set", item)]
     config = parse_cli(script.CONFIG, argv)
     folder.mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps(config))
-    model_config = config if weights_of is None else parse_cli(SMALL[weights_of][0].CONFIG, [
-        arg for item in ["model.backbone=resnet18", "model.pretrained=none", *SMALL[weights_of][1]]
-        for arg in ("--set", item)])
     torch.manual_seed(0)
-    torch.save(build_model(model_config).state_dict(), folder / "model.pth")
+    torch.save(build_model(config).state_dict(), folder / "model.pth")
     return folder
 
 
@@ -168,8 +165,7 @@ def run_folders(synthetic_root, tmp_path_factory):
 
 @pytest.fixture
 def runs(run_folders, tmp_path):
-    """Private copies of the run folders that a case may damage; each must be unchanged afterwards
-    apart from what the case did to it."""
+    """Private copies of the run folders, for a case to damage."""
     return {kind: Path(shutil.copytree(folder, tmp_path / "runs" / kind)) for kind, folder in run_folders.items()}
 
 
@@ -644,7 +640,7 @@ def test_file_size_limit_while_writing_a_checkpoint(tree, saved):
         resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, resource.RLIM_INFINITY))
 
     result = subprocess.run([sys.executable, "train_classifier.py", *train_argv(
-        "train_classifier", tree, saved.folder, "train.epochs=2", "data.cache_dir=none")],
+        "train_classifier", tree, saved.folder, "train.epochs=2")],
         cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300, preexec_fn=limit)
     assert result.returncode == 2, result.stderr
     line = result.stderr.strip().splitlines()[-1]
@@ -678,7 +674,7 @@ def test_fp16_on_the_cpu_warns(capsys):
 TOY = str(REPO / "tests" / "harness_toy.py")
 
 
-def torchrun(*arguments, timeout=300):
+def torchrun(*arguments):
     return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", *arguments], cwd=REPO, env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
