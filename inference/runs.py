@@ -121,10 +121,10 @@ def load_run(folder, device="cpu", weights="best"):
     folder = Path(folder)
     path = weights_file(folder, weights)
     config = read_config(folder / CONFIG_FILE)
-    state = read_weights(path)
     kind = run_kind(config)
-    check_weights_match(path, state, kind)
     model = build_model(config, pretrained="none")  # the trained weights replace any pretrained ones
+    state = read_weights(path)
+    check_weights_match(path, state, kind)
     model.load_state_dict(state)
     if kind == "multitask":
         model.set_routing(False)
