@@ -40,7 +40,8 @@ COMMON_RULES = {
     "train.batch_size": integer(1),
     "train.eval_batch_size": integer(1),
     "train.amp": choice(*AMP_SETTINGS),
-    "data.validation": Rule(lambda size: ((isinstance(size, float) and 0 <= size < 1)
+    # --set data.validation=7 arrives as 7.0 (the default is a fraction): a whole float counts images
+    "data.validation": Rule(lambda size: ((isinstance(size, float) and (0 <= size < 1 or (size >= 1 and size.is_integer())))
                                           or (isinstance(size, int) and not isinstance(size, bool) and size >= 0)),
                             "a fraction in [0, 1) or a whole number of images >= 0 (0: no validation split)"),
     "train.evaluate_on": choice("validation", "test"),

@@ -18,13 +18,9 @@ import torch
 import classifier.model
 import codebase.model
 import segmentation.model
-from codebase.errors import ProjectError
 from codebase.tasks import on_side, parse_tasks
 from codebase.training.run_folder import BEST_MODEL_FILE, CONFIG_FILE, MODEL_FILE
-
-
-class RunError(ProjectError):
-    """A run folder that cannot be rebuilt; the message names the folder and what was expected."""
+from inference.run_checks import RunError, check_weights_match, read_config, read_weights
 
 
 @dataclass(frozen=True)
@@ -124,14 +120,12 @@ def load_run(folder, device="cpu", weights="best"):
     """The run in ``folder`` (saved/<name>/) with its best (or last) weights, in eval mode on ``device``."""
     folder = Path(folder)
     path = weights_file(folder, weights)
-    for file in (folder / CONFIG_FILE, path):
-        if not file.is_file():
-            raise FileNotFoundError(f"{file} not found: expected a finished run folder written by "
-                                    "train_classifier.py, train_segmentation.py or train_mlt_model.py")
-    config = json.loads((folder / CONFIG_FILE).read_text())
+    config = read_config(folder / CONFIG_FILE)
     kind = run_kind(config)
     model = build_model(config, pretrained="none")  # the trained weights replace any pretrained ones
-    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    state = read_weights(path)
+    check_weights_match(path, state, kind)
+    model.load_state_dict(state)
     if kind == "multitask":
         model.set_routing(False)
     return TrainedRun(folder, kind, config, model.to(device).eval(), path.name)

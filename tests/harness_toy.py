@@ -37,7 +37,10 @@ CONFIG = {
               "patience": 0},
     # Test hooks: interrupt_at/nan_at = [epoch, step]; print_steps prints "step E S" per step;
     # scores: a "score" per epoch added to the evaluation (to force which epoch model selection picks).
-    "toy": {"samples": 40, "interrupt_at": [], "signal": "SIGINT", "nan_at": [], "print_steps": False, "scores": []},
+    # kill_rank_at = [rank, epoch, step]: that process SIGKILLs itself there, once: only while the file
+    # kill_marker does not exist yet (it creates it), so a group restarted by torchrun runs clean.
+    "toy": {"samples": 40, "interrupt_at": [], "signal": "SIGINT", "nan_at": [], "print_steps": False, "scores": [],
+            "kill_rank_at": [], "kill_marker": ""},
 }
 
 
@@ -133,6 +136,9 @@ def main(config: dict) -> list[dict]:
                 record_step(epoch, len(train_loader), loss, {"cross_entropy": cross_entropy, "penalty": penalty})
                 if toy["interrupt_at"] == [epoch, step]:
                     os.kill(os.getpid(), getattr(signal, toy["signal"]))
+                if toy["kill_rank_at"] == [distributed.rank(), epoch, step] and not os.path.exists(toy["kill_marker"]):
+                    Path(toy["kill_marker"]).write_text(f"killed at epoch {epoch} step {step}\n")
+                    os.kill(os.getpid(), signal.SIGKILL)
                 if should_stop():
                     break
             return {"loss": total / (step + 1), "loss_cross_entropy": cross_entropy.item()}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import re
 import sys
 from collections import Counter
@@ -139,15 +140,38 @@ def _open(path) -> Image.Image:
         raise IDRiDError(f"{path}: empty file (0 bytes), expected an image")
     try:
         return Image.open(path)
+    except Image.DecompressionBombError as error:
+        raise IDRiDError(_too_large(path, error)) from None
     except (UnidentifiedImageError, OSError) as error:
         raise IDRiDError(f"{path}: not a readable image ({error})") from error
+
+
+def _too_large(path, error: Exception) -> str:
+    return (f"{path}: image too large to decode safely ({error}); expected a photograph of at most a few "
+            "tens of millions of pixels (IDRiD's have 12 million): downscale it first")
 
 
 def _load(image: Image.Image, path) -> None:
     try:
         image.load()
+    except Image.DecompressionBombError as error:
+        raise IDRiDError(_too_large(path, error)) from None
     except (OSError, ValueError, SyntaxError) as error:  # truncated or corrupt data
         raise IDRiDError(f"{path}: unreadable or truncated image data ({error})") from error
+
+
+def _to_8_bit(image: Image.Image, path) -> Image.Image:
+    """16-bit greyscale ('I;16*', or 'I' holding 16-bit values) scaled to 8 bits (0-65535 -> 0-255);
+    float or wider integer images are refused rather than clipped."""
+    if image.mode.startswith("I;16") or image.mode == "I":
+        values = np.asarray(image, dtype=np.int64)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise IDRiDError(f"{path}: 32-bit image with values {values.min()}..{values.max()}, "
+                             "expected 8- or 16-bit pixels")
+        return Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8), "L")
+    if image.mode == "F":
+        raise IDRiDError(f"{path}: floating-point image, expected 8- or 16-bit pixels")
+    return image
 
 
 def image_size(path) -> tuple[int, int]:
@@ -166,6 +190,7 @@ def read_image(path, draft_size: tuple[int, int] | None = None) -> Image.Image:
         if draft_size is not None:
             image.draft(None, tuple(draft_size))
         _load(image, path)
+    image = _to_8_bit(image, path)
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
@@ -176,7 +201,9 @@ def _nonzero(channel: Image.Image) -> Image.Image:
 def read_mask_image(path, expected_size: tuple[int, int] | None = None) -> Image.Image:
     """A lesion mask as an 'L' image of 0 / 255, whatever the file's pixel format.
 
-    Foreground is any non-zero value; RGBA / LA masks keep it in alpha; palette masks by colour.
+    Foreground is any non-zero value. RGBA / LA masks keep it in alpha where the alpha varies (a
+    transparent background); with a constant alpha (an opaque channel that other tools add) it
+    is the colour. Palette masks by colour.
     expected_size=(W, H): the size of the image the mask belongs to.
     """
     with _open(path) as image:
@@ -192,7 +219,14 @@ def read_mask_image(path, expected_size: tuple[int, int] | None = None) -> Image
     if mode == "L":
         return _nonzero(image)
     if mode in ("RGBA", "LA", "PA"):
-        return _nonzero(image.getchannel("A"))
+        alpha = image.getchannel("A")
+        low, high = alpha.getextrema()
+        if low != high:
+            return _nonzero(alpha)
+        mode = {"RGBA": "RGB", "LA": "L", "PA": "P"}[mode]
+        image = image.convert(mode)
+        if mode == "L":
+            return _nonzero(image)
     if mode == "P":
         palette = np.zeros((256, 3), np.uint8)
         colours = np.asarray(image.getpalette() or [], np.uint8).reshape(-1, 3)[:256]
@@ -256,6 +290,30 @@ def _image_name(text: str, where: str, problems: list[str]) -> str | None:
     return name
 
 
+def _find_file(folder: Path, name: str, suffix: str) -> Path:
+    """folder/<name><suffix>, or the one file whose suffix differs only in case (IMG.JPG); the
+    lower-case path when neither exists."""
+    path = folder / f"{name}{suffix}"
+    if path.is_file() or os.path.lexists(path):
+        return path
+    try:
+        matches = [other for other in folder.iterdir()
+                   if other.stem == name and other.suffix.lower() == suffix and other.suffix != suffix]
+    except OSError:
+        return path
+    return matches[0] if len(matches) == 1 else path
+
+
+def _broken(path: Path, what: str) -> str | None:
+    """A problem when `path` exists as a name but is not a readable regular file (a broken link,
+    a folder), else None."""
+    if path.is_file() or not os.path.lexists(path):
+        return None
+    if path.is_symlink() and not path.exists():
+        return f"{path}: broken link (to {os.readlink(path)}), expected {what}"
+    return f"{path}: not a regular file, expected {what}"
+
+
 def _scan_grading(root: Path, split: str, problems: list[str]) -> list[GradingRecord]:
     csv_path = grading_labels_path(root, split)
     image_dir = grading_image_dir(root, split)
@@ -298,12 +356,18 @@ def _scan_grading(root: Path, split: str, problems: list[str]) -> list[GradingRe
             problems.append(f"{where}: duplicate image name {name!r} (first on line {first_line[name]})")
             continue
         first_line[name] = line_number
-        image_path = grading_image_path(root, split, name)
+        image_path = _find_file(image_dir, name, IMAGE_SUFFIX)
+        broken = _broken(image_path, "an image")
+        if broken:
+            problems.append(f"{where}: {broken}")
+            continue
         if not image_path.is_file():
             problems.append(f"{where}: image {name!r} listed but {image_path} not found")
             continue
         if rg is not None and mer is not None:
             records.append(GradingRecord(name, image_path, rg, mer))
+    if not first_line and not problems:
+        problems.append(f"{csv_path}: no images listed (only a header), expected one line per image")
     return records
 
 
@@ -314,12 +378,23 @@ def _scan_segmentation(root: Path, split: str, problems: list[str]) -> list[Segm
     found += [_require_dir(d, f"{LESION_NAMES[k]} masks (may be empty)", problems) for k, d in mask_dirs.items()]
     if not all(found):
         return []
-    names = sorted(p.stem for p in image_dir.iterdir() if p.suffix.lower() == IMAGE_SUFFIX and p.is_file())
+    images = {}
+    for path in sorted(image_dir.iterdir()):
+        if path.suffix.lower() != IMAGE_SUFFIX:
+            continue
+        broken = _broken(path, "an image")
+        if broken:
+            problems.append(broken)
+        elif path.stem in images:
+            problems.append(f"{path}: a second image named {path.stem!r} (also {images[path.stem]}), expected one")
+        else:
+            images[path.stem] = path
+    names = sorted(images)
     if not names:
         problems.append(f"{image_dir}: no {IMAGE_SUFFIX} images found")
     known = set(names)
     for lesion, mask_dir in mask_dirs.items():
-        for path in sorted(mask_dir.glob(f"*{MASK_SUFFIX}")):
+        for path in sorted(p for p in mask_dir.iterdir() if p.suffix.lower() == MASK_SUFFIX):
             if not path.stem.endswith(f"_{lesion}"):
                 problems.append(f"{path}: unexpected name, expected <image name>_{lesion}{MASK_SUFFIX}")
             elif path.stem[: -len(lesion) - 1] not in known:
@@ -329,9 +404,12 @@ def _scan_segmentation(root: Path, split: str, problems: list[str]) -> list[Segm
     for name in names:
         masks = {}
         for lesion in LESIONS:
-            path = segmentation_mask_path(root, split, name, lesion)
+            path = _find_file(mask_dirs[lesion], f"{name}_{lesion}", MASK_SUFFIX)
+            broken = _broken(path, f"the {LESION_NAMES[lesion]} mask of {name} (remove it if the image has none)")
+            if broken:
+                problems.append(broken)
             masks[lesion] = path if path.is_file() else None
-        records.append(SegmentationRecord(name, image_dir / f"{name}{IMAGE_SUFFIX}", masks))
+        records.append(SegmentationRecord(name, images[name], masks))
     return records
 
 
@@ -351,6 +429,31 @@ def segmentation_records(root, split: str) -> list[SegmentationRecord]:
     if problems:
         raise IDRiDError(problems)
     return records
+
+
+def check_files(records) -> None:
+    """Decode every image of `records` at 1/8 scale (which still reads every byte) and open every
+    mask's header: IDRiDError listing each empty, truncated, unreadable or oversized file and each
+    mask whose size differs from its image's, so a run finds them before training instead of when
+    it first reads them (a test image: after the last epoch)."""
+    problems: list[str] = []
+    for record in records:
+        size = _verify_image(record.image_path, problems)
+        if size is None:
+            continue
+        for path in getattr(record, "mask_paths", {}).values():
+            if path is None:
+                continue
+            try:
+                mask_size = image_size(path)
+            except IDRiDError as error:
+                problems.extend(error.problems)
+                continue
+            if mask_size != size:
+                problems.append(f"{path}: mask is {mask_size[0]}x{mask_size[1]}, expected {size[0]}x{size[1]} "
+                                "(the size of its image)")
+    if problems:
+        raise IDRiDError(problems)
 
 
 # ----------------------------------------------------------------------------- check

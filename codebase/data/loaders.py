@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from codebase.config import ConfigError
 from codebase.training import distributed
 
 
@@ -52,6 +53,10 @@ class EpochLoader(DataLoader):
                  num_workers: int = 0, **kwargs):
         sampler = (distributed.train_sampler(dataset, seed) if train
                    else distributed.eval_sampler(dataset))
+        if train and kwargs.get("drop_last") and len(sampler) < batch_size:
+            raise ConfigError(f"train.batch_size={batch_size}: the training split has {len(dataset)} images "
+                              f"({len(sampler)} per process), fewer than one batch; lower train.batch_size "
+                              "or data.validation")
         super().__init__(dataset, batch_size, sampler=sampler, num_workers=num_workers,
                          worker_init_fn=seed_worker, generator=make_generator(seed),
                          persistent_workers=False, **kwargs)

@@ -27,7 +27,7 @@ def validation_count(size, total: int, what: str) -> int:
     training image or asks for more images than there are."""
     if size == 0:
         return 0
-    count = round(size * total) if isinstance(size, float) else int(size)
+    count = round(size * total) if isinstance(size, float) and size < 1 else int(size)
     count = max(count, 1)
     if count >= total:
         raise ConfigError(f"data.validation={size!r}: the {what} training split has {total} images, so at most "
@@ -65,11 +65,13 @@ def split_records(root, size, seed: int, halves=("grading", "segmentation")) -> 
     for half in halves:
         read = idrid.grading_records if half == "grading" else idrid.segmentation_records
         training = read(root, "train")
+        testing = read(root, "test")
+        idrid.check_files(training + testing)  # bad files found before training, not when first read
         strata = ([record.retinopathy_grade for record in training] if half == "grading"
                   else [0] * len(training))
         train, validation = carve(strata, size, derive_seed(seed, _HALF_TAGS[half]), f"{half}")
         splits[half] = {"train": [training[i] for i in train], "validation": [training[i] for i in validation],
-                        "test": read(root, "test")}
+                        "test": testing}
     return splits
 
 

@@ -3,9 +3,11 @@
 The data goes to a temporary file in the destination's folder, is flushed and fsync'ed, then
 `os.replace` swaps it in (atomic on POSIX and Windows within one file system). If the writer
 fails, the temporary file is removed; if the process is killed, a stale `.<name>.*.tmp` file
-may remain next to an intact destination (`remove_stale_temporaries` cleans those up).
+may remain next to an intact destination (`remove_stale_temporaries` cleans those up). A full
+disk, a quota or a file-size limit (ENOSPC, EDQUOT, EFBIG) raises StorageError naming the file.
 """
 
+import errno
 import os
 import secrets
 from pathlib import Path
@@ -13,7 +15,15 @@ from typing import BinaryIO, Callable
 
 import torch
 
+from codebase.errors import ProjectError
+
 TEMP_SUFFIX = ".tmp"
+_STORAGE_ERRORS = {errno.ENOSPC: "no space left on the device", errno.EFBIG: "the file-size limit was reached",
+                   getattr(errno, "EDQUOT", -1): "the disk quota is exhausted"}
+
+
+class StorageError(ProjectError):
+    """A file could not be written for lack of space or a size limit; its previous version is intact."""
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
@@ -26,8 +36,12 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         temporary.unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.errno in _STORAGE_ERRORS:
+            kept = "its previous version is intact" if path.exists() else "nothing was written"
+            raise StorageError(f"{path}: could not be written: {_STORAGE_ERRORS[error.errno]} "
+                               f"({os.strerror(error.errno)}); {kept}") from None
         raise
     _fsync_folder(path.parent)
     return path
@@ -38,7 +52,33 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 
 def atomic_torch_save(obj, path: str | Path) -> Path:
-    return atomic_write(path, lambda file: torch.save(obj, file))
+    def write(file):
+        recorder = _WriteRecorder(file)
+        try:
+            torch.save(obj, recorder)
+        except Exception as error:
+            # torch's zip writer turns a failed write into a RuntimeError: raise the OSError it hid
+            if recorder.error is not None and not isinstance(error, OSError):
+                raise recorder.error from error
+            raise
+    return atomic_write(path, write)
+
+
+class _WriteRecorder:
+    """A binary file whose `write` remembers the OSError it raised."""
+
+    def __init__(self, file: BinaryIO):
+        self.file, self.error = file, None
+
+    def write(self, data) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def __getattr__(self, name):
+        return getattr(self.file, name)
 
 
 def remove_stale_temporaries(folder: str | Path) -> list[Path]:

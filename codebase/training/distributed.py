@@ -45,7 +45,18 @@ def init(device: torch.device) -> bool:
     if device.type == "cuda":
         torch.cuda.set_device(device)
         _collective_device = device
-    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    if restart:
+        # After torchrun restarted the workers (--max-restarts), the rendezvous store still holds
+        # the dead group's addresses under the same keys; a prefix per restart keeps them apart.
+        from torch.distributed.rendezvous import rendezvous
+
+        store, group_rank, size = next(rendezvous("env://"))
+        dist.init_process_group(backend=backend, store=dist.PrefixStore(f"restart_{restart}", store),
+                                rank=group_rank, world_size=size)
+    else:
+        dist.init_process_group(backend=backend)
     return True
 
 

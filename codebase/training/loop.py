@@ -41,6 +41,7 @@ from codebase.data.loaders import (
     set_rng_state,
 )
 from codebase.training import distributed
+from codebase.training.atomic import StorageError
 from codebase.training.device import autocast
 from codebase.training.progress import progress
 from codebase.training.run_folder import BEST_MODEL_FILE, MODEL_FILE, Run
@@ -277,6 +278,10 @@ def fit(run: Run, model: torch.nn.Module, optimizer: torch.optim.Optimizer, sche
                             f"without a better {run.config['train'].get('monitor', 'score')} than epoch "
                             f"{selection.best_epoch}'s {selection.best_score:.4g} (train.patience)")
                 _exit_if_stopped(run, epoch, completed)
+    except StorageError as error:
+        kept = f"checkpoint.pth keeps epoch {completed}" if completed else "no epoch was completed"
+        then = f"resume with: {resume_command(run)}" if completed else "run the same command again"
+        raise StorageError(f"{error}. {kept}; free space (or raise the limit), then {then}") from None
     except NonFiniteLossError as error:
         kept = f"checkpoint.pth keeps epoch {completed}" if completed else "no epoch was completed"
         run.log(f"stopped: {error}. {kept}; lower the learning rate or check the data before resuming.")

@@ -31,7 +31,12 @@ from codebase.training.atomic import (
     remove_stale_temporaries,
 )
 from codebase.training.device import resolve_device
-from codebase.training.tensorboard import EVENT_FILE_PREFIX, TENSORBOARD_FOLDER, EventLog
+from codebase.training.lock import FolderLock, RunFolderInUse
+from codebase.training.tensorboard import (
+    EVENT_FILE_PREFIX,
+    TENSORBOARD_FOLDER,
+    EventLog,
+)
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_FILE = "checkpoint.pth"
@@ -66,6 +71,7 @@ class Run:
         self.config = with_defaults(config)
         self._before: _FolderState | None = None
         self._saved_checkpoint = False
+        self._lock: FolderLock | None = None
         self.device = resolve_device(self.config["device"])
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = not self.config["deterministic"]
@@ -76,6 +82,7 @@ class Run:
         except BaseException as error:
             if isinstance(error, Exception):
                 self._undo_writes()
+            self._release_lock()
             distributed.shutdown(wait=False)
             raise
 
@@ -154,11 +161,16 @@ class Run:
 
     def close(self) -> None:
         self._close_events()
+        self._release_lock()
         distributed.shutdown()
 
     def _close_events(self) -> None:
         if getattr(self, "events", None) is not None:
             self.events.close()
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
 
     def __enter__(self) -> "Run":
         return self
@@ -167,6 +179,7 @@ class Run:
         self._close_events()
         if exc_type is not None and issubclass(exc_type, Exception):
             self._undo_writes()
+        self._release_lock()
         distributed.shutdown(wait=exc_type is None)
 
     def _undo_writes(self) -> None:
@@ -179,13 +192,21 @@ class Run:
         """(folder, checkpoint or None, notes for the log, error or None) on rank 0."""
         try:
             folder, notes = _choose_folder(self.config["run"])
+            if folder.is_dir():  # lock before reading the checkpoint; a new folder is locked once made
+                self._lock = FolderLock(folder)
+                try:
+                    self._lock.acquire()
+                except OSError:
+                    self._lock = None  # unwritable: _prepare_folder reports it
             path = folder / CHECKPOINT_FILE
             checkpoint = (load_checkpoint(path) if path.exists() and self.config["run"]["resume"]
                           is not False else None)
             if checkpoint is not None:
                 notes += _check_compatible(folder, checkpoint["config"], self.config, must_match)
             return folder, checkpoint, notes, None
-        except (ConfigError, CheckpointError) as error:
+        except (ConfigError, CheckpointError, RunFolderInUse) as error:
+            if isinstance(error, RunFolderInUse):
+                self._lock = None
             return None, None, [], error
 
     def _prepare_folder(self) -> None:
@@ -195,14 +216,22 @@ class Run:
             try:
                 self._before = _FolderState(self.folder)
                 (self.folder / PLOTS_FOLDER).mkdir(parents=True, exist_ok=True)
+                if self._lock is None:
+                    self._lock = FolderLock(self.folder)
+                    self._lock.acquire()
                 remove_stale_temporaries(self.folder)
                 atomic_write_text(self.folder / CONFIG_FILE, json.dumps(self.config, indent=2) + "\n")
+            except RunFolderInUse as failure:
+                self._before, self._lock = None, None  # the folder belongs to the holder: undo nothing
+                error = str(failure)
             except OSError as failure:
                 error = (f"cannot write the run folder {self.folder}: {failure.strerror or failure}; "
                          "choose another place with --set run.save_dir=DIR or --run-name NAME")
         error = distributed.broadcast_object(error)
         if error:
             raise ConfigError(error)
+        if self._lock is not None and self._lock.stale:
+            self.log(f"took over the lock left by {self._lock.stale}, which has ended")
         self.log(f"run folder {self.folder} (started {time.strftime('%Y-%m-%d %H:%M:%S')}, "
                  f"device {self.device}, {distributed.world_size()} process(es))")
 

@@ -239,7 +239,7 @@ def test_which_errors_are_reported_as_bad_input(tmp_path):
     assert input_error_message(FileNotFoundError(2, "No such file or directory", str(missing))) == (
         f"{missing}: No such file or directory")
     wrapped = ("Caught IDRiDError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
-               '  File "x.py", line 1, in <module>\ncodebase.idrid.IDRiDError: x.jpg: empty file\n')
+               '  File "x.py", line 1, in <module>\ncodebase.data.idrid.IDRiDError: x.jpg: empty file\n')
     assert input_error_message(idrid.IDRiDError(wrapped)) == "x.jpg: empty file"
     assert input_error_message(OSError(28, "No space left on device")) is None
     assert input_error_message(RuntimeError("a bug")) is None
