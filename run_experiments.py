@@ -81,7 +81,7 @@ def main(argv=None):
     results = report.analyse(args.grid, grid, planned, root, device, args.resamples, args.bootstrap_seed,
                              cost_images=args.cost_images, cost_repeats=args.cost_repeats,
                              records_folder=out / args.grid / "records")
-    written = report.write(results, out / args.grid)
+    written = report.write(results, out / args.grid, planned)
     print(report.markdown(results))
     print(f"written: {', '.join(map(str, written))}")
     return 0

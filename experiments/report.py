@@ -1,4 +1,5 @@
 """Evaluate a grid's finished runs on one test split and write results.json and results.md."""
+import html
 import json
 import math
 from pathlib import Path
@@ -7,12 +8,15 @@ import numpy as np
 import torch
 
 from codebase.data.idrid import grading_records, segmentation_records
+from codebase.evaluation.plots import history_figures
 from codebase.training.atomic import atomic_write_text
+from codebase.training.run_folder import HISTORY_FILE
 from experiments.analysis import delta_m, difference, run_metrics, summary
 from experiments.bootstrap import resample_indices, resample_weights, with_full_set
 from experiments.cost import run_cost
 from experiments.grids import CLASSIFIER, MULTITASK, SEGMENTATION
 from experiments.records import run_records
+from inference.report import STYLE, png_data_uri
 
 PRIMARY = ["rg_kappa", "mer_kappa", "rg_accuracy", "mer_accuracy", "joint_accuracy"]
 PRIMARY += [f"{lesion}_{name}" for name in ("aupr", "dice") for lesion in ("MA", "HE", "EX", "SE", "OD")]
@@ -190,9 +194,47 @@ def _strict(value):
     return value
 
 
-def write(results, folder):
+def report_html(results, planned, title):
+    """A self-contained report.html: results.md's text and tables, then each configuration's training
+    curves (its first seed's history.json), every figure embedded (nothing links to a file)."""
+    parts = [f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+             f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"]
+    table = []
+    for line in markdown(results).splitlines() + [""]:
+        if line.startswith("|"):
+            if not set(line) <= set("|-: "):
+                table.append([cell.strip() for cell in line.strip("|").split("|")])
+            continue
+        if table:
+            head, *rows = table
+            parts.append(f"<table><thead><tr>{''.join(f'<th>{html.escape(c)}</th>' for c in head)}</tr></thead><tbody>"
+                         + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+                         + "</tbody></table>")
+            table = []
+        if line.startswith("#"):
+            level = min(len(line) - len(line.lstrip("#")) + 1, 4)
+            parts.append(f"<h{level}>{html.escape(line.lstrip('#').strip())}</h{level}>")
+        elif line.strip():
+            parts.append(f"<p>{html.escape(line)}</p>")
+    parts.append("<h2>Training curves (first seed of each configuration)</h2>")
+    for name in dict.fromkeys(run.configuration for run in planned):
+        first = next(run for run in planned if run.configuration == name)
+        try:
+            history = json.loads((Path(first.folder) / HISTORY_FILE).read_text())
+        except (OSError, ValueError):
+            history = []
+        parts.append(f"<h3>{html.escape(name)}</h3>")
+        parts += [f'<img alt="{html.escape(name)} {figure_name}" src="{png_data_uri(figure)}">'
+                  for figure_name, figure in history_figures(history if isinstance(history, list) else []).items()]
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def write(results, folder, planned=()):
+    """results.json, results.md and report.html in ``folder``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_text(folder / "results.json", json.dumps(_strict(results), indent=1, allow_nan=False) + "\n")
     atomic_write_text(folder / "results.md", markdown(results))
-    return folder / "results.md", folder / "results.json"
+    atomic_write_text(folder / "report.html", report_html(results, list(planned), f"Experiment {folder.name}"))
+    return folder / "results.md", folder / "results.json", folder / "report.html"

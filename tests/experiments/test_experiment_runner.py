@@ -43,7 +43,7 @@ def grid_run(synthetic_root, tmp_path_factory):
     assert run_experiments.main(argv) == 0
     return {"out": out, "grid": grid, "argv": argv, "first": first, "second": second, "before": before,
             "results": json.loads((grid / "results.json").read_text()),
-            "markdown": (grid / "results.md").read_text()}
+            "markdown": (grid / "results.md").read_text(), "html": (grid / "report.html").read_text()}
 
 
 def test_finished_runs_are_skipped_and_interrupted_ones_resumed(grid_run):
@@ -106,6 +106,16 @@ def test_results_md_states_budget_seeds_images_procedure_and_synthetic_caveat(gr
     for name in SMOKE.configurations:
         assert f"| {name} |" in text
     assert "| RG quadratic weighted kappa |" in text and "| OD AUPR |" in text and "delta_m" in text
+
+
+def test_report_html_holds_the_tables_and_embedded_curves_and_links_no_file(grid_run):
+    page = grid_run["html"]
+    assert "<table>" in page and "RG quadratic weighted kappa" in page and "not results on real fundus" in page
+    for name in SMOKE.configurations:
+        assert f"<h3>{name}</h3>" in page
+    assert page.count('src="data:image/png;base64,') >= len(SMOKE.configurations)
+    assert "file:" not in page and "href=" not in page
+    assert all(source.startswith("data:image/png;base64,") for source in page.split('src="')[1:])
 
 
 def test_rerun_evaluates_again_without_training_and_refuses_changed_settings(grid_run, capsys):
