@@ -47,4 +47,4 @@ def test_weighting_benchmark_smoke_run(capsys):
     rows = [line.split() for line in printed.splitlines() if line.split()[:1] in (["fixed"], ["famo"], ["pcgrad"])]
     assert [row[0] for row in rows] == ["fixed", "famo", "pcgrad", "fixed"]  # the reference first and last
     assert rows[0][-3:] == ["1.00x", rows[0][-2], "+0"]  # fixed against itself: time ratio, memory difference
-    assert all(row[-3].endswith("x") and float(row[-2]) > 0 for row in rows)
+    assert all(row[-3].endswith("x") and row[-5].endswith("x") and float(row[-2]) > 0 for row in rows)
