@@ -3,6 +3,7 @@
     python run_experiments.py moe --seeds 3                      # synthetic demo data, saved/moe/
     python run_experiments.py moe --seeds 3 --data-root data --device cuda --out saved
     python run_experiments.py smoke --seeds 2 --set train.eval_batch_size=4
+    python run_experiments.py weighting --seeds 1 --configs fixed,pcgrad   # part of a grid
 
 Grids live in experiments/grids.py (configuration -> train script + --set overrides, a reference
 configuration, and the budget every configuration gets: input size, batch, optimizer steps).
@@ -16,6 +17,7 @@ Exit code: 0 done, 1 a run failed, 2 bad grid or settings, 3 stopped by --max-ru
 was trained, 130 interrupted (Ctrl-C; the running script keeps its last complete epoch).
 """
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -31,6 +33,8 @@ from experiments.runner import plan_runs, train_all
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("grid", help=f"grid name in experiments/grids.py ({', '.join(GRIDS)})")
+    parser.add_argument("--configs", help="comma-separated configurations of the grid to run and compare (default "
+                                           "all); the reference is always included")
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per configuration (default 3)")
     parser.add_argument("--data-root", help="dataset folder for training and testing (default: the grid's; a "
                                             "synthetic tree is generated there when the default is absent)")
@@ -49,12 +53,25 @@ def parse_args(argv):
     return args
 
 
+def select_configurations(name, grid, configs):
+    """The grid restricted to the comma-separated ``configs`` (and its reference); all when None."""
+    if configs is None:
+        return grid
+    chosen = [c.strip() for c in configs.split(",") if c.strip()]
+    unknown = [c for c in chosen if c not in grid.configurations]
+    if unknown or not chosen:
+        raise GridError(f"--configs {configs!r}: grid {name!r} has no configuration {', '.join(unknown) or '(none given)'}"
+                        f"; it has {', '.join(grid.configurations)}")
+    return dataclasses.replace(grid, configurations={c: configuration for c, configuration in grid.configurations.items()
+                                                     if c in chosen or c == grid.reference})
+
+
 def main(argv=None):
     args = parse_args(argv)
     try:
         if args.grid not in GRIDS:
             raise GridError(f"no grid {args.grid!r}; experiments/grids.py has {', '.join(GRIDS)}")
-        grid = GRIDS[args.grid]
+        grid = select_configurations(args.grid, GRIDS[args.grid], args.configs)
         check_grid(args.grid, grid, args.set)
         root = Path(args.data_root or grid.data_root).resolve()
         if args.data_root is None and grid.demo:

@@ -75,4 +75,18 @@ SMOKE = Grid(
     overrides=("model.backbone=resnet18", "model.pretrained=none", "run.plots=false"),
 )
 
-GRIDS = {"moe": MOE, "smoke": SMOKE}
+WEIGHTING_METHODS = ("fixed", "uncertainty", "dwa", "rlw", "famo", "gradnorm", "pcgrad", "cagrad")
+
+WEIGHTING = Grid(
+    description="Loss weightings of the multi-task model (README \"Loss weightings\"): the equal-weight sum "
+                "(fixed, the reference) against uncertainty, DWA, RLW, FAMO, GradNorm, PCGrad and CAGrad, "
+                "each with its default settings, at a reduced demo scale.",
+    configurations={method: Configuration(MULTITASK, (f"loss.weighting={method}",)) for method in WEIGHTING_METHODS},
+    reference="fixed",
+    # Sized for a CPU: 8 methods x 3 seeds. On the synthetic demo tree (160 grading training images)
+    # batch 8 is 20 steps per epoch, so 60 steps are 3 epochs (the first 2 with dense routing). A
+    # gradient method's step costs several times fixed's (benchmarks/bench_weighting.py).
+    budget=Budget(image_size=(64, 96), batch_size=8, optimizer_steps=60),
+)
+
+GRIDS = {"moe": MOE, "smoke": SMOKE, "weighting": WEIGHTING}

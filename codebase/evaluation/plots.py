@@ -25,6 +25,8 @@ at any depth and in any section, so nothing here depends on a particular model:
 - router_usage.png: "usage" lists under "routing" -> {task}: one line per expert, one small panel
   per task in a grid four wide; router_experts.png: "experts_per_image", "busiest_share" and
   "usage_entropy" under "routing" -> {task}, a panel each;
+- task_weights.png: the loss weighting's per-task weights, leaves under "task_weights" -> {task}
+  (the train section's mean weight per epoch; equal weighting is 1 per task);
 - learning_rate.png: "lr".
 
 Missing keys just mean missing curves. Figures are built with matplotlib's object API (no
@@ -80,6 +82,9 @@ def history_figures(history: list[dict]) -> dict[str, Figure]:
         "router_experts": _panels({title: {
             _task_label(path): curve for path, curve in scalars.items() if _under_routing(path) and path[-1] == leaf}
             for leaf, title in ROUTER_STATISTICS.items()}),
+        "task_weights": _panels({"task weights (mean over the epoch's steps)": {
+            _weighted_task_label(path): curve for path, curve in scalars.items() if _under_task_weights(path)}},
+            ylabel="weight"),
         "learning_rate": _panels({"learning rate": {
             "lr": curve for path, curve in scalars.items() if path == ("lr",)}}),
     }
@@ -138,6 +143,15 @@ def _lesion_curves(scalars, metric: str) -> dict[str, tuple]:
 
 def _under_routing(path: KeyPath) -> bool:
     return len(path) >= 3 and path[-3] == "routing"
+
+
+def _under_task_weights(path: KeyPath) -> bool:
+    return len(path) >= 3 and path[-2] == "task_weights"
+
+
+def _weighted_task_label(path: KeyPath) -> str:
+    """The task of a "task_weights" leaf; its section too unless it is the training one."""
+    return path[-1] if path[0] == "train" else f"{path[-1]} ({path[0]})"
 
 
 def _task_label(path: KeyPath) -> str:

@@ -20,10 +20,13 @@ are overwritten. Every method's combination is a linear combination of the task 
 ``task_weights()`` reports its exact coefficients. Cost per step: T (+1) extra backward passes
 through the shared parameters and a [T (+1), P] float32 matrix.
 
-Scale: every method's weights sum to the number of tasks T (equal weighting is weight 1 per task).
-Methods that their papers state with weights summing to 1 (RLW, FAMO, CAGrad's mean gradient) are
-multiplied by T here, so that the gate regularisers, which are added with their own fixed weights,
-keep the same strength relative to the task losses whichever method is chosen.
+Scale: every method is on the scale of the equal-weight sum (weight 1 per task). The weights of
+fixed (by default), DWA, RLW, FAMO and GradNorm sum to the number of tasks T; uncertainty starts at
+1 per task, and PCGrad's and CAGrad's coefficients are 1 per task where no gradients conflict (resp.
+c = 0, without rescaling), so their sums move around T. Methods that their papers state with weights
+summing to 1 (RLW, FAMO, CAGrad's mean gradient) are multiplied by T here, so that the gate
+regularisers, which are added with their own fixed weights, keep the same strength relative to the
+task losses whichever method is chosen.
 
 Settings are flat keys of the config's ``loss`` section (``loss.dwa_temperature``,
 ``loss.cagrad_c``, ...): each method's keys start with its name, except fixed's ``task_weights``.

@@ -10,6 +10,7 @@ def _entry(epoch: int) -> dict:
     return {
         "epoch": epoch, "lr": 0.001 / epoch, "time": 3.0,
         "train": {"loss": 1 - score, "loss_focal": 0.5 - score, "gate_loss": 0.1,
+                  "task_weights": {"classification_rg": 1 + score, "segmentation_ma": 1 - score},
                   "routing": {"segmentation_ma": {"experts_per_image": 2.0, "usage": [0.5, 0.5]}}},
         "eval": {"loss": 1.1 - score,
                  "grading": {"rg_accuracy": score, "rg_kappa": score / 2, "rg_confusion": [[1, 0], [0, 1]]},
@@ -25,7 +26,7 @@ def test_plot_history_draws_every_kind_of_curve(tmp_path):
     written = plots.plot_history([_entry(1), _entry(2), _entry(3)], tmp_path / "plots")
     names = {path.name for path in written}
     assert names == {"loss.png", "loss_components.png", "classification.png", "segmentation.png",
-                     "router_usage.png", "router_experts.png", "learning_rate.png"}
+                     "router_usage.png", "router_experts.png", "task_weights.png", "learning_rate.png"}
     for path in written:
         assert path.read_bytes().startswith(b"\x89PNG")
     assert sorted(path.name for path in (tmp_path / "plots").iterdir()) == sorted(names), "no temp files left"
@@ -42,6 +43,20 @@ def test_curves_are_labelled_per_lesion_task_and_expert():
     assert [line.get_label() for line in eval_usage.get_lines()] == ["expert 0", "expert 1", "expert 2"]
     components = [line.get_label() for line in figures["loss_components"].axes[0].get_lines()]
     assert components == ["train/loss_focal", "train/gate_loss"]
+
+
+def test_task_weights_are_one_curve_per_task_per_epoch():
+    history = [_entry(1), _entry(2), {"epoch": 3, "train": {"loss": 0.5}}, _entry(4)]
+    (axes,) = plots.history_figures(history)["task_weights"].axes
+    lines = {line.get_label(): line for line in axes.get_lines()}
+    assert set(lines) == {"classification_rg", "segmentation_ma"}  # nothing else in the panel
+    assert list(lines["classification_rg"].get_xdata()) == [1, 2, 4]  # epochs that logged weights
+    assert list(lines["classification_rg"].get_ydata()) == [1.1, 1.2, 1.4]
+    assert list(lines["segmentation_ma"].get_ydata()) == [0.9, 0.8, 0.6]
+    assert axes.get_ylabel() == "weight"
+    components = [line.get_label() for line in plots.history_figures(history)["loss_components"].axes[0].get_lines()]
+    assert not any("task_weights" in label for label in components)
+    assert "task_weights" not in plots.history_figures([{"epoch": 1, "train": {"loss": 1.0}}])
 
 
 def test_missing_or_odd_entries_never_fail(tmp_path):

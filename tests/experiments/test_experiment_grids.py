@@ -117,3 +117,24 @@ def test_each_moe_command_resolves_to_the_budget_in_its_script(tmp_path):
         for assignment in MOE.configurations[run.configuration].overrides:
             key, _, text = assignment.partition("=")
             assert get_value(config, key) == parse_value(key, text, get_value(script.CONFIG, key))
+
+
+def test_weighting_grid_runs_every_registered_method_against_fixed():
+    from codebase.training.weighting import WEIGHTINGS
+    grid = GRIDS["weighting"]
+    assert grid.reference == "fixed"
+    assert {name: c.overrides for name, c in grid.configurations.items()} == {
+        method: (f"loss.weighting={method}",) for method in WEIGHTINGS}
+    assert all(c.script == MULTITASK for c in grid.configurations.values())
+    overrides = budget_overrides(MULTITASK, grid.budget, 160, 30)  # the synthetic demo tree
+    assert overrides["train.epochs"] * overrides["train.iterations"] == grid.budget.optimizer_steps
+
+
+def test_configs_selects_part_of_a_grid_and_keeps_the_reference():
+    grid = GRIDS["weighting"]
+    chosen = run_experiments.select_configurations("weighting", grid, "pcgrad, famo")
+    assert list(chosen.configurations) == ["fixed", "famo", "pcgrad"]  # grid order, reference included
+    assert chosen.reference == "fixed" and chosen.budget == grid.budget
+    assert run_experiments.select_configurations("weighting", grid, None) is grid
+    with pytest.raises(GridError, match=r"no configuration nash; it has fixed, uncertainty"):
+        run_experiments.select_configurations("weighting", grid, "pcgrad,nash")

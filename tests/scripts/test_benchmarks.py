@@ -1,7 +1,13 @@
 """The benchmark scripts keep working (tiny sizes; timings are not asserted)."""
 import pytest
 
-from benchmarks import bench_data, bench_gpu, bench_routing, bench_segmentation_cost
+from benchmarks import (
+    bench_data,
+    bench_gpu,
+    bench_routing,
+    bench_segmentation_cost,
+    bench_weighting,
+)
 
 pytestmark = pytest.mark.slow  # trains models or runs scripts in subprocesses
 
@@ -32,3 +38,13 @@ def test_gpu_benchmark_smoke_run_on_cpu(capsys):
     printed = capsys.readouterr().out
     for row in ("plain fp32, dense", "tuned, top-p", "single expert", "Inference at batch 1", "DeepLabV3+"):
         assert row in printed
+
+
+def test_weighting_benchmark_smoke_run(capsys):
+    assert bench_weighting.main(["--smoke", "--methods", "famo,pcgrad"]) == 0
+    printed = capsys.readouterr().out
+    assert "load average" in printed and "peak RSS MiB" in printed
+    rows = [line.split() for line in printed.splitlines() if line.split()[:1] in (["fixed"], ["famo"], ["pcgrad"])]
+    assert [row[0] for row in rows] == ["fixed", "famo", "pcgrad", "fixed"]  # the reference first and last
+    assert rows[0][-3:] == ["1.00x", rows[0][-2], "+0"]  # fixed against itself: time ratio, memory difference
+    assert all(row[-3].endswith("x") and row[-5].endswith("x") and float(row[-2]) > 0 for row in rows)

@@ -1,0 +1,191 @@
+"""Cost of each loss weighting: time per training step and peak memory, against the equal-weight sum.
+
+    python benchmarks/bench_weighting.py                       # the demo model on the CPU
+    python benchmarks/bench_weighting.py --device cuda --steps 20
+    python benchmarks/bench_weighting.py --smoke               # tiny, seconds; what the tests run
+
+The model is train_mlt_model.py's demo recipe (ResNet18, 3 experts, 7 tasks, 128x192, one
+grading and one segmentation batch of 8 per step, dense routing as in warm-up), trained on one
+fixed random batch pair through the engine's own step (`codebase.engine.train_one_epoch`, one
+step per call: forward, the weighting's combination or its per-task-gradient backward, the
+optimizer step through `codebase.training.loop.optimizer_step`, FAMO's extra forward). Each
+method runs in a fresh subprocess, so the peak resident memory (ru_maxrss; on CUDA the peak
+allocated GPU memory) is its own. "fixed" is run first and again last: the two rows show how
+much the machine's load moved the timings in between. On a shared CPU the process's own CPU time
+per step (all its threads) is the steadier measure of cost; wall-clock time is what a user waits.
+"""
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import print_table, ratio  # noqa: E402
+from codebase.config import parse_cli  # noqa: E402
+from codebase.engine import (  # noqa: E402
+    MultiTaskLoss,
+    TrainStep,
+    train_one_epoch,
+)
+from codebase.evaluation.cost import machine, synchronize  # noqa: E402
+from codebase.model import build_model  # noqa: E402
+from codebase.training.device import make_grad_scaler  # noqa: E402
+from codebase.training.optim import make_optimizer  # noqa: E402
+from codebase.training.weighting import WEIGHTINGS, make_weighting  # noqa: E402
+from codebase.training.weighting import default_settings as weighting_settings  # noqa: E402
+from train_mlt_model import CONFIG, DEMO  # noqa: E402
+
+SMOKE = ["data.grading_size=64,96", "data.segmentation_size=64,96", "train.batch_size=2",
+         "model.aspp_channels=32", "model.decoder_channels=32", "model.head_hidden=32"]
+REFERENCE = "fixed"
+
+
+class RepeatedBatch:
+    """A BatchStream stand-in: every epoch yields the same batch, endlessly."""
+
+    def __init__(self, batch):
+        self.batch = batch
+
+    def epoch(self, epoch):
+        while True:
+            yield self.batch
+
+
+def random_batches(config, generator):
+    """One grading and one segmentation batch shaped as the datasets give them."""
+    data, batch = config["data"], config["train"]["batch_size"]
+    grading = {"image": torch.randn(batch, 3, *data["grading_size"], generator=generator),
+               "rg": torch.randint(0, 5, (batch,), generator=generator),
+               "mer": torch.randint(0, 3, (batch,), generator=generator)}
+    segmentation = {"image": torch.randn(batch, 3, *data["segmentation_size"], generator=generator),
+                    "masks": (torch.rand(batch, 5, *data["segmentation_size"], generator=generator) > 0.97)
+                    .to(torch.uint8)}  # [B, 5 lesions, H, W]
+    return {"grading": RepeatedBatch(grading), "segmentation": RepeatedBatch(segmentation)}
+
+
+def measure(method, config, warmup, steps):
+    """Train ``warmup`` + ``steps`` steps with ``method``; its step times and peak memory."""
+    device = torch.device(config["device"])
+    torch.manual_seed(config["seed"])
+    model = build_model(config).to(device)
+    model.set_routing(True)
+    loss_config = config["loss"]
+    criterion = MultiTaskLoss(model.tasks, loss_config, {
+        name: loss_config[f"gate_{name}"] for name in ("sparsity", "load_balance", "entropy", "switch_balance")})
+    weighting = make_weighting(method, list(model.task_specs),
+                               {key: value for key, value in loss_config.items() if key in weighting_settings()})
+    weighting = weighting.to(device)
+    step = TrainStep(model, criterion)
+    optimizer = make_optimizer([model], config["optim"]["lr"], config["optim"]["backbone_lr"],
+                               config["optim"]["weight_decay"], device, undecayed=weighting.extra_parameters())
+    amp = config["train"]["amp"]
+    scaler = make_grad_scaler(device, amp)
+    streams = random_batches(config, torch.Generator().manual_seed(config["seed"]))
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    resident_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    seconds, cpu_seconds = [], []
+    for epoch in range(1, warmup + steps + 1):  # one step per call, so each step is timed alone
+        synchronize(device)
+        started, cpu_started = time.perf_counter(), time.process_time()
+        train_one_epoch(step, weighting, optimizer, streams, epoch, 1, device, amp, scaler, dense=True)
+        synchronize(device)
+        if epoch > warmup:
+            seconds.append(time.perf_counter() - started)
+            cpu_seconds.append(time.process_time() - cpu_started)
+    return {"ms_per_step": 1e3 * statistics.median(seconds), "ms_min": 1e3 * min(seconds),
+            "cpu_ms_per_step": 1e3 * statistics.median(cpu_seconds),
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: KiB
+            "rss_before_mib": resident_before / 1024,
+            "peak_gpu_mib": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None}
+
+
+def demo_config(device, smoke, amp):
+    overrides = (SMOKE if smoke else []) + [f"train.amp={amp}"]
+    argv = ["--demo", "--device", device] + [arg for item in overrides for arg in ("--set", item)]
+    config = parse_cli(CONFIG, argv, DEMO)
+    config["device"] = str(torch.device(device))
+    return config
+
+
+def run_worker(method, args):
+    """``method``'s measurement in a fresh interpreter (its own peak memory)."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--worker", method, "--device", args.device,
+               "--steps", str(args.steps), "--warmup", str(args.warmup), "--amp", args.amp]
+    if args.smoke:
+        command.append("--smoke")
+    finished = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+    if finished.returncode != 0:
+        raise RuntimeError(f"{method}: the measurement failed (exit {finished.returncode}):\n{finished.stderr[-3000:]}")
+    return json.loads(finished.stdout.strip().splitlines()[-1])
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default cpu)")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per method (default 5; the median is shown)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
+    parser.add_argument("--amp", default="off", help="train.amp: off, bf16 or fp16 (default off)")
+    parser.add_argument("--methods", default=",".join(WEIGHTINGS),
+                        help=f"comma-separated weightings (default all: {','.join(WEIGHTINGS)})")
+    parser.add_argument("--smoke", action="store_true", help="64x96, batch 2, 1 timed step: checks the script runs")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.steps, args.warmup = 1, 1
+    if args.steps < 1 or args.warmup < 0:
+        parser.error("--steps must be at least 1 and --warmup at least 0")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in WEIGHTINGS]
+    if unknown:
+        parser.error(f"--methods: unknown {', '.join(unknown)}; known: {', '.join(WEIGHTINGS)}")
+    args.methods = [REFERENCE] + [m for m in methods if m != REFERENCE] + [REFERENCE]
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.worker:
+        print(json.dumps(measure(args.worker, demo_config(args.device, args.smoke, args.amp), args.warmup, args.steps)))
+        return 0
+    config = demo_config(args.device, args.smoke, args.amp)
+    data, model = config["data"], config["model"]
+    load_before = os.getloadavg()
+    print(f"Machine: {machine(config['device'])}; load average {' '.join(f'{v:.2f}' for v in load_before)} "
+          "(1, 5, 15 min) before")
+    results = [(method, run_worker(method, args)) for method in args.methods]
+    load_after = os.getloadavg()
+    reference = results[0][1]
+    on_gpu = reference["peak_gpu_mib"] is not None
+    rows = []
+    for index, (method, measured) in enumerate(results):
+        label = method + (" (again, last)" if index == len(results) - 1 else "")
+        memory = measured["peak_gpu_mib"] if on_gpu else measured["peak_rss_mib"]
+        reference_memory = reference["peak_gpu_mib"] if on_gpu else reference["peak_rss_mib"]
+        kind = "shared-gradient (owns backward)" if WEIGHTINGS[method].owns_backward else "loss-based"
+        rows.append([label, kind, f"{measured['ms_per_step']:.0f}", f"{measured['ms_min']:.0f}",
+                     ratio(measured["ms_per_step"], reference["ms_per_step"]), f"{measured['cpu_ms_per_step']:.0f}",
+                     ratio(measured["cpu_ms_per_step"], reference["cpu_ms_per_step"]), f"{memory:.0f}",
+                     f"{memory - reference_memory:+.0f}"])
+    memory_name = "peak GPU MiB" if on_gpu else "peak RSS MiB"
+    print_table(f"Loss weightings: {model['backbone']}, {model['num_experts']} experts, {len(model['task_specs'])} tasks, "
+                f"{data['grading_size'][0]}x{data['grading_size'][1]}, {config['train']['batch_size']}+"
+                f"{config['train']['batch_size']} images per step, dense routing, amp {args.amp}, "
+                f"median of {args.steps} steps after {args.warmup} (one process per method)",
+                ["method", "kind", "ms/step", "min ms", "vs fixed", "CPU ms/step", "vs fixed", memory_name, "vs fixed"],
+                rows)
+    print(f"\nload average {' '.join(f'{v:.2f}' for v in load_after)} after; peak RSS includes the interpreter "
+          f"and the model ({reference['rss_before_mib']:.0f} MiB before the first step with fixed)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

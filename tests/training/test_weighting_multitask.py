@@ -1,0 +1,153 @@
+"""Every loss weighting trains the real multi-task model through the engine: a tiny model (ResNet18,
+64x96, no pretrained weights) fits one fixed batch per side, also under AMP and under two-process DDP.
+
+One fixed batch (the synthetic tree's 10 grading and 4 segmentation training images, without
+augmentation) keeps this cheap and still honest: the model starts from random weights, so the
+task losses only fall and RG predictions only beat the majority class when the weighting's
+gradients actually train the backbone and the heads.
+"""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import default_collate
+
+from codebase.data.image_datasets import GradingDataset, SegmentationDataset
+from codebase.engine import MultiTaskLoss, TrainStep, train_one_epoch
+from codebase.model import MultiTaskModel
+from codebase.tasks import on_side
+from codebase.training.device import make_grad_scaler
+from codebase.training.optim import make_optimizer
+from codebase.training.weighting import WEIGHTINGS, make_weighting
+
+pytestmark = pytest.mark.slow  # trains a model, or runs two processes
+
+REPO = Path(__file__).resolve().parents[2]
+SIZE = (64, 96)
+TASK_SPECS = {"classification_rg": 5, "classification_mer": 3, "segmentation_ma": 1, "segmentation_he": 1,
+              "segmentation_ex": 1, "segmentation_se": 1, "segmentation_od": 1}
+GATES = {"sparsity": 0.01, "load_balance": 0.01}
+
+
+class RepeatedBatch:
+    """A BatchStream stand-in: every epoch yields the same batch."""
+
+    def __init__(self, batch):
+        self.batch = batch
+
+    def epoch(self, epoch):
+        while True:
+            yield self.batch
+
+
+def fixed_batches(root):
+    """{"grading": ..., "segmentation": ...}: every training image of each side, unaugmented, as one batch."""
+    grading = GradingDataset(root, "train", SIZE, train=False)
+    segmentation = SegmentationDataset(root, "train", SIZE, train=False)
+    return {"grading": default_collate([grading[i] for i in range(len(grading))]),
+            "segmentation": default_collate([segmentation[i] for i in range(len(segmentation))])}
+
+
+def tiny_training(method, seed=0):
+    """(TrainStep, weighting, optimizer) of a tiny multi-task model with ``method``."""
+    torch.manual_seed(seed)
+    model = MultiTaskModel(TASK_SPECS, "resnet18", 2, pretrained="none", aspp_channels=32, decoder_channels=16,
+                           head_hidden=32)
+    model.set_routing(True)
+    criterion = MultiTaskLoss(model.tasks, {"classification": "ce"}, GATES)
+    weighting = make_weighting(method, list(TASK_SPECS), {})
+    optimizer = make_optimizer([model], 3e-3, 1e-3, 0.0, "cpu", undecayed=weighting.extra_parameters())
+    return TrainStep(model, criterion), weighting, optimizer
+
+
+def task_losses_and_rg_accuracy(step, batches, amp="off"):
+    """Sum of the task losses (no gate terms) and RG accuracy on the fixed batches, without training.
+
+    Train mode (batch statistics, as the steps saw them): after a few steps the BatchNorm running
+    statistics are not yet those of the batch, so eval mode would measure them, not the fit.
+    """
+    grading, segmentation = batches["grading"], batches["segmentation"]
+    targets = {"classification_rg": grading["rg"], "classification_mer": grading["mer"]}
+    masks = {task.name: task.target_of({"masks": segmentation["masks"]})
+             for task in on_side(step.model.tasks, "segmentation")}
+    step.train()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp == "bf16"):
+        task_losses, _, _, _ = step(grading["image"], targets, segmentation["image"], masks, True)
+        rg_logits = step.model(grading["image"], side="classification", dense=True)["logits"]["classification_rg"]
+    accuracy = (rg_logits.argmax(dim=1) == grading["rg"]).float().mean().item()
+    return sum(float(loss) for loss in task_losses.values()), accuracy
+
+
+def train(step, weighting, optimizer, batches, steps, amp="off", scaler=None):
+    """``steps`` engine steps on the fixed batches, two per epoch (so DWA's epoch-level weights move)."""
+    streams = {side: RepeatedBatch(batch) for side, batch in batches.items()}
+    logged = []
+    for epoch in range(1, steps // 2 + 1):
+        result = train_one_epoch(step, weighting, optimizer, streams, epoch, 2, torch.device("cpu"), amp, scaler,
+                                 dense=True)
+        logged.append(result["task_weights"])
+    return logged
+
+
+# Methods whose weights sum to the number of tasks exactly (uncertainty's exp(-s_t), PCGrad's
+# projected and CAGrad's conflict-averse coefficients are on the same scale but not normalised).
+NORMALISED = ("fixed", "dwa", "rlw", "famo", "gradnorm")
+
+
+def majority_share(labels):
+    return torch.bincount(labels).max().item() / len(labels)
+
+
+@pytest.fixture(scope="module")
+def batches(synthetic_root):
+    return fixed_batches(synthetic_root)
+
+
+@pytest.mark.parametrize("method", list(WEIGHTINGS))
+def test_every_weighting_fits_the_multitask_model_on_a_fixed_batch(method, batches):
+    step, weighting, optimizer = tiny_training(method)
+    before, _ = task_losses_and_rg_accuracy(step, batches)
+    logged = train(step, weighting, optimizer, batches, 16)
+    after, rg_accuracy = task_losses_and_rg_accuracy(step, batches)
+    assert after < 0.7 * before, (method, before, after)
+    assert rg_accuracy > majority_share(batches["grading"]["rg"]), (method, rg_accuracy)
+    assert all(set(weights) == set(TASK_SPECS) for weights in logged)
+    if method in NORMALISED:
+        assert sum(logged[-1].values()) == pytest.approx(len(TASK_SPECS), rel=1e-4)
+
+
+@pytest.mark.parametrize("method, amp", [("fixed", "fp16"), ("pcgrad", "fp16"), ("uncertainty", "bf16"),
+                                         ("cagrad", "bf16")])
+def test_weightings_train_under_cpu_autocast(method, amp, batches):
+    """fp16 with a (CPU) GradScaler, whose scale gradient methods divide out of their Gram matrix,
+    and bf16 without one: the task losses fall all the same."""
+    step, weighting, optimizer = tiny_training(method)
+    device = torch.device("cpu")
+    scaler = make_grad_scaler(device, amp)
+    assert scaler.is_enabled() == (amp == "fp16")
+    before, _ = task_losses_and_rg_accuracy(step, batches)
+    logged = train(step, weighting, optimizer, batches, 12, amp, scaler)
+    after, _ = task_losses_and_rg_accuracy(step, batches)
+    assert after < 0.8 * before, (method, amp, before, after)
+    assert all(torch.isfinite(torch.tensor(list(weights.values()))).all() for weights in logged)
+    if scaler.is_enabled():
+        assert scaler.get_scale() > 1.0  # the losses really were scaled
+
+
+def test_pcgrad_under_two_process_ddp_keeps_the_ranks_identical(synthetic_root, tmp_path):
+    """torchrun, 2 gloo processes, each its own half of the data: after PCGrad steps the two ranks
+    hold the same model weights (checked in the script), and the weights moved."""
+    out = tmp_path / "ddp.pt"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "tests.training.ddp_multitask_weighting", "pcgrad", str(synthetic_root), str(out)]
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO,
+                              env={**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"})
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    result = torch.load(out, weights_only=True)
+    assert result["max_difference_between_ranks"] == 0.0
+    assert result["moved"] > 0.0
+    assert set(result["task_weights"]) == set(TASK_SPECS)
+    assert all(torch.isfinite(torch.tensor(list(result["task_weights"].values()))))
