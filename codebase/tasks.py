@@ -37,7 +37,7 @@ class Target:
     outputs: int | None  # None: any positive number of outputs
 
 
-@dataclass
+@dataclass(eq=False)  # identity: a kind is one registry entry, and Tasks holding it are hashable
 class TaskKind:
     """One kind of task: the side of a step it trains on, its targets, and its loss.
 
