@@ -52,8 +52,8 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from codebase.data.idrid import IDRiDError, image_size, read_image
-from codebase.evaluation.evaluate import task_key
 from codebase.evaluation.visualize import LESION_COLOURS, lesion_legend, overlay
+from codebase.tasks import task_label
 from codebase.training.atomic import atomic_write, atomic_write_text
 from codebase.training.device import resolve_device
 from inference.predictor import (
@@ -116,7 +116,7 @@ def report(record):
         lines.append("  lesions: " + ", ".join(f"{lesion} {area['pixels']} px ({area['percent']:.2f}%)"
                                                for lesion, area in record["lesions"].items()))
     if record["experts"]:
-        lines.append("  experts: " + ", ".join(f"{task_key(task).upper()} {used['experts']}"
+        lines.append("  experts: " + ", ".join(f"{task_label(task)} {used['experts']}"
                                                for task, used in record["experts"].items()))
     plan = record.get("segmentation")
     if plan and plan["mode"] == "sliding":

@@ -119,6 +119,11 @@ def parse_tasks(task_specs) -> list["Task"]:
     return [parse_task(name, outputs) for name, outputs in task_specs.items()]
 
 
+def task_label(name: str) -> str:
+    """A task name's target as figures and printed lines show it: 'classification_rg' -> 'RG'."""
+    return str(name).partition("_")[2].upper() or str(name).upper()
+
+
 def on_side(tasks, side: str) -> list["Task"]:
     return [task for task in tasks if task.side == side]
 

@@ -18,9 +18,9 @@ from PIL import Image
 
 from codebase.data.cache import load_resized_image
 from codebase.data.idrid import LESIONS, image_size, read_mask_image
-from codebase.evaluation.evaluate import task_key
 from codebase.evaluation.plots import history_figures
 from codebase.evaluation.visualize import LESION_COLOURS, lesion_legend, overlay
+from codebase.tasks import task_label
 from codebase.training.run_folder import HISTORY_FILE
 from inference.predictor import predict_image
 
@@ -113,7 +113,7 @@ def routing_figure(usage):
     for expert in range(experts):
         shares = [usage[task][expert] if expert < len(usage[task]) else math.nan for task in tasks]
         axes.bar(np.arange(len(tasks)) + (expert - (experts - 1) / 2) * width, shares, width, label=f"expert {expert}")
-    axes.set_xticks(range(len(tasks)), [task_key(task).upper() for task in tasks])
+    axes.set_xticks(range(len(tasks)), [task_label(task) for task in tasks])
     axes.set_ylabel("share of test images")
     axes.set_ylim(0, 1.05)
     axes.legend(fontsize="small")

@@ -20,7 +20,12 @@ import codebase.model
 import segmentation.model
 from codebase.tasks import on_side, parse_tasks
 from codebase.training.run_folder import BEST_MODEL_FILE, CONFIG_FILE, MODEL_FILE
-from inference.run_checks import RunError, check_weights_match, read_config, read_weights
+from inference.run_checks import (
+    RunError,
+    check_weights_match,
+    read_config,
+    read_weights,
+)
 
 
 @dataclass(frozen=True)

@@ -16,12 +16,6 @@ from codebase.training.device import autocast
 from codebase.training.progress import progress
 
 
-def task_key(task):
-    """'classification_rg' -> 'rg'; 'segmentation_ma' -> 'MA' (lesion codes are upper case)."""
-    kind, key = task.split("_", 1)
-    return key.upper() if kind == "segmentation" else key
-
-
 class RoutingMeter:
     """Per task: how many experts each image ran, and the share of images that ran each expert.
 

@@ -157,7 +157,9 @@ class EventLog:
 
     def _open(self, step: int):
         if self._writer is None:
-            from torch.utils.tensorboard import SummaryWriter  # imported here: about a second, spent only when used
+            from torch.utils.tensorboard import (
+                SummaryWriter,  # imported here: about a second, spent only when used
+            )
 
             self.folder.mkdir(parents=True, exist_ok=True)
             _wait_for_a_later_file_name(self.folder)
