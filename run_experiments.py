@@ -79,7 +79,7 @@ def main(argv=None):
         if not tree_present(root):
             raise GridError(f"--data-root {root}: no IDRiD tree there (see data/README.md)")
         out = Path(args.out).resolve()
-        planned = plan_runs(args.grid, grid, range(args.seeds), out, root, training_images(root), args.set)
+        planned = plan_runs(args.grid, grid, range(args.seeds), out, root, training_images(root, grid.budget.validation), args.set)
         unfinished = train_all(planned, root, grid.demo, args.device, args.max_runs)
     except (GridError, IDRiDError) as error:
         print(f"error: {error}", file=sys.stderr)

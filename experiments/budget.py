@@ -18,6 +18,7 @@ from pathlib import Path
 
 from codebase.config import HARNESS_DEFAULTS
 from codebase.data.idrid import grading_records, segmentation_records
+from codebase.data.splits import validation_count
 from experiments.grids import CLASSIFIER, MULTITASK, SEGMENTATION
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,9 +85,12 @@ def check_overrides(script, assignments, where, budget_keys=()):
                             "(same for every configuration); change the budget instead")
 
 
-def training_images(root):
-    """(grading, segmentation) training image counts of the data root (no image is decoded)."""
-    return len(grading_records(root, "train")), len(segmentation_records(root, "train"))
+def training_images(root, validation=0):
+    """(grading, segmentation) training image counts of the data root once ``validation`` images are
+    carved from each (codebase.data.splits; no image is decoded)."""
+    counts = len(grading_records(root, "train")), len(segmentation_records(root, "train"))
+    return tuple(count - validation_count(validation, count, half)
+                 for count, half in zip(counts, ("grading", "segmentation")))
 
 
 def steps_per_epoch(script, batch_size, grading_images, segmentation_images):
@@ -102,16 +106,17 @@ def steps_per_epoch(script, batch_size, grading_images, segmentation_images):
     return grading_images // batch_size
 
 
-def _script_values(script, size, batch, per_epoch, epochs):
+def _script_values(script, size, batch, per_epoch, epochs, validation=0.2):
     if script == CLASSIFIER:
-        return {"data.image_size": size, "train.batch_size": batch, "train.epochs": epochs}
+        return {"data.image_size": size, "data.validation": validation, "train.batch_size": batch,
+                "train.epochs": epochs, "train.evaluate_every": epochs}
     if script == SEGMENTATION:
-        return {"data.image_size": size, "data.crop_size": size, "train.batch_size": batch, "train.epochs": epochs,
-                "train.evaluate_every": epochs}
+        return {"data.image_size": size, "data.crop_size": size, "data.validation": validation,
+                "train.batch_size": batch, "train.epochs": epochs, "train.evaluate_every": epochs}
     if script == MULTITASK:
         return {"data.grading_size": size, "data.segmentation_size": size, "data.crop_size": None,
-                "train.batch_size": batch, "train.iterations": per_epoch, "train.epochs": epochs,
-                "train.evaluate_every": epochs}
+                "data.validation": validation, "train.batch_size": batch, "train.iterations": per_epoch,
+                "train.epochs": epochs, "train.evaluate_every": epochs}
     raise GridError(f"no budget rule for script {script!r}; known: {', '.join(SCRIPTS)}")
 
 
@@ -132,7 +137,7 @@ def budget_overrides(script, budget, grading_images, segmentation_images):
                         f"({per_epoch} steps each at batch {budget.batch_size} on this data); use a multiple of "
                         f"{per_epoch}")
     return _script_values(script, list(budget.image_size), budget.batch_size, per_epoch,
-                          budget.optimizer_steps // per_epoch)
+                          budget.optimizer_steps // per_epoch, budget.validation)
 
 
 def check_grid(name, grid, common=()):

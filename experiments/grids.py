@@ -22,6 +22,7 @@ class Budget:
     image_size: tuple[int, int]
     batch_size: int
     optimizer_steps: int
+    validation: float | int = 0.2  # data.validation of every run: the carved training split is what the steps count
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ MOE = Grid(
     # The synthetic demo tree has 160 grading and 30 segmentation training images: batch 10 is a
     # whole number of batches of both (16 and 3 per epoch), and 240 steps a whole number of epochs
     # of both (15 and 80).
-    budget=Budget(image_size=(128, 192), batch_size=10, optimizer_steps=240),
+    budget=Budget(image_size=(128, 192), batch_size=8, optimizer_steps=240),
 )
 
 SMOKE = Grid(
@@ -71,7 +72,8 @@ SMOKE = Grid(
                                                    "model.decoder_channels=32", "model.head_hidden=32")),
     },
     reference="classifier",
-    budget=Budget(image_size=(64, 96), batch_size=4, optimizer_steps=2),  # 1 epoch of 10 grading images
+    budget=Budget(image_size=(64, 96), batch_size=4, optimizer_steps=2, validation=0),  # 1 epoch of 10 grading images
+    # (too few images for a validation split: the runs keep their last weights)
     overrides=("model.backbone=resnet18", "model.pretrained=none", "run.plots=false"),
 )
 
@@ -86,7 +88,7 @@ WEIGHTING = Grid(
     # Sized for a CPU: 8 methods x 3 seeds. On the synthetic demo tree (160 grading training images)
     # batch 8 is 20 steps per epoch, so 60 steps are 3 epochs (the first 2 with dense routing). A
     # gradient method's step costs several times fixed's (benchmarks/bench_weighting.py).
-    budget=Budget(image_size=(64, 96), batch_size=8, optimizer_steps=60),
+    budget=Budget(image_size=(64, 96), batch_size=8, optimizer_steps=48),
 )
 
 GRIDS = {"moe": MOE, "smoke": SMOKE, "weighting": WEIGHTING}
