@@ -121,6 +121,6 @@ def test_notebook_executes_on_the_tiny_run(tiny_run, monkeypatch):
     folder, history, _ = tiny_run
     monkeypatch.setenv("RUN_DIR", str(folder))
     printed, figures, outputs = notebooks.execute("evaluate_classifier.ipynb")
-    assert str(folder.resolve()) in printed and "same as the last epoch's evaluation" in printed
+    assert str(folder.resolve()) in printed and "same as the run's own test evaluation" in printed
     assert sum("text/markdown" in o.get("data", {}) for o in outputs) == 1
     assert figures >= 1 + 3  # confusion matrices, then loss, loss components and classification curves
