@@ -56,17 +56,18 @@ def test_budget_keys_and_runner_keys_cannot_be_overridden():
 
 
 def test_budget_gives_every_script_the_same_steps_and_images():
-    budget = MOE.budget  # batch 10, 240 steps; the demo tree has 160 grading, 30 segmentation training images
-    classifier = budget_overrides(CLASSIFIER, budget, 160, 30)
-    segmentation = budget_overrides(SEGMENTATION, budget, 160, 30)
-    multitask = budget_overrides(MULTITASK, budget, 160, 30)
-    assert classifier["train.epochs"] * (160 // 10) == 240
-    assert segmentation["train.epochs"] * (30 // 10) == 240
+    budget = MOE.budget  # batch 8, 240 steps; the demo tree leaves 128 grading, 24 segmentation training images
+    classifier = budget_overrides(CLASSIFIER, budget, 128, 24)
+    segmentation = budget_overrides(SEGMENTATION, budget, 128, 24)
+    multitask = budget_overrides(MULTITASK, budget, 128, 24)
+    assert classifier["train.epochs"] * (128 // 8) == 240
+    assert segmentation["train.epochs"] * (24 // 8) == 240
     assert multitask["train.epochs"] * multitask["train.iterations"] == 240
     assert classifier["data.image_size"] == segmentation["data.image_size"] == segmentation["data.crop_size"] \
         == multitask["data.grading_size"] == multitask["data.segmentation_size"] == [128, 192]
     assert multitask["data.crop_size"] is None
-    assert {c["train.batch_size"] for c in (classifier, segmentation, multitask)} == {10}
+    assert {c["train.batch_size"] for c in (classifier, segmentation, multitask)} == {8}
+    assert {c["data.validation"] for c in (classifier, segmentation, multitask)} == {0.2}
 
 
 def test_budget_that_cannot_be_equal_is_refused():
@@ -102,15 +103,15 @@ def test_each_moe_command_resolves_to_the_budget_in_its_script(tmp_path):
     from experiments.runner import command, plan_runs
 
     scripts = {CLASSIFIER: train_classifier, SEGMENTATION: train_segmentation, MULTITASK: train_mlt_model}
-    planned = plan_runs("moe", MOE, [0, 2], tmp_path, tmp_path / "data", (160, 30), ["train.eval_batch_size=4"])
+    planned = plan_runs("moe", MOE, [0, 2], tmp_path, tmp_path / "data", (128, 24), ["train.eval_batch_size=4"])
     assert len(planned) == 2 * len(MOE.configurations)
     for run in planned:
         argv = command(run, tmp_path / "data", demo=True)[2:]  # after python and the script
         script = scripts[run.script]
         config = parse_cli(script.CONFIG, argv, script.DEMO, validate=script.validate)
-        images = 160 if run.script != SEGMENTATION else 30
+        images = 128 if run.script != SEGMENTATION else 24
         steps = config["train"]["epochs"] * config["train"].get("iterations", images // config["train"]["batch_size"])
-        assert steps == 240 and config["train"]["batch_size"] == 10, run.name
+        assert steps == 240 and config["train"]["batch_size"] == 8, run.name
         assert config["seed"] == run.seed and config["run"]["name"] == f"seed_{run.seed}"
         assert config["run"]["save_dir"] == str(tmp_path / "moe" / run.configuration)
         assert config["train"]["eval_batch_size"] == 4
@@ -126,7 +127,7 @@ def test_weighting_grid_runs_every_registered_method_against_fixed():
     assert {name: c.overrides for name, c in grid.configurations.items()} == {
         method: (f"loss.weighting={method}",) for method in WEIGHTINGS}
     assert all(c.script == MULTITASK for c in grid.configurations.values())
-    overrides = budget_overrides(MULTITASK, grid.budget, 160, 30)  # the synthetic demo tree
+    overrides = budget_overrides(MULTITASK, grid.budget, 128, 24)  # the synthetic demo tree
     assert overrides["train.epochs"] * overrides["train.iterations"] == grid.budget.optimizer_steps
 
 
