@@ -41,7 +41,7 @@ from codebase.training.device import make_grad_scaler  # noqa: E402
 from codebase.training.optim import make_optimizer  # noqa: E402
 from codebase.training.weighting import WEIGHTINGS, make_weighting  # noqa: E402
 from codebase.training.weighting import default_settings as weighting_settings  # noqa: E402
-from train_mlt_model import CONFIG, DEMO  # noqa: E402
+from experiments.budget import MULTITASK, script_settings  # noqa: E402
 
 SMOKE = ["data.grading_size=64,96", "data.segmentation_size=64,96", "train.batch_size=2",
          "model.aspp_channels=32", "model.decoder_channels=32", "model.head_hidden=32"]
@@ -111,7 +111,7 @@ def measure(method, config, warmup, steps):
 def demo_config(device, smoke, amp):
     overrides = (SMOKE if smoke else []) + [f"train.amp={amp}"]
     argv = ["--demo", "--device", device] + [arg for item in overrides for arg in ("--set", item)]
-    config = parse_cli(CONFIG, argv, DEMO)
+    config = parse_cli(script_settings(MULTITASK, "CONFIG"), argv, script_settings(MULTITASK, "DEMO"))
     config["device"] = str(torch.device(device))
     return config
 

@@ -54,6 +54,22 @@ def _literal_keys(node, prefix=""):
     return keys
 
 
+def script_settings(script, name):
+    """The value of a train script's module-level ``name = ...`` (CONFIG, DEMO), read from its source
+    without importing the script: only its imports from the shared core are run to evaluate it."""
+    path = REPO / script
+    tree = ast.parse(path.read_text(), str(path))
+    namespace = {}
+    for statement in tree.body:
+        if isinstance(statement, ast.ImportFrom) and (statement.module or "").startswith("codebase"):
+            exec(compile(ast.Module([statement], []), str(path), "exec"), namespace)
+    for statement in tree.body:
+        if isinstance(statement, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name
+                                                     for t in statement.targets):
+            return eval(compile(ast.Expression(statement.value), str(path), "eval"), namespace)
+    raise GridError(f"{path}: no module-level {name} = ... found")
+
+
 def config_keys(script):
     """Every dotted key `script`'s CONFIG (and the harness) accepts, sections included."""
     path = REPO / script
