@@ -23,7 +23,8 @@ def _cache(root: Path, cache_dir) -> ResizedCache:
     return ResizedCache(root / ".cache" if cache_dir is None else cache_dir)
 
 
-def _size(value, what: str) -> tuple[int, int]:
+def parse_size_hw(value, what: str) -> tuple[int, int]:
+    """(height, width) from any pair of positive whole numbers; ValueError naming ``what`` otherwise."""
     try:
         height, width = (int(v) for v in value)
     except (TypeError, ValueError):
@@ -41,7 +42,7 @@ class GradingDataset(Dataset):
         their ``records``; records None reads IDRiD's own "train" or "test" split whole."""
         self.root = Path(root)
         self.split = split
-        self.image_size = _size(image_size, "image_size")
+        self.image_size = parse_size_hw(image_size, "image_size")
         self.train = train
         self.records = list(records) if records is not None else idrid.grading_records(self.root, split)
         self.cache = _cache(self.root, cache_dir)
@@ -78,8 +79,8 @@ class SegmentationDataset(Dataset):
         """``records`` as for GradingDataset."""
         self.root = Path(root)
         self.split = split
-        self.image_size = _size(image_size, "image_size")
-        self.crop_size = _size(crop_size, "crop_size") if crop_size is not None else None
+        self.image_size = parse_size_hw(image_size, "image_size")
+        self.crop_size = parse_size_hw(crop_size, "crop_size") if crop_size is not None else None
         if self.crop_size and (self.crop_size[0] > self.image_size[0] or self.crop_size[1] > self.image_size[1]):
             raise ValueError(f"crop_size={crop_size!r}: expected at most image_size={tuple(image_size)!r}")
         self.train = train

@@ -29,6 +29,7 @@ from codebase.config import (
 )
 from codebase.data import idrid
 from codebase.data.cache import ResizedCache, load_resized_image, load_resized_mask
+from codebase.data.image_datasets import parse_size_hw
 from codebase.data.transforms import eval_transforms, to_tv_tensors, train_transforms
 
 _BIT_WEIGHTS = 1 << np.arange(len(idrid.LESIONS), dtype=np.uint8)  # bit of each lesion in LESIONS order
@@ -84,16 +85,6 @@ def lesion_points(bits: np.ndarray, max_points: int) -> np.ndarray:
     return np.concatenate(rows).astype(np.int32).reshape(-1, 3)
 
 
-def _size(value, what: str) -> tuple[int, int]:
-    try:
-        height, width = (int(v) for v in value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{what}={value!r}: expected (height, width)") from None
-    if height < 1 or width < 1:
-        raise ValueError(f"{what}={value!r}: expected positive (height, width)")
-    return height, width
-
-
 class PatchSegmentationDataset(Dataset):
     """Random crops of segmentation images: {"image": float32 [3, h, w], "masks": uint8 [5, h, w] of 0/1
     (LESIONS order), "name": str, "origin": int64 [2] (top, left of the crop in the working image),
@@ -112,8 +103,8 @@ class PatchSegmentationDataset(Dataset):
                  max_points: int = 100_000, records=None):
         self.root = Path(root)
         self.split = split
-        self.crop_size = _size(crop_size, "crop_size")
-        self.image_size = _size(image_size, "image_size") if image_size is not None else None
+        self.crop_size = parse_size_hw(crop_size, "crop_size")
+        self.image_size = parse_size_hw(image_size, "image_size") if image_size is not None else None
         if self.image_size and (self.crop_size[0] > self.image_size[0] or self.crop_size[1] > self.image_size[1]):
             raise ValueError(f"crop_size={crop_size!r}: expected at most image_size={tuple(image_size)!r}")
         if not 0.0 <= lesion_share <= 1.0:

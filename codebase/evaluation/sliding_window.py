@@ -12,17 +12,9 @@ from collections.abc import Callable
 
 import torch
 
+from codebase.data.image_datasets import parse_size_hw
+
 BLENDS = ("gaussian", "constant")
-
-
-def _window(value) -> tuple[int, int]:
-    try:
-        height, width = (int(v) for v in value)
-    except (TypeError, ValueError):
-        raise ValueError(f"window={value!r}: expected (height, width)") from None
-    if height < 1 or width < 1:
-        raise ValueError(f"window={value!r}: expected positive (height, width)")
-    return height, width
 
 
 def flip_averaged(predict: Callable, vertical: bool = False) -> Callable:
@@ -54,7 +46,7 @@ def predict_sliding_window(predict_fn: Callable, image: torch.Tensor, window, ov
     after the activation. Returns float [B, C, H, W] ([C, H, W] for a 3-D input) on ``output_device``
     (default: the image's device).
     """
-    window = _window(window)
+    window = parse_size_hw(window, "window")
     if not 0.0 <= overlap < 1.0:
         raise ValueError(f"overlap={overlap!r}: expected a fraction in [0, 1)")
     if int(windows_per_batch) < 1:
