@@ -15,6 +15,7 @@ import pytest
 import torch
 from torch.utils.data import default_collate
 
+from benchmarks.bench_weighting import RepeatedBatch
 from codebase.data.image_datasets import GradingDataset, SegmentationDataset
 from codebase.engine import MultiTaskLoss, TrainStep, train_one_epoch
 from codebase.model import MultiTaskModel
@@ -29,17 +30,6 @@ SIZE = (64, 96)
 TASK_SPECS = {"classification_rg": 5, "classification_mer": 3, "segmentation_ma": 1, "segmentation_he": 1,
               "segmentation_ex": 1, "segmentation_se": 1, "segmentation_od": 1}
 GATES = {"sparsity": 0.01, "load_balance": 0.01}
-
-
-class RepeatedBatch:
-    """A BatchStream stand-in: every epoch yields the same batch."""
-
-    def __init__(self, batch):
-        self.batch = batch
-
-    def epoch(self, epoch):
-        while True:
-            yield self.batch
 
 
 def fixed_batches(root):
