@@ -35,6 +35,7 @@ from codebase.data.splits import SPLITS_FILE, describe, split_records
 from codebase.data.synthetic import ensure_dataset
 from codebase.dataset import BatchStream, build_datasets
 from codebase.engine import (
+    GATE_REGULARISERS,
     MultiTaskLoss,
     TrainStep,
     evaluate,
@@ -123,6 +124,7 @@ CONFIG = {
         "gate_load_balance": 0.01,
         "gate_entropy": 0.0,
         "gate_switch_balance": 0.0,        # E * sum_e (share of images dispatched to e) * (mean weight of e)
+        "gate_balanced_assignment": 0.1,   # cross-entropy to the batch's balanced choice of one expert per image
     },
     "optim": {"lr": 3e-4, "backbone_lr": 3e-5, "weight_decay": 1e-4},
     "schedule": {"kind": "step", "step_size": 30, "gamma": 0.2},
@@ -195,6 +197,7 @@ RULES = {
     "loss.gate_load_balance": number(0),
     "loss.gate_entropy": number(0),
     "loss.gate_switch_balance": number(0),
+    "loss.gate_balanced_assignment": number(0),
     "train.iterations": integer(1),
     "train.channels_last": BOOLEAN,
     "train.compile": BOOLEAN,
@@ -249,7 +252,7 @@ def main(config):
             model.backbone.compile()  # in place: parameter names, so checkpoints, stay the same
         loss_config = config["loss"]
         criterion = MultiTaskLoss(model.tasks, loss_config, {
-            name: loss_config[f"gate_{name}"] for name in ("sparsity", "load_balance", "entropy", "switch_balance")})
+            name: loss_config.get(f"gate_{name}", 0.0) for name in GATE_REGULARISERS})
         weighting = make_weighting(loss_config["weighting"], list(model.task_specs),
                                    {key: value for key, value in loss_config.items() if key in weighting_settings()})
         weighting = weighting.to(device)

@@ -20,6 +20,7 @@ from codebase.training import distributed
 from codebase.training.device import autocast
 from codebase.training.loop import train_steps
 from codebase.training.losses import (
+    gate_balanced_assignment,
     gate_entropy,
     gate_load_balance,
     gate_sparsity,
@@ -32,6 +33,7 @@ GATE_REGULARISERS = {  # name -> (Routing -> scalar)
     "entropy": lambda routing: gate_entropy(routing.weights),
     # dense routing runs every expert: balance each image's top-1 choice instead of the all-ones mask
     "switch_balance": lambda routing: gate_switch_balance(routing.weights, None if routing.dense else routing.mask),
+    "balanced_assignment": lambda routing: gate_balanced_assignment(routing.weights),
 }
 
 

@@ -166,3 +166,40 @@ def gate_entropy(weights):
     weights = weights.float()
     log_weights = weights.clamp_min(torch.finfo(torch.float32).tiny).log()
     return -(weights * log_weights).sum(dim=1).mean()
+
+
+def balanced_assignment(weights, temperature=0.05, iterations=5):
+    """The balanced assignment of a batch's images to experts nearest the router's preferences.
+
+    weights [B, E] routing weights (rows sum to 1) -> Q [B, E], no gradient: rows sum to 1 and
+    every expert's column sums to B / E. Sinkhorn-Knopp scaling of exp(log w / temperature), as in
+    the balanced routing of BASE layers (Lewis et al. 2021) and the equipartition of SwAV (Caron et
+    al. 2020): a low temperature makes each row nearly one-hot, so every expert gets an equal share
+    of the images and each image goes to the expert it prefers most relative to the others.
+    """
+    with torch.no_grad():
+        batch, num_experts = weights.shape
+        log_q = weights.float().clamp_min(torch.finfo(torch.float32).tiny).log() / temperature
+        column_mass = torch.log(torch.tensor(batch / num_experts, device=weights.device))
+        for _ in range(iterations):
+            log_q = log_q - torch.logsumexp(log_q, dim=0, keepdim=True) + column_mass
+            log_q = log_q - torch.logsumexp(log_q, dim=1, keepdim=True)
+        return log_q.exp()
+
+
+def gate_balanced_assignment(weights):
+    """Cross-entropy of the routing weights [B, E] against the batch's balanced choice of one expert
+    per image (each image's largest entry of `balanced_assignment`), batch mean, in nats.
+
+    Its gradient moves each image's weight onto one expert, different images onto different experts
+    in about equal shares: the choices are balanced and sharp, so top-p still runs about one expert
+    per image (a loss on the mean weights alone would spread every image over all experts instead).
+    The target is a choice, not a weight, so it carries no gradient. 0 for a single expert.
+    """
+    weights = weights.float()
+    if weights.shape[1] == 1:
+        return weights.new_zeros(())
+    choice = balanced_assignment(weights).argmax(dim=1)  # [B]
+    log_w = weights.clamp_min(torch.finfo(torch.float32).tiny).log()
+    return -log_w.gather(1, choice[:, None]).mean()
+

@@ -1,4 +1,5 @@
-"""Balanced routing: the dispatch-based load-balancing loss, noisy gating, and routing statistics."""
+"""Balanced routing: the balanced-assignment and dispatch-based load-balancing losses, noisy gating,
+and routing statistics."""
 import math
 
 import pytest
@@ -13,7 +14,12 @@ from codebase.networks.experts import ExpertBank
 from codebase.networks.layers import Gate
 from codebase.networks.routing import Routing, dispatch_plan, route
 from codebase.tasks import parse_tasks
-from codebase.training.losses import gate_sparsity, gate_switch_balance
+from codebase.training.losses import (
+    balanced_assignment,
+    gate_balanced_assignment,
+    gate_sparsity,
+    gate_switch_balance,
+)
 
 
 def close(value, expected, tol=1e-6):
@@ -56,7 +62,7 @@ def test_switch_balance_regulariser_reads_the_routing():
     assert close(task_losses["classification_mer"], parts["loss_classification_mer"])
 
 
-def train_toy_moe(switch_balance, noise, steps=300, seed=0):
+def train_toy_moe(switch_balance=0.0, noise=False, steps=300, seed=0, balanced_assignment=0.0):
     """A gate and 3 linear experts on 3 clusters of 8-d features, each cluster its own linear target,
     with top-p routing from the first step and a gate biased towards expert 0 at the start. An image
     that runs one expert gives the gate no gradient from the task loss (its renormalised weight is 1),
@@ -78,6 +84,7 @@ def train_toy_moe(switch_balance, noise, steps=300, seed=0):
         out = bank.mix((x,), routing.mixture, dispatch_plan({"toy": routing})["toy"])
         loss = (out - y).pow(2).mean() / 10 + 0.01 * gate_sparsity(routing.weights)
         loss = loss + switch_balance * GATE_REGULARISERS["switch_balance"](routing)
+        loss = loss + balanced_assignment * GATE_REGULARISERS["balanced_assignment"](routing)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -98,6 +105,51 @@ def test_switch_balance_and_noisy_gating_keep_every_expert_in_use(seed):
     usage = routing.mask.float().mean(dim=0)  # [E] share of images that ran each expert
     assert usage.min() >= 0.2 and usage.max() <= 0.7, usage
     assert routing.experts_per_image.mean() <= 1.5  # still sparse: top-p keeps its saving
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_balanced_assignment_keeps_every_expert_in_use_with_one_expert_per_image(seed):
+    routing = train_toy_moe(balanced_assignment=1.0, seed=seed)
+    usage = routing.mask.float().mean(dim=0)
+    assert usage.min() >= 0.2 and usage.max() <= 0.7, usage
+    assert routing.experts_per_image.mean() <= 1.2  # balanced choices, each one sharp
+    # the choice depends on the image: each cluster of the toy goes mostly to one expert
+    per_cluster = routing.weights.argmax(dim=1).view(100, 3)  # images ordered cluster 0, 1, 2, 0, ...
+    majority = [torch.bincount(per_cluster[:, c], minlength=3).max().item() for c in range(3)]
+    assert min(majority) >= 80, majority
+
+
+def test_balanced_assignment_is_balanced_and_follows_the_preferences():
+    torch.manual_seed(0)
+    # 6 images, all preferring expert 0, images 2-3 a little less, images 4-5 least: the balanced
+    # assignment keeps 0-1 on expert 0 and moves the others to the expert each prefers next.
+    logits = torch.tensor([[4.0, 0.0, 0.0], [4.0, 0.0, 0.1], [2.0, 1.0, 0.0], [2.0, 1.2, 0.0],
+                           [2.0, 0.0, 1.5], [2.0, 0.2, 1.4]])
+    q = balanced_assignment(torch.softmax(logits, dim=1))
+    torch.testing.assert_close(q.sum(dim=1), torch.ones(6))
+    torch.testing.assert_close(q.sum(dim=0), torch.full((3,), 2.0), atol=0.05, rtol=0)
+    assert q.argmax(dim=1).tolist() == [0, 0, 1, 1, 2, 2]
+    assert q.requires_grad is False
+
+
+def test_balanced_assignment_loss_by_hand():
+    # Weights that already put each image on its balanced choice with weight ~1: nothing to change.
+    exact = torch.eye(3).repeat(2, 1) * (1 - 2e-6) + 1e-6
+    assert close(gate_balanced_assignment(exact), 0.0, 1e-4)
+    # A collapsed router: every image prefers expert 0, images 2-5 a little less. The balanced choice
+    # keeps 0-1 on expert 0 and sends 2-3 to expert 1 and 4-5 to expert 2: the loss is the mean of
+    # -log w[b, choice_b], and on the logits its gradient is (softmax - onehot(choice)) / B.
+    logits = torch.tensor([[3.0, 0.0, 0.0], [3.0, 0.0, 0.1], [2.0, 1.0, 0.0], [2.0, 1.2, 0.0],
+                           [2.0, 0.0, 1.5], [2.0, 0.2, 1.4]], requires_grad=True)
+    weights = torch.softmax(logits, dim=1)
+    value = gate_balanced_assignment(weights)
+    choice = torch.tensor([0, 0, 1, 1, 2, 2])
+    assert close(value, -weights.log()[torch.arange(6), choice].mean().item(), 1e-5)
+    value.backward()
+    expected = (weights.detach() - torch.nn.functional.one_hot(choice, 3)) / 6
+    torch.testing.assert_close(logits.grad, expected)
+    assert (logits.grad[2:, 0] > 0).all()  # descent lowers expert 0 for the images sent elsewhere
+    assert close(gate_balanced_assignment(torch.ones(4, 1)), 0.0)  # one expert: nothing to balance
 
 
 def test_noisy_gate_is_noise_free_in_evaluation_and_learns_its_scale():
