@@ -44,7 +44,8 @@ class Grid:
 
 MOE = Grid(
     description="Mixture-of-Experts ablation: single-task baselines, 1 expert, 3 experts dense, "
-                "3 experts top-p (the default), and the default without the routing load-balance loss.",
+                "3 experts top-p (the default), and the default without and with ten times the routing balance "
+                "(balanced-assignment loss).",
     configurations={
         "classifier": Configuration(CLASSIFIER),
         "deeplabv3plus": Configuration(SEGMENTATION),
@@ -55,13 +56,16 @@ MOE = Grid(
                                                          "routing.top_p=1.0")),
         "mlt_3_experts_top_p": Configuration(MULTITASK, ("model.num_experts=3",)),
         "mlt_3_experts_top_p_no_balance": Configuration(MULTITASK, ("model.num_experts=3",
-                                                                    "loss.gate_load_balance=0")),
+                                                                    "loss.gate_balanced_assignment=0")),
+        # Ten times the default balance: what forcing balanced routing costs.
+        "mlt_3_experts_top_p_strong_balance": Configuration(MULTITASK, ("model.num_experts=3",
+                                                                        "loss.gate_balanced_assignment=1.0")),
     },
     reference="mlt_3_experts_top_p",
-    # The synthetic demo tree has 160 grading and 30 segmentation training images: batch 10 is a
-    # whole number of batches of both (16 and 3 per epoch), and 240 steps a whole number of epochs
-    # of both (15 and 80).
-    budget=Budget(image_size=(128, 192), batch_size=8, optimizer_steps=240),
+    # The synthetic demo tree has 160 grading and 30 segmentation training images, 128 and 24 after
+    # the 20 % validation split: batch 8 is a whole number of batches of both (16 and 3 per epoch),
+    # and 144 steps a whole number of epochs of both (9 and 48), about the demo's 160 steps.
+    budget=Budget(image_size=(128, 192), batch_size=8, optimizer_steps=144),
 )
 
 SMOKE = Grid(
@@ -85,10 +89,11 @@ WEIGHTING = Grid(
                 "each with its default settings, at a reduced demo scale.",
     configurations={method: Configuration(MULTITASK, (f"loss.weighting={method}",)) for method in WEIGHTING_METHODS},
     reference="fixed",
-    # Sized for a CPU: 8 methods x 3 seeds. On the synthetic demo tree (160 grading training images)
-    # batch 8 is 20 steps per epoch, so 60 steps are 3 epochs (the first 2 with dense routing). A
-    # gradient method's step costs several times fixed's (benchmarks/bench_weighting.py).
-    budget=Budget(image_size=(64, 96), batch_size=8, optimizer_steps=48),
+    # Sized for a CPU: 8 methods x 3 seeds at half the demo's side length. On the synthetic demo tree
+    # (128 grading training images after the validation split) batch 8 is 16 steps per epoch, so 96
+    # steps are 6 epochs (the first 3 with dense routing). A gradient method's step costs several
+    # times fixed's (benchmarks/bench_weighting.py).
+    budget=Budget(image_size=(64, 96), batch_size=8, optimizer_steps=96),
 )
 
 GRIDS = {"moe": MOE, "smoke": SMOKE, "weighting": WEIGHTING}

@@ -28,14 +28,14 @@ def test_shipped_grids_are_valid():
     for name, grid in GRIDS.items():
         check_grid(name, grid)
     assert MOE.reference == "mlt_3_experts_top_p"
-    assert "loss.gate_load_balance=0" in MOE.configurations["mlt_3_experts_top_p_no_balance"].overrides
+    assert "loss.gate_balanced_assignment=0" in MOE.configurations["mlt_3_experts_top_p_no_balance"].overrides
     dense = MOE.configurations["mlt_3_experts_dense"].overrides
     assert "routing.warmup_fraction=1.0" in dense and "routing.top_p=1.0" in dense
 
 
 def test_config_keys_are_read_from_the_script_source():
     keys = config_keys(MULTITASK)
-    assert {"loss.gate_load_balance", "routing.top_p", "model.num_experts", "seed", "run.save_dir"} <= keys
+    assert {"loss.gate_balanced_assignment", "routing.top_p", "model.num_experts", "seed", "run.save_dir"} <= keys
     assert "data.image_size" in config_keys(CLASSIFIER) and "model.output_stride" in config_keys(SEGMENTATION)
 
 
@@ -56,13 +56,13 @@ def test_budget_keys_and_runner_keys_cannot_be_overridden():
 
 
 def test_budget_gives_every_script_the_same_steps_and_images():
-    budget = MOE.budget  # batch 8, 240 steps; the demo tree leaves 128 grading, 24 segmentation training images
+    budget = MOE.budget  # batch 8, 144 steps; the demo tree leaves 128 grading, 24 segmentation training images
     classifier = budget_overrides(CLASSIFIER, budget, 128, 24)
     segmentation = budget_overrides(SEGMENTATION, budget, 128, 24)
     multitask = budget_overrides(MULTITASK, budget, 128, 24)
-    assert classifier["train.epochs"] * (128 // 8) == 240
-    assert segmentation["train.epochs"] * (24 // 8) == 240
-    assert multitask["train.epochs"] * multitask["train.iterations"] == 240
+    assert classifier["train.epochs"] * (128 // 8) == 144
+    assert segmentation["train.epochs"] * (24 // 8) == 144
+    assert multitask["train.epochs"] * multitask["train.iterations"] == 144
     assert classifier["data.image_size"] == segmentation["data.image_size"] == segmentation["data.crop_size"] \
         == multitask["data.grading_size"] == multitask["data.segmentation_size"] == [128, 192]
     assert multitask["data.crop_size"] is None
@@ -111,7 +111,7 @@ def test_each_moe_command_resolves_to_the_budget_in_its_script(tmp_path):
         config = parse_cli(script.CONFIG, argv, script.DEMO, validate=script.validate)
         images = 128 if run.script != SEGMENTATION else 24
         steps = config["train"]["epochs"] * config["train"].get("iterations", images // config["train"]["batch_size"])
-        assert steps == 240 and config["train"]["batch_size"] == 8, run.name
+        assert steps == 144 and config["train"]["batch_size"] == 8, run.name
         assert config["seed"] == run.seed and config["run"]["name"] == f"seed_{run.seed}"
         assert config["run"]["save_dir"] == str(tmp_path / "moe" / run.configuration)
         assert config["train"]["eval_batch_size"] == 4
