@@ -6,7 +6,9 @@
 Every run (any of the three train scripts) is evaluated on the test split of one data root (the
 first run's data.root unless --data-root), each at the image size it was trained at, through
 codebase.evaluation.evaluate: RG and MER accuracy, quadratic weighted kappa, joint accuracy; per lesion IoU,
-Dice (threshold 0.5) and AUPR. The multi-task model routes top-p, as it is used.
+Dice (threshold 0.5) and AUPR at the run's working resolution, and the same lesion metrics against
+the original-size mask files (codebase.evaluation.fullres; rows "original resolution"; a run trained
+on patches is predicted by sliding windows). The multi-task model routes top-p, as it is used.
 
 Cost per image, batch 1, on --device, over the first --cost-images test segmentation images
 resized to the run's size (or, with --cost-size H,W, every run at that one size, so that models
@@ -50,6 +52,7 @@ from codebase.evaluation.evaluate import (
     evaluate_grading,
     evaluate_segmentation,
 )
+from codebase.evaluation.fullres import run_fullres_metrics, with_fullres
 from codebase.training.atomic import atomic_write_text
 from codebase.training.device import autocast, resolve_device
 from inference.predictor import forward, forward_passes, load_input
@@ -63,6 +66,12 @@ ACCURACY_ROWS = [("RG accuracy", "grading", "rg_accuracy"), ("RG quadratic weigh
 ACCURACY_ROWS += [(f"{lesion} {label}", "segmentation", (lesion, metric))
                   for lesion in LESIONS for metric, label in (("iou", "IoU"), ("dice", "Dice"), ("aupr", "AUPR"))]
 ACCURACY_ROWS += [(f"mean {label}", "segmentation", f"mean_{metric}")
+                  for metric, label in (("iou", "IoU"), ("dice", "Dice"), ("aupr", "AUPR"))]
+# The same lesion metrics against the original-size mask files (the challenge's protocol); the rows
+# above are at each model's working resolution.
+ACCURACY_ROWS += [(f"{lesion} {label}, original resolution", "segmentation", (lesion, f"{metric}_fullres"))
+                  for lesion in LESIONS for metric, label in (("iou", "IoU"), ("dice", "Dice"), ("aupr", "AUPR"))]
+ACCURACY_ROWS += [(f"mean {label}, original resolution", "segmentation", f"mean_{metric}_fullres")
                   for metric, label in (("iou", "IoU"), ("dice", "Dice"), ("aupr", "AUPR"))]
 # (label, cost entry, field, scale to the unit in the label)
 COST_ROWS = [("parameters (M)", None, "parameters", 1e-6),
@@ -94,6 +103,7 @@ def evaluate_run(run, root, device):
             lambda images: run.predict(images, side="segmentation"), EpochLoader(dataset, batch, train=False, seed=0),
             tasks, device, amp, keep_meter=True)
         pr_curves = {lesion: meter.pr_curve(lesion) for lesion in meter.lesions}
+        results["segmentation"] = with_fullres(results["segmentation"], run_fullres_metrics(run, root, "test", device))
     return results, pr_curves
 
 

@@ -101,6 +101,10 @@ def test_compare_models_reports_every_row_and_top_p_costs_less_than_dense(tiny_r
         assert 0 <= runs[kind]["grading"]["joint_accuracy"] <= 1
     for kind in ("segmentation", "multitask"):
         assert set(LESIONS) <= set(runs[kind]["segmentation"])
+        # scored against the original-size masks too (absent lesions are None, as NaN)
+        fullres = [runs[kind]["segmentation"][lesion]["aupr_fullres"] for lesion in LESIONS]
+        assert any(value is not None for value in fullres), kind
+        assert all(0 <= value <= 1 for value in fullres if value is not None), (kind, fullres)
     multitask = runs["multitask"]
     assert multitask["cost"]["flops"] < multitask["dense_cost"]["flops"]
     assert all(n == 1 for n in multitask["experts_per_image"].values())
