@@ -64,8 +64,9 @@ MOE = Grid(
     reference="mlt_3_experts_top_p",
     # The synthetic demo tree has 160 grading and 30 segmentation training images, 128 and 24 after
     # the 20 % validation split: batch 8 is a whole number of batches of both (16 and 3 per epoch),
-    # and 144 steps a whole number of epochs of both (9 and 48), about the demo's 160 steps.
-    budget=Budget(image_size=(128, 192), batch_size=8, optimizer_steps=144),
+    # and 96 steps a whole number of epochs of both (6 and 32): 0.6x the demo's 160 steps, so that
+    # the 21 runs fit in about an hour of two CPU cores.
+    budget=Budget(image_size=(128, 192), batch_size=8, optimizer_steps=96),
 )
 
 SMOKE = Grid(
@@ -90,10 +91,10 @@ WEIGHTING = Grid(
     configurations={method: Configuration(MULTITASK, (f"loss.weighting={method}",)) for method in WEIGHTING_METHODS},
     reference="fixed",
     # Sized for a CPU: 8 methods x 3 seeds at half the demo's side length. On the synthetic demo tree
-    # (128 grading training images after the validation split) batch 8 is 16 steps per epoch, so 96
-    # steps are 6 epochs (the first 3 with dense routing). A gradient method's step costs several
+    # (128 grading training images after the validation split) batch 8 is 16 steps per epoch, so 48
+    # steps are 3 epochs (the first 2 with dense routing). A gradient method's step costs several
     # times fixed's (benchmarks/bench_weighting.py).
-    budget=Budget(image_size=(64, 96), batch_size=8, optimizer_steps=96),
+    budget=Budget(image_size=(64, 96), batch_size=8, optimizer_steps=48),
 )
 
 GRIDS = {"moe": MOE, "smoke": SMOKE, "weighting": WEIGHTING}

@@ -56,13 +56,13 @@ def test_budget_keys_and_runner_keys_cannot_be_overridden():
 
 
 def test_budget_gives_every_script_the_same_steps_and_images():
-    budget = MOE.budget  # batch 8, 144 steps; the demo tree leaves 128 grading, 24 segmentation training images
+    budget = MOE.budget  # batch 8, 96 steps; the demo tree leaves 128 grading, 24 segmentation training images
     classifier = budget_overrides(CLASSIFIER, budget, 128, 24)
     segmentation = budget_overrides(SEGMENTATION, budget, 128, 24)
     multitask = budget_overrides(MULTITASK, budget, 128, 24)
-    assert classifier["train.epochs"] * (128 // 8) == 144
-    assert segmentation["train.epochs"] * (24 // 8) == 144
-    assert multitask["train.epochs"] * multitask["train.iterations"] == 144
+    assert classifier["train.epochs"] * (128 // 8) == 96
+    assert segmentation["train.epochs"] * (24 // 8) == 96
+    assert multitask["train.epochs"] * multitask["train.iterations"] == 96
     assert classifier["data.image_size"] == segmentation["data.image_size"] == segmentation["data.crop_size"] \
         == multitask["data.grading_size"] == multitask["data.segmentation_size"] == [128, 192]
     assert multitask["data.crop_size"] is None
@@ -111,7 +111,7 @@ def test_each_moe_command_resolves_to_the_budget_in_its_script(tmp_path):
         config = parse_cli(script.CONFIG, argv, script.DEMO, validate=script.validate)
         images = 128 if run.script != SEGMENTATION else 24
         steps = config["train"]["epochs"] * config["train"].get("iterations", images // config["train"]["batch_size"])
-        assert steps == 144 and config["train"]["batch_size"] == 8, run.name
+        assert steps == 96 and config["train"]["batch_size"] == 8, run.name
         assert config["seed"] == run.seed and config["run"]["name"] == f"seed_{run.seed}"
         assert config["run"]["save_dir"] == str(tmp_path / "moe" / run.configuration)
         assert config["train"]["eval_batch_size"] == 4
