@@ -35,15 +35,21 @@ class PlannedRun:
 
 
 def plan_runs(grid_name, grid, seeds, out, data_root, image_counts, common=()):
-    """Every configuration x seed of the grid, with the settings each run is trained with."""
-    planned = []
+    """Every configuration x seed of the grid, with the settings each run is trained with.
+
+    Seed by seed (every configuration with the first seed, then with the next), so a grid stopped
+    early holds every configuration at the seeds it finished, which `--seeds` can then compare."""
+    settings = {}
     for configuration_name, configuration in grid.configurations.items():
         budget = budget_overrides(configuration.script, grid.budget, *image_counts)
-        settings = [f"{key}={cli_text(value)}" for key, value in budget.items()]
-        settings += list(grid.overrides) + list(configuration.overrides) + list(common)
-        for seed in seeds:
+        settings[configuration_name] = ([f"{key}={cli_text(value)}" for key, value in budget.items()]
+                                        + list(grid.overrides) + list(configuration.overrides) + list(common))
+    planned = []
+    for seed in seeds:
+        for configuration_name, configuration in grid.configurations.items():
             folder = Path(out) / grid_name / configuration_name / f"seed_{seed}"
-            planned.append(PlannedRun(configuration_name, seed, configuration.script, folder, settings))
+            planned.append(PlannedRun(configuration_name, seed, configuration.script, folder,
+                                      settings[configuration_name]))
     return planned
 
 
