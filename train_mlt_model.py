@@ -35,10 +35,10 @@ from codebase.data.splits import SPLITS_FILE, describe, split_records
 from codebase.data.synthetic import ensure_dataset
 from codebase.dataset import BatchStream, build_datasets
 from codebase.engine import (
-    GATE_REGULARISERS,
     MultiTaskLoss,
     TrainStep,
     evaluate,
+    gate_weights,
     train_one_epoch,
 )
 from codebase.errors import run_main
@@ -251,8 +251,7 @@ def main(config):
         if train["compile"]:
             model.backbone.compile()  # in place: parameter names, so checkpoints, stay the same
         loss_config = config["loss"]
-        criterion = MultiTaskLoss(model.tasks, loss_config, {
-            name: loss_config.get(f"gate_{name}", 0.0) for name in GATE_REGULARISERS})
+        criterion = MultiTaskLoss(model.tasks, loss_config, gate_weights(loss_config))
         weighting = make_weighting(loss_config["weighting"], list(model.task_specs),
                                    {key: value for key, value in loss_config.items() if key in weighting_settings()})
         weighting = weighting.to(device)

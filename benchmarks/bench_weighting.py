@@ -33,6 +33,7 @@ from codebase.config import parse_cli  # noqa: E402
 from codebase.engine import (  # noqa: E402
     MultiTaskLoss,
     TrainStep,
+    gate_weights,
     train_one_epoch,
 )
 from codebase.evaluation.cost import machine, synchronize  # noqa: E402
@@ -78,8 +79,7 @@ def measure(method, config, warmup, steps):
     model = build_model(config).to(device)
     model.set_routing(True)
     loss_config = config["loss"]
-    criterion = MultiTaskLoss(model.tasks, loss_config, {
-        name: loss_config[f"gate_{name}"] for name in ("sparsity", "load_balance", "entropy", "switch_balance")})
+    criterion = MultiTaskLoss(model.tasks, loss_config, gate_weights(loss_config))
     weighting = make_weighting(method, list(model.task_specs),
                                {key: value for key, value in loss_config.items() if key in weighting_settings()})
     weighting = weighting.to(device)

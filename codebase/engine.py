@@ -37,6 +37,12 @@ GATE_REGULARISERS = {  # name -> (Routing -> scalar)
 }
 
 
+def gate_weights(loss_config):
+    """{regulariser: weight} from a run's ``loss`` settings (``gate_<name>``; 0 where a run written
+    before the regulariser existed does not name it)."""
+    return {name: loss_config.get(f"gate_{name}", 0.0) for name in GATE_REGULARISERS}
+
+
 class MultiTaskLoss(nn.Module):
     """Per-task losses and the gate regularisers.
 
