@@ -109,6 +109,7 @@ def train_one_epoch(step, weighting, optimizer, streams, epoch, iterations, devi
     tasks = unwrapped.criterion.tasks
     classification, segmentation = on_side(tasks, "classification"), on_side(tasks, "segmentation")
     shared = shared_parameters(unwrapped.model)
+    weighting.reduce = distributed.all_reduce_mean if distributed.is_distributed() else None
     step.train()
     grading_batches, segmentation_batches = streams["grading"].epoch(epoch), streams["segmentation"].epoch(epoch)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -130,14 +131,16 @@ def train_one_epoch(step, weighting, optimizer, streams, epoch, iterations, devi
         total = weighting.combine(task_losses)  # the weighted sum (a gradient method: the plain sum)
         if gate is not None:
             total = total + gate
-        return total, components, routings, task_losses, gate, inputs
+        return total, components, routings, task_losses, gate, inputs, total
 
-    def backward_of(routings, task_losses, gate, inputs):
-        if not weighting.owns_backward:
-            return None  # the combined loss is backpropagated as it is
-        return lambda: weighting.backward(task_losses, gate, shared, scaler, distributed.all_reduce_mean)
+    def backward_of(routings, task_losses, gate, inputs, total):
+        if weighting.owns_backward:
+            return lambda: weighting.backward(task_losses, gate, shared, scaler, distributed.all_reduce_mean)
+        if distributed.is_distributed() and weighting.extra_parameters():
+            return lambda: weighting.backward_combined(total, scaler, distributed.all_reduce_mean)
+        return None  # the combined loss is backpropagated as it is
 
-    def after_step(routings, task_losses, gate, inputs):
+    def after_step(routings, task_losses, gate, inputs, total):
         nonlocal steps
         routing.update(routings)
         for task, weight in weighting.task_weights().items():

@@ -149,6 +149,10 @@ class Weighting(nn.Module):
     settings: dict[str, Setting] = {}
     owns_backward = False
     needs_losses_after = False  # True: after_step needs the same batch's losses after the optimizer step
+    # The mean of a tensor over the processes, set by the training loop under torchrun (None: one
+    # process). A method whose weights come from the step's losses averages them with it, so every
+    # process weighs its share of the batch alike (FAMO).
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def __init__(self, tasks: Sequence[str]):
         super().__init__()
@@ -178,6 +182,17 @@ class Weighting(nn.Module):
         if extra is not None:
             total = total + extra
         _scaled(total, scaler).backward()
+
+    def backward_combined(self, total: torch.Tensor, scaler: torch.amp.GradScaler | None = None,
+                          reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        """Backpropagate an already combined loss; ``reduce`` then averages the gradients of the
+        method's own parameters (``extra_parameters``) over the processes, as DDP does for the
+        model's, so they stay equal on every process (uncertainty weighting's log-variances)."""
+        _scaled(total, scaler).backward()
+        if reduce is not None:
+            for parameter in self.extra_parameters():
+                if parameter.grad is not None:
+                    parameter.grad.copy_(reduce(parameter.grad))
 
     def end_epoch(self, epoch: int, mean_losses: Mapping[str, float]) -> None:
         """Called after each training epoch with the epoch's mean loss per task."""
@@ -381,22 +396,24 @@ class FastAdaptiveMultitask(Weighting):
 
     def combine(self, losses):
         indices = self.present(losses)
-        shifted = self.loss_vector(losses, indices) + self.eps  # [T']
+        shifted = self.loss_vector(losses, indices) + self.eps  # [T'], this process's losses
+        # the losses of the whole batch (every process's mean): the same weights on every process
+        seen = shifted.detach() if self.reduce is None else self.reduce(shifted.detach())
         z = torch.softmax(self.logits[indices], dim=0).to(shifted.device)
-        normaliser = (z / shifted).sum().detach()
-        self._before = (indices, shifted.detach())
-        self._record(indices, len(indices) * z / (normaliser * shifted.detach()))
-        return len(indices) * (z * shifted.log()).sum() / normaliser
+        weights = len(indices) * z / ((z / seen).sum() * seen)  # T z_t / (c L_t)
+        self._before = (indices, seen)
+        self._record(indices, weights)
+        # the weighted sum: its gradient sum_t w_t grad L_t is that of T sum_t z_t log L_t / c
+        return (weights * shifted).sum()
 
     def after_step(self, losses_after, reduce=None):
         if self._before is None:
             raise RuntimeError("FAMO's after_step needs a combine() of the same step before it")
         indices, before = self._before
         after = torch.stack([losses_after[self.tasks[i]].detach().float() for i in indices]) + self.eps
-        improvement = before.log() - after.log()  # [T']
         if reduce is not None:
-            improvement = reduce(improvement)
-        improvement = improvement.to(self.logits.device)
+            after = reduce(after)
+        improvement = (before.log() - after.log()).to(self.logits.device)  # [T']
         if not torch.isfinite(improvement).all():
             return
         with torch.enable_grad():
