@@ -10,7 +10,7 @@ import torch
 from codebase.data.idrid import grading_records, segmentation_records
 from codebase.evaluation.plots import history_figures
 from codebase.training.atomic import atomic_write_text
-from codebase.training.run_folder import HISTORY_FILE
+from codebase.training.run_folder import HISTORY_FILE, TEST_METRICS_FILE
 from experiments.analysis import delta_m, difference, run_metrics, summary
 from experiments.bootstrap import resample_indices, resample_weights, with_full_set
 from experiments.cost import run_cost
@@ -37,6 +37,32 @@ def _names_match(per_run, side):
     names = {tuple(records[side]["names"]) for records in per_run if records.get(side) is not None}
     if len(names) > 1:
         raise ValueError(f"the runs' {side} test records list different images; evaluate them on one data root")
+
+
+def routing_summary(folders):
+    """Routing on the test split of a multi-task configuration, from each seed's own test evaluation
+    (test_metrics.json, its final weights): per task the usage of each expert (share of the test
+    images that ran it), experts per image and the busiest expert's share, each the mean over seeds.
+    {} for runs without routing (the baselines) or without a test evaluation."""
+    per_task = {}
+    for folder in folders:
+        path = Path(folder) / TEST_METRICS_FILE
+        if not path.is_file():
+            return {}
+        results = json.loads(path.read_text())
+        routing = (results.get("last") or {}).get("metrics", {}).get("routing", {})
+        for task, stats in routing.items():
+            per_task.setdefault(task, []).append(stats)
+    summary_ = {}
+    for task, runs in per_task.items():
+        if len(runs) != len(folders):
+            continue
+        summary_[task] = {"usage": np.mean([r["usage"] for r in runs], axis=0).tolist(),
+                          "experts_per_image": float(np.mean([r["experts_per_image"] for r in runs])),
+                          "busiest_share": float(np.mean([r["busiest_share"] for r in runs])),
+                          "least_share": float(np.mean([min(r["usage"]) for r in runs])),
+                          "seeds": len(runs)}
+    return summary_
 
 
 def analyse(grid_name, grid, planned, root, device, resamples=1000, seed=0, level=0.95, cost_images=2,
@@ -73,7 +99,8 @@ def analyse(grid_name, grid, planned, root, device, resamples=1000, seed=0, leve
             "metrics": {m: summary(values, level) for m, values in metrics[name].items()},
             "difference_to_reference": {m: difference(values, reference[m], level)
                                         for m, values in metrics[name].items() if m in reference and name != grid.reference},
-            "cost": run_cost(first.folder, root, size, device, cost_images, cost_repeats)}
+            "cost": run_cost(first.folder, root, size, device, cost_images, cost_repeats),
+            "routing": routing_summary([run.folder for run in planned if run.configuration == name])}
     single_task = {}
     for name, configuration in grid.configurations.items():
         if configuration.script in (CLASSIFIER, SEGMENTATION):
@@ -172,6 +199,18 @@ def markdown(results):
         lines += _table(["configuration", "delta_m (%)", f"{level} % interval", "tasks"],
                         [[name, _cell(d["delta_m_percent"], 2) if d else "–", _interval(d["ci"], 2) if d else "–",
                           ", ".join(d["tasks"]) if d else "–"] for name, d in results["delta_m"].items()])
+    routed = {name: c["routing"] for name, c in configurations.items() if c.get("routing")}
+    if routed:
+        tasks = list(dict.fromkeys(task for routing in routed.values() for task in routing))
+        lines += ["", "## Routing on the test split", "",
+                  "Per multi-task configuration and task: the share of the test images that ran each expert "
+                  "(usage), then the mean number of experts per image; from each seed's own test evaluation "
+                  "(test_metrics.json), mean over seeds. Shares of one configuration sum to its experts per image.", ""]
+        lines += _table(["configuration"] + [task.split("_", 1)[-1].upper() for task in tasks],
+                        [[name] + ["–" if task not in routing else
+                                   " / ".join(f"{u:.2f}" for u in routing[task]["usage"])
+                                   + f" ({routing[task]['experts_per_image']:.2f})" for task in tasks]
+                         for name, routing in routed.items()])
     lines += ["", "## Cost", "",
               f"Per image at batch 1 and {budget['image_size'][0]}x{budget['image_size'][1]} on "
               f"{results['device']} (torch {results['torch']}), of each configuration's first seed: "

@@ -109,6 +109,24 @@ def test_results_md_states_budget_seeds_images_procedure_and_synthetic_caveat(gr
     assert "| RG quadratic weighted kappa |" in text and "| OD AUPR |" in text and "delta_m" in text
 
 
+def test_results_give_the_routing_of_each_multitask_configuration_on_the_test_split(grid_run):
+    configurations = grid_run["results"]["configurations"]
+    assert configurations["classifier"]["routing"] == {}
+    routing = configurations["mlt_2_experts"]["routing"]
+    assert set(routing) == {"classification_rg", "classification_mer", "segmentation_ma", "segmentation_he",
+                            "segmentation_ex", "segmentation_se", "segmentation_od"}
+    for seed_stats in routing.values():
+        assert len(seed_stats["usage"]) == 2 and seed_stats["seeds"] == SEEDS
+        assert sum(seed_stats["usage"]) == pytest.approx(seed_stats["experts_per_image"])
+        assert seed_stats["busiest_share"] >= max(seed_stats["usage"]) - 1e-9  # mean of maxima >= max of means
+    # the mean over seeds of what each seed's own test evaluation recorded
+    recorded = [json.loads((grid_run["grid"] / "mlt_2_experts" / f"seed_{seed}" / "test_metrics.json").read_text())
+                for seed in range(SEEDS)]
+    per_seed = [r["last"]["metrics"]["routing"]["segmentation_ma"]["experts_per_image"] for r in recorded]
+    assert routing["segmentation_ma"]["experts_per_image"] == pytest.approx(sum(per_seed) / SEEDS)
+    assert "## Routing on the test split" in grid_run["markdown"]
+
+
 def test_report_html_holds_the_tables_and_embedded_curves_and_links_no_file(grid_run):
     page = grid_run["html"]
     assert "<table>" in page and "RG quadratic weighted kappa" in page and "not results on real fundus" in page
