@@ -181,7 +181,7 @@ class Weighting(nn.Module):
         total = self.combine(losses)
         if extra is not None:
             total = total + extra
-        _scaled(total, scaler).backward()
+        self.backward_combined(total, scaler, reduce)
 
     def backward_combined(self, total: torch.Tensor, scaler: torch.amp.GradScaler | None = None,
                           reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
