@@ -106,7 +106,7 @@ def test_uncertainty_is_kendalls_form_on_the_tasks_present():
             present = i in chosen
             assert float(values.grad[i]) == pytest.approx(math.exp(-s[i]) if present else 0.0, rel=1e-6)
             assert float(weighting.log_variances.grad[i]) == pytest.approx(
-                1 - math.exp(-s[i]) * base[i] if present else 0.0, rel=1e-6, abs=1e-7)
+                float(1 - math.exp(-s[i]) * base[i]) if present else 0.0, rel=1e-6, abs=1e-7)
         weighting.log_variances.grad = None
     assert weighting.task_weights() == pytest.approx({name: math.exp(-v) for name, v in zip(tasks, s.tolist())})
     assert weighting.extra_parameters() == [weighting.log_variances]
