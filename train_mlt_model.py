@@ -99,6 +99,9 @@ CONFIG = {
         "top_p": 0.8,                      # after warm-up: fewest experts whose weights reach p
         "warmup_fraction": 0.5,            # share of the epochs with every expert running (dense)
         "noise": False,                    # noisy gating: learned Gaussian noise on the gate logits in training
+        "balance_rate": 0.05,              # loss-free balancing: per-step move of each expert's selection bias
+        "detach_gate_input": True,         # the gates read the pooled features detached: routing losses stay
+                                           # out of the backbone
     },
     "loss": {
         "classification": "focal",         # "focal" or "ce"
@@ -124,7 +127,7 @@ CONFIG = {
         "gate_load_balance": 0.01,
         "gate_entropy": 0.0,
         "gate_switch_balance": 0.0,        # E * sum_e (share of images dispatched to e) * (mean weight of e)
-        "gate_balanced_assignment": 0.1,   # cross-entropy to the batch's balanced choice of one expert per image
+        "gate_balanced_assignment": 1.0,   # cross-entropy to the batch's balanced choice of one expert per image
     },
     "optim": {"lr": 3e-4, "backbone_lr": 3e-5, "weight_decay": 1e-4},
     "schedule": {"kind": "step", "step_size": 30, "gamma": 0.2},
@@ -185,6 +188,8 @@ RULES = {
     "routing.top_p": number(0, 1, low_open=True),
     "routing.warmup_fraction": number(0, 1),
     "routing.noise": BOOLEAN,
+    "routing.balance_rate": number(0),
+    "routing.detach_gate_input": BOOLEAN,
     "loss.classification": choice(*CLASSIFICATION_LOSSES),
     "loss.focal_gamma": number(0),
     "loss.segmentation_alpha": number(0, 1),
@@ -274,7 +279,8 @@ def main(config):
             dense = epoch <= warmup_epochs
             model.set_routing(dense)
             return train_one_epoch(step, weighting, optimizer, streams, epoch, train["iterations"], device,
-                                   train["amp"], scaler, dense, train["channels_last"])
+                                   train["amp"], scaler, dense, train["channels_last"],
+                                   config["routing"]["balance_rate"])
 
         segmentation_tasks = on_side(model.tasks, "segmentation")
         lesion_tasks = [task for task in segmentation_tasks if task.key in lesions]  # scored at full resolution

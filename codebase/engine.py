@@ -98,9 +98,12 @@ def shared_parameters(model):
 
 
 def train_one_epoch(step, weighting, optimizer, streams, epoch, iterations, device, amp="off", scaler=None,
-                    dense=False, channels_last=False):
+                    dense=False, channels_last=False, balance_rate=0.0):
     """``iterations`` optimizer steps; returns mean loss components, the task weights the steps used
     (mean over the epoch) and routing statistics.
+
+    balance_rate: after every step, each gate's selection bias moves by this much towards equal
+    first-choice shares (loss-free load balancing; 0 leaves the biases alone).
 
     step: a TrainStep (possibly DDP-wrapped); weighting: a codebase.training.weighting.Weighting;
     streams: {"grading": BatchStream, "segmentation": ...}.
@@ -143,6 +146,8 @@ def train_one_epoch(step, weighting, optimizer, streams, epoch, iterations, devi
     def after_step(routings, task_losses, gate, inputs, total):
         nonlocal steps
         routing.update(routings)
+        if balance_rate:
+            unwrapped.model.update_selection_biases(routings, balance_rate, distributed.all_reduce_sum)
         for task, weight in weighting.task_weights().items():
             weight_sums[task] = weight_sums.get(task, 0.0) + weight
         steps += 1

@@ -15,7 +15,7 @@ from torch import nn
 from codebase.networks.backbones import make_backbone
 from codebase.networks.experts import ExpertBank
 from codebase.networks.layers import ASPP, ClassificationHead, DeepLabDecoder, Gate
-from codebase.networks.routing import dispatch_plan, route
+from codebase.networks.routing import dispatch_plan, route, update_selection_bias
 from codebase.tasks import SIDES as TASK_SIDES
 from codebase.tasks import on_side, parse_tasks
 
@@ -26,7 +26,8 @@ class MultiTaskModel(nn.Module):
     """Shared ResNet (output stride 16) + one ASPP + per task a gate and ``num_experts`` experts."""
 
     def __init__(self, task_specs, backbone="resnet50", num_experts=3, pretrained="none", top_p=0.8,
-                 aspp_channels=256, decoder_channels=256, head_hidden=256, gate_hidden=128, gate_noise=False):
+                 aspp_channels=256, decoder_channels=256, head_hidden=256, gate_hidden=128, gate_noise=False,
+                 gate_detach=False):
         super().__init__()
         if num_experts < 1:
             raise ValueError(f"num_experts must be at least 1, got {num_experts}")
@@ -37,6 +38,7 @@ class MultiTaskModel(nn.Module):
         self.num_experts = num_experts
         self.top_p = top_p
         self.dense = False
+        self.gate_detach = gate_detach  # the gates read the pooled features without sending gradients back
 
         self.backbone = make_backbone(backbone, 16, pretrained)
         high, low = self.backbone.high_level_channels, self.backbone.low_level_channels
@@ -54,6 +56,12 @@ class MultiTaskModel(nn.Module):
     def set_routing(self, dense):
         """Dense (every expert, warm-up) or top-p routing for the following forwards."""
         self.dense = bool(dense)
+
+    def update_selection_biases(self, routings, rate, reduce=None):
+        """Loss-free load balancing after an optimizer step: move each routed task's selection bias
+        towards equal first-choice shares (rate per step; reduce sums counts over processes)."""
+        for task, routing in routings.items():
+            update_selection_bias(self.gates[task].selection_bias, routing, rate, reduce)
 
     def keep_skipped_experts_in_graph(self, keep=True):
         """Give experts no image selected a zero gradient instead of none.
@@ -77,8 +85,11 @@ class MultiTaskModel(nn.Module):
         tasks = [task.name for task in self.tasks if side == "all" or task.side == side]
         low_level, high_level = self.backbone(images)  # [B, Cl, H/4, W/4], [B, Ch, H/16, W/16]
         pooled = high_level.mean(dim=(2, 3))           # [B, Ch]
+        if self.gate_detach:
+            pooled = pooled.detach()
         dense = self.dense if dense is None else dense
-        routings = {task: route(self.gates[task](pooled), None if dense else self.top_p) for task in tasks}
+        p = None if dense else self.top_p
+        routings = {task: route(self.gates[task](pooled), p, self.gates[task].selection_bias) for task in tasks}
         plan = dispatch_plan(routings)  # one host read for all tasks
         logits = self._classify(high_level, routings, plan)
         logits.update(self._segment(low_level, high_level, routings, plan, images.shape[-2:]))
@@ -114,7 +125,8 @@ def build_model(config):
     return MultiTaskModel(model["task_specs"], model["backbone"], model["num_experts"], model["pretrained"],
                           top_p=config["routing"]["top_p"], aspp_channels=model["aspp_channels"],
                           decoder_channels=model["decoder_channels"], head_hidden=model["head_hidden"],
-                          gate_noise=config["routing"].get("noise", False))
+                          gate_noise=config["routing"].get("noise", False),
+                          gate_detach=config["routing"].get("detach_gate_input", False))
 
 
 def predict(model, images, side="all", dense=None):

@@ -44,8 +44,9 @@ class Grid:
 
 MOE = Grid(
     description="Mixture-of-Experts ablation: single-task baselines, 1 expert, 3 experts dense, "
-                "3 experts top-p (the default), and the default without and with ten times the routing balance "
-                "(balanced-assignment loss).",
+                "3 experts top-p (the default), the default without the routing balance (no balanced-assignment "
+                "loss, no selection bias), and the earlier weak balance (balanced-assignment loss 0.1 with the "
+                "gates' gradients reaching the backbone, no selection bias).",
     configurations={
         "classifier": Configuration(CLASSIFIER),
         "deeplabv3plus": Configuration(SEGMENTATION),
@@ -56,10 +57,14 @@ MOE = Grid(
                                                          "routing.top_p=1.0")),
         "mlt_3_experts_top_p": Configuration(MULTITASK, ("model.num_experts=3",)),
         "mlt_3_experts_top_p_no_balance": Configuration(MULTITASK, ("model.num_experts=3",
-                                                                    "loss.gate_balanced_assignment=0")),
-        # Ten times the default balance: what forcing balanced routing costs.
-        "mlt_3_experts_top_p_strong_balance": Configuration(MULTITASK, ("model.num_experts=3",
-                                                                        "loss.gate_balanced_assignment=1.0")),
+                                                                    "loss.gate_balanced_assignment=0",
+                                                                    "routing.balance_rate=0")),
+        # The routing this project had before: a tenth of the balanced-assignment loss, whose gradient
+        # (like every gate loss's) reached the backbone, and no selection bias.
+        "mlt_3_experts_top_p_weak_balance": Configuration(MULTITASK, ("model.num_experts=3",
+                                                                      "loss.gate_balanced_assignment=0.1",
+                                                                      "routing.balance_rate=0",
+                                                                      "routing.detach_gate_input=false")),
     },
     reference="mlt_3_experts_top_p",
     # The synthetic demo tree has 160 grading and 30 segmentation training images, 128 and 24 after

@@ -51,7 +51,8 @@ class MixtureOfExpertsExport(nn.Module):
         self.tasks = list(model.task_specs)
 
     def mix(self, task, inputs, pooled):
-        mixture = route(self.model.gates[task](pooled), self.top_p).mixture  # [B, E]
+        gate = self.model.gates[task]
+        mixture = route(gate(pooled), self.top_p, gate.selection_bias).mixture  # [B, E]
         outputs = torch.stack([expert(*inputs) for expert in self.model.experts[task].experts], dim=1)  # [B, E, ...]
         weights = mixture.to(outputs.dtype)
         while weights.dim() < outputs.dim():

@@ -114,6 +114,10 @@ class Gate(nn.Module):
     With ``noise`` (noisy gating, Shazeer et al. 2017), training adds Gaussian noise to the logits
     with a learned per-image, per-expert scale softplus(x W_noise), which starts at softplus(0) = 0.69
     (W_noise zero): the router keeps trying experts it does not prefer yet. Evaluation is noise-free.
+
+    ``selection_bias`` [E] (a buffer, saved with the weights) is the per-expert bias that
+    loss-free load balancing adds to the logits when the experts are chosen
+    (codebase/networks/routing.py `route`, `update_selection_bias`); zero until training moves it.
     """
 
     def __init__(self, in_channels, num_experts, hidden=128, noise=False):
@@ -123,6 +127,12 @@ class Gate(nn.Module):
         if noise:
             nn.init.zeros_(self.noise.weight)
             nn.init.zeros_(self.noise.bias)
+        self.register_buffer("selection_bias", torch.zeros(num_experts))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Weights saved before the selection bias existed chose experts without one: a zero bias.
+        state_dict.setdefault(prefix + "selection_bias", torch.zeros_like(self.selection_bias))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, pooled):
         logits = self.net(pooled)  # [B, E]

@@ -43,19 +43,48 @@ class Routing:
     mixture: torch.Tensor  # [B, E] weights the outputs are mixed with (renormalised when sparse)
     mask: torch.Tensor     # [B, E] bool, experts that run for each image
     dense: bool = False    # every expert on every image, known without looking at the mask
+    choice: torch.Tensor | None = None  # [B] long, each image's first choice after the selection bias
 
     @property
     def experts_per_image(self):
         return self.mask.sum(dim=-1).float()  # [B]
 
 
-def route(gate_logits, p=None):
-    """Dense routing (``p`` None: every expert, softmax weights) or top-p routing."""
+def route(gate_logits, p=None, bias=None):
+    """Dense routing (``p`` None: every expert, softmax weights) or top-p routing.
+
+    bias [E] (optional): the selection bias of auxiliary-loss-free load balancing (Wang et al.
+    2024, as in DeepSeek-V3). It is added to the logits for choosing the experts only: top-p runs
+    on softmax(logits + bias), while the outputs are mixed with the unbiased weights renormalised
+    over the chosen experts, so the bias steers which experts run without entering any gradient.
+    """
     weights = routing_weights(gate_logits)
+    selection = weights if bias is None else routing_weights(gate_logits.detach() + bias)
+    choice = selection.detach().argmax(dim=-1)
     if p is None:
-        return Routing(weights, weights, torch.ones_like(weights, dtype=torch.bool), dense=True)
-    mask = top_p_mask(weights, p)
-    return Routing(weights, renormalise(weights, mask), mask)
+        return Routing(weights, weights, torch.ones_like(weights, dtype=torch.bool), dense=True, choice=choice)
+    mask = top_p_mask(selection.detach(), p)
+    return Routing(weights, renormalise(weights, mask), mask, choice=choice)
+
+
+def first_choice_shares(routing, reduce=None):
+    """Share of the batch's images whose first choice is each expert: [E], summing to 1.
+
+    reduce: optional in-place sum over processes (torchrun), so every process sees the global batch.
+    """
+    counts = torch.zeros(routing.weights.shape[1], device=routing.weights.device)
+    counts.index_add_(0, routing.choice, torch.ones_like(routing.choice, dtype=counts.dtype))
+    if reduce is not None:
+        reduce([counts])
+    return counts / counts.sum().clamp_min(1)
+
+
+@torch.no_grad()
+def update_selection_bias(bias, routing, rate, reduce=None):
+    """One step of loss-free balancing: raise the bias of experts chosen first by fewer than 1/E of
+    the images, lower it for those chosen by more (bias += rate * sign(1/E - share)), in place."""
+    shares = first_choice_shares(routing, reduce)
+    bias.add_(rate * torch.sign(1.0 / shares.numel() - shares))
 
 
 def dispatch_plan(routings):

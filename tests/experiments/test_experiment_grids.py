@@ -28,7 +28,8 @@ def test_shipped_grids_are_valid():
     for name, grid in GRIDS.items():
         check_grid(name, grid)
     assert MOE.reference == "mlt_3_experts_top_p"
-    assert "loss.gate_balanced_assignment=0" in MOE.configurations["mlt_3_experts_top_p_no_balance"].overrides
+    no_balance = MOE.configurations["mlt_3_experts_top_p_no_balance"].overrides
+    assert "loss.gate_balanced_assignment=0" in no_balance and "routing.balance_rate=0" in no_balance
     dense = MOE.configurations["mlt_3_experts_dense"].overrides
     assert "routing.warmup_fraction=1.0" in dense and "routing.top_p=1.0" in dense
 

@@ -12,7 +12,7 @@ from codebase.evaluation import plots
 from codebase.evaluation.evaluate import RoutingMeter
 from codebase.networks.experts import ExpertBank
 from codebase.networks.layers import Gate
-from codebase.networks.routing import Routing, dispatch_plan, route
+from codebase.networks.routing import Routing, dispatch_plan, first_choice_shares, route, update_selection_bias
 from codebase.tasks import parse_tasks
 from codebase.training.losses import (
     balanced_assignment,
@@ -62,7 +62,7 @@ def test_switch_balance_regulariser_reads_the_routing():
     assert close(task_losses["classification_mer"], parts["loss_classification_mer"])
 
 
-def train_toy_moe(switch_balance=0.0, noise=False, steps=300, seed=0, balanced_assignment=0.0):
+def train_toy_moe(switch_balance=0.0, noise=False, steps=300, seed=0, balanced_assignment=0.0, balance_rate=0.0):
     """A gate and 3 linear experts on 3 clusters of 8-d features, each cluster its own linear target,
     with top-p routing from the first step and a gate biased towards expert 0 at the start. An image
     that runs one expert gives the gate no gradient from the task loss (its renormalised weight is 1),
@@ -80,7 +80,7 @@ def train_toy_moe(switch_balance=0.0, noise=False, steps=300, seed=0, balanced_a
         cluster = torch.randint(experts, (32,))
         x = centres[cluster] + torch.randn(32, features)  # [32, 8]
         y = (targets[cluster] * x).sum(dim=1, keepdim=True)  # [32, 1]
-        routing = route(gate(x), top_p)
+        routing = route(gate(x), top_p, gate.selection_bias)
         out = bank.mix((x,), routing.mixture, dispatch_plan({"toy": routing})["toy"])
         loss = (out - y).pow(2).mean() / 10 + 0.01 * gate_sparsity(routing.weights)
         loss = loss + switch_balance * GATE_REGULARISERS["switch_balance"](routing)
@@ -88,10 +88,12 @@ def train_toy_moe(switch_balance=0.0, noise=False, steps=300, seed=0, balanced_a
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        if balance_rate:
+            update_selection_bias(gate.selection_bias, routing, balance_rate)
     gate.eval()
     with torch.no_grad():
         cluster = torch.arange(experts).repeat(100)
-        return route(gate(centres[cluster] + torch.randn(300, features)), top_p)
+        return route(gate(centres[cluster] + torch.randn(300, features)), top_p, gate.selection_bias)
 
 
 def test_toy_moe_collapses_without_balancing():
@@ -117,6 +119,52 @@ def test_balanced_assignment_keeps_every_expert_in_use_with_one_expert_per_image
     per_cluster = routing.weights.argmax(dim=1).view(100, 3)  # images ordered cluster 0, 1, 2, 0, ...
     majority = [torch.bincount(per_cluster[:, c], minlength=3).max().item() for c in range(3)]
     assert min(majority) >= 80, majority
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_selection_bias_keeps_every_expert_in_use(seed):
+    routing = train_toy_moe(balance_rate=0.05, seed=seed)
+    usage = routing.mask.float().mean(dim=0)
+    assert usage.min() >= 0.2 and usage.max() <= 0.7, usage
+    assert routing.experts_per_image.mean() <= 1.5
+
+
+def test_selection_bias_chooses_but_does_not_mix():
+    logits = torch.tensor([[2.0, 1.0, 0.0], [0.0, 2.5, 0.0], [1.0, 0.0, 0.9]], requires_grad=True)
+    bias = torch.tensor([-3.0, 0.0, 0.0])
+    biased, plain = route(logits, 0.6, bias), route(logits, 0.6)
+    # Expert 0 loses its first places to the next preference of each image.
+    assert plain.choice.tolist() == [0, 1, 0] and biased.choice.tolist() == [1, 1, 2]
+    torch.testing.assert_close(biased.weights, plain.weights)  # the regularisers see the unbiased weights
+    weights = torch.softmax(logits.detach(), dim=1)
+    for b in range(3):  # mixed with the unbiased weights renormalised over the chosen experts
+        chosen = biased.mask[b]
+        torch.testing.assert_close(biased.mixture[b][chosen], weights[b][chosen] / weights[b][chosen].sum())
+    biased.mixture.sum().backward()
+    assert logits.grad is not None  # the mixture still carries the gate's gradient; the bias none
+    # Dense routing runs every expert; the choice (what the bias balances) is still the biased one.
+    assert route(logits, None, bias).mask.all() and route(logits, None, bias).choice.tolist() == [1, 1, 2]
+
+
+def test_selection_bias_update_by_hand():
+    routing = route(torch.tensor([[3.0, 0.0, 0.0]] * 3 + [[0.0, 2.0, 0.0]]), 0.8)
+    torch.testing.assert_close(first_choice_shares(routing), torch.tensor([0.75, 0.25, 0.0]))
+    bias = torch.zeros(3)
+    update_selection_bias(bias, routing, 0.1)
+    torch.testing.assert_close(bias, torch.tensor([-0.1, 0.1, 0.1]))  # above 1/3 down, below up
+    summed = []
+    update_selection_bias(bias, routing, 0.1, reduce=lambda tensors: summed.extend(tensors))
+    assert len(summed) == 1 and summed[0].tolist() == [3.0, 1.0, 0.0]  # counts go to the reduction
+    torch.testing.assert_close(bias, torch.tensor([-0.2, 0.2, 0.2]))
+
+
+def test_gate_loads_weights_saved_without_a_selection_bias():
+    gate = Gate(6, 3, hidden=8)
+    state = {key: value for key, value in Gate(6, 3, hidden=8).state_dict().items() if key != "selection_bias"}
+    gate.selection_bias.fill_(1.0)
+    gate.load_state_dict(state)  # strict: the missing bias is read as zero
+    assert gate.selection_bias.tolist() == [0.0, 0.0, 0.0]
+    assert "selection_bias" in gate.state_dict()
 
 
 def test_balanced_assignment_is_balanced_and_follows_the_preferences():
