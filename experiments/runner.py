@@ -3,7 +3,9 @@
 A run goes to <out>/<grid>/<configuration>/seed_<S>/. A folder that holds a finished run
 (model.pth, and history.json up to config.json's train.epochs) is skipped, after checking that
 it was trained with the settings asked for now; one with a checkpoint is resumed by the
-script's own --resume. So a killed runner, re-run with the same command, carries on.
+script's own --resume. So a killed runner, re-run with the same command, carries on. A run whose
+folder another live process holds (a second runner on the same grid, for example one per GPU) is
+left to that process: this runner moves on, and a later run of the command finds it finished.
 """
 import json
 import subprocess
@@ -12,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from codebase.config import ConfigError, get_value, parse_value
+from codebase.training.lock import holder
 from codebase.training.run_folder import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
@@ -115,6 +118,10 @@ def train_all(planned, data_root, demo, device=None, max_runs=None, log=print):
             continue
         if max_runs is not None and trained >= max_runs:
             break
+        busy = holder(run.folder)
+        if busy:
+            log(f"[experiments] {run.name}: being trained by {busy}, left to it")
+            continue
         arguments = command(run, data_root, demo, device)
         log(f"[experiments] {run.name}: {'resuming' if '--resume' in arguments else 'training'} "
             f"({run.script}) in {run.folder}")
@@ -126,6 +133,9 @@ def train_all(planned, data_root, demo, device=None, max_runs=None, log=print):
             raise
         if code in (130, 143):  # the script stopped on SIGINT/SIGTERM after saving its last complete epoch
             raise KeyboardInterrupt
+        if code != 0 and holder(run.folder):  # another process took the folder between the check and the start
+            log(f"[experiments] {run.name}: being trained by {holder(run.folder)}, left to it")
+            continue
         if code != 0:
             raise RuntimeError(f"{run.name} failed (exit code {code}); see {run.folder / 'train_log.txt'}. "
                                f"Command: {subprocess.list2cmdline(arguments)}")

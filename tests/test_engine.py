@@ -105,6 +105,12 @@ def test_run_writes_its_folder_and_routes_sparsely_after_warm_up(tiny_run):
     assert set(routing) == set(config["model"]["task_specs"])
     for stats in routing.values():
         assert 1.0 <= stats["experts_per_image"] <= 3.0 and len(stats["usage"]) == 3
+    # loss-free balancing moved every gate's selection bias, by balance_rate per step (4 steps)
+    state = torch.load(folder / "model.pth", weights_only=True)
+    rate, steps = config["routing"]["balance_rate"], config["train"]["epochs"] * config["train"]["iterations"]
+    for task in config["model"]["task_specs"]:
+        bias = state[f"gates.{task}.selection_bias"]
+        assert bias.abs().max() > 0 and bias.abs().max() <= rate * steps + 1e-6, (task, bias)
     components = history[0]["train"]["components"]
     assert {"loss_classification_rg", "loss_segmentation_od", "loss_gate_sparsity",
             "loss_gate_load_balance"} <= set(components)

@@ -8,6 +8,7 @@ from codebase.config import ConfigError
 from codebase.model import MultiTaskModel
 from codebase.networks.experts import ExpertBank
 from codebase.networks.routing import dispatch_plan, renormalise, route, top_p_mask
+from codebase.training.losses import gate_balanced_assignment
 
 SPECS = {"classification_rg": 5, "classification_mer": 3, "segmentation_ma": 1, "segmentation_od": 1}
 
@@ -167,6 +168,37 @@ def test_gradients_reach_gates_backbone_and_selected_experts_only():
     assert model.backbone.parameters().__next__().grad is not None
     assert all(p.grad is not None for p in model.experts["segmentation_od"][0].parameters())
     assert all(p.grad is None for p in model.experts["segmentation_od"][2].parameters())
+
+
+@pytest.mark.parametrize("detach", [True, False])
+def test_gate_losses_reach_the_backbone_only_when_the_gate_input_is_attached(detach):
+    model = small_model(gate_detach=detach).train()
+    out = model(torch.randn(4, 3, 64, 96), side="classification", dense=True)
+    sum(gate_balanced_assignment(r.weights) for r in out["routing"].values()).backward()
+    backbone_grads = [p.grad for p in model.backbone.parameters()]
+    assert all(p.grad is not None for p in model.gates["classification_rg"].parameters())  # the gate still learns
+    if detach:
+        assert all(g is None for g in backbone_grads)
+    else:
+        assert any(g is not None and g.abs().sum() > 0 for g in backbone_grads)
+
+
+def test_selection_bias_steers_which_experts_run():
+    model = small_model().eval()
+    for task in SPECS:
+        fix_gate(model, task, torch.tensor([[3.0, 0.0, -12.0]]).expand(2, -1))
+    images = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        plain = model(images, dense=False)
+        model.gates["classification_rg"].selection_bias.copy_(torch.tensor([-6.0, 0.0, 0.0]))
+        biased = model(images, dense=False)
+    assert plain["routing"]["classification_rg"].mask.tolist() == [[True, False, False]] * 2
+    assert biased["routing"]["classification_rg"].mask.tolist() == [[False, True, False]] * 2
+    torch.testing.assert_close(biased["logits"]["classification_mer"], plain["logits"]["classification_mer"])
+    routing = biased["routing"]["classification_rg"]
+    model.update_selection_biases({"classification_rg": routing}, 0.5)
+    # both images chose expert 1: its bias goes down, the others' up
+    assert model.gates["classification_rg"].selection_bias.tolist() == [-5.5, -0.5, 0.5]
 
 
 def test_a_new_task_is_one_entry_in_task_specs():

@@ -27,6 +27,24 @@ class RunFolderInUse(ProjectError):
     """Another live process holds the run folder's lock."""
 
 
+def holder(folder: str | Path) -> str | None:
+    """Who holds `folder`'s lock now (the lock file's text), or None when no live process does."""
+    path = Path(folder) / LOCK_FILE
+    if fcntl is None or not path.is_file():
+        return None
+    try:
+        file = open(path, encoding="utf-8")
+    except FileNotFoundError:  # released between the check and the open
+        return None
+    with file:
+        try:
+            fcntl.flock(file.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return file.read().strip() or "another process"
+        fcntl.flock(file.fileno(), fcntl.LOCK_UN)
+        return None
+
+
 class FolderLock:
     """`acquire()` takes the folder's lock or raises RunFolderInUse naming the holder; `release()`
     removes the file and drops the lock. `stale` describes a dead holder whose lock was taken over."""

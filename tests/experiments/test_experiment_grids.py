@@ -5,6 +5,8 @@ import pytest
 
 import run_experiments
 from codebase.config import get_value, parse_cli, parse_value
+from codebase.training.lock import FolderLock, holder
+from experiments import runner
 from experiments.budget import (
     GridError,
     budget_overrides,
@@ -140,3 +142,32 @@ def test_configs_selects_part_of_a_grid_and_keeps_the_reference():
     assert run_experiments.select_configurations("weighting", grid, None) is grid
     with pytest.raises(GridError, match=r"no configuration nash; it has fixed, uncertainty"):
         run_experiments.select_configurations("weighting", grid, "pcgrad,nash")
+
+
+def test_a_run_another_process_is_training_is_left_to_it(tmp_path, monkeypatch):
+    busy, free = tmp_path / "busy" / "seed_0", tmp_path / "free" / "seed_0"
+    busy.mkdir(parents=True)
+    assert holder(busy) is None  # no lock file
+    lock = FolderLock(busy)
+    lock.acquire()  # as the other runner's train script holds it
+    launched = []
+
+    class Finished:
+        def __init__(self, arguments, cwd):
+            launched.append(arguments)
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(runner.subprocess, "Popen", Finished)
+    planned = [runner.PlannedRun("busy", 0, MULTITASK, busy, []), runner.PlannedRun("free", 0, MULTITASK, free, [])]
+    lines = []
+    try:
+        assert "process" in holder(busy)
+        unfinished = runner.train_all(planned, tmp_path, demo=True, log=lines.append)
+    finally:
+        lock.release()
+    assert len(launched) == 1 and str(free.name) in " ".join(launched[0])  # only the free run was started
+    assert any("busy/seed_0: being trained by process" in line for line in lines), lines
+    assert unfinished == 2  # neither has model.pth: a later run of the command picks the busy one up
+    assert holder(busy) is None  # released
