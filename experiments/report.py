@@ -42,7 +42,10 @@ def _names_match(per_run, side):
 def routing_summary(folders):
     """Routing on the test split of a multi-task configuration, from each seed's own test evaluation
     (test_metrics.json, its final weights): per task the usage of each expert (share of the test
-    images that ran it), experts per image and the busiest expert's share, each the mean over seeds.
+    images that ran it), experts per image and the busiest and least used expert's shares, each the
+    mean over seeds, and the worst seed's busiest (``busiest_share_max``) and least used
+    (``least_share_min``) shares. Expert e of one seed has nothing to do with expert e of another, so
+    the per-expert means blur seeds that collapsed onto different experts; the worst-seed shares do not.
     {} for runs without routing (the baselines) or without a test evaluation."""
     per_task = {}
     for folder in folders:
@@ -61,6 +64,8 @@ def routing_summary(folders):
                           "experts_per_image": float(np.mean([r["experts_per_image"] for r in runs])),
                           "busiest_share": float(np.mean([r["busiest_share"] for r in runs])),
                           "least_share": float(np.mean([min(r["usage"]) for r in runs])),
+                          "busiest_share_max": float(max(r["busiest_share"] for r in runs)),
+                          "least_share_min": float(min(min(r["usage"]) for r in runs)),
                           "seeds": len(runs)}
     return summary_
 
@@ -203,13 +208,15 @@ def markdown(results):
     if routed:
         tasks = list(dict.fromkeys(task for routing in routed.values() for task in routing))
         lines += ["", "## Routing on the test split", "",
-                  "Per multi-task configuration and task: the share of the test images that ran each expert "
-                  "(usage), then the mean number of experts per image; from each seed's own test evaluation "
-                  "(test_metrics.json), mean over seeds. Shares of one configuration sum to its experts per image.", ""]
+                  "Per multi-task configuration and task, from each seed's own test evaluation "
+                  "(test_metrics.json): the share of the test images the busiest expert ran, in the worst seed "
+                  "(the largest); the share the least used expert ran, in the worst seed (the smallest); in "
+                  "brackets the mean number of experts per image over seeds. Expert indices are not comparable "
+                  "across seeds, so no per-expert mean is shown (results.json keeps them).", ""]
         lines += _table(["configuration"] + [task.split("_", 1)[-1].upper() for task in tasks],
                         [[name] + ["–" if task not in routing else
-                                   " / ".join(f"{u:.2f}" for u in routing[task]["usage"])
-                                   + f" ({routing[task]['experts_per_image']:.2f})" for task in tasks]
+                                   f"{routing[task]['busiest_share_max']:.2f} / {routing[task]['least_share_min']:.2f}"
+                                   f" ({routing[task]['experts_per_image']:.2f})" for task in tasks]
                          for name, routing in routed.items()])
     lines += ["", "## Cost", "",
               f"Per image at batch 1 and {budget['image_size'][0]}x{budget['image_size'][1]} on "

@@ -124,6 +124,13 @@ def test_results_give_the_routing_of_each_multitask_configuration_on_the_test_sp
                 for seed in range(SEEDS)]
     per_seed = [r["last"]["metrics"]["routing"]["segmentation_ma"]["experts_per_image"] for r in recorded]
     assert routing["segmentation_ma"]["experts_per_image"] == pytest.approx(sum(per_seed) / SEEDS)
+    # the worst seed's shares, which do not depend on how each seed numbered its experts
+    seeds_ma = [r["last"]["metrics"]["routing"]["segmentation_ma"] for r in recorded]
+    assert routing["segmentation_ma"]["busiest_share_max"] == max(s["busiest_share"] for s in seeds_ma)
+    assert routing["segmentation_ma"]["least_share_min"] == min(min(s["usage"]) for s in seeds_ma)
+    ma = routing["segmentation_ma"]
+    assert f"{ma['busiest_share_max']:.2f} / {ma['least_share_min']:.2f} ({ma['experts_per_image']:.2f})" \
+        in grid_run["markdown"]
     assert "## Routing on the test split" in grid_run["markdown"]
 
 
