@@ -163,10 +163,23 @@ def run_folders(synthetic_root, tmp_path_factory):
     return {kind: write_run(base / kind, kind, synthetic_root) for kind in SMALL}
 
 
+class PrivateRuns(dict):
+    """{kind: a private copy of that run folder}, each copied on first use: a case damages one or two
+    of the three, and each holds ~45 MB of weights (copying all three for every case wrote ~10 GB)."""
+
+    def __init__(self, sources: dict, folder: Path):
+        super().__init__()
+        self.sources, self.folder = sources, folder
+
+    def __missing__(self, kind):
+        self[kind] = Path(shutil.copytree(self.sources[kind], self.folder / kind))
+        return self[kind]
+
+
 @pytest.fixture
 def runs(run_folders, tmp_path):
     """Private copies of the run folders, for a case to damage."""
-    return {kind: Path(shutil.copytree(folder, tmp_path / "runs" / kind)) for kind, folder in run_folders.items()}
+    return PrivateRuns(run_folders, tmp_path / "runs")
 
 
 # ----------------------------------------------------------------------------- breaking a tree
