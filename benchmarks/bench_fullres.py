@@ -3,10 +3,13 @@
 Two DeepLabV3+ models start from the same weights and take the same number of optimizer steps on the
 same number of samples per step: (a) whole training images resized to --whole-size; (b) --crop
 patches from images kept at --size (the working resolution), a --lesion-share of them centred on a
-lesion. Each is scored on the test split against the full-size masks (codebase.evaluation.fullres):
+lesion. Both train with AdamW as the train scripts make it (--lr for every parameter: there is no
+pretrained backbone here; --weight-decay) and a cosine schedule to 0 over the steps (--schedule).
+Each is scored on the test split against the full-size masks (codebase.evaluation.fullres):
 (a) by one forward of the resized image, (b) by sliding windows of --crop over the working image.
 Also measured: one pass of the patch dataset over the training images with an empty cache (decoding,
-writing the cache) against a second, cached pass; and, in a separate process per size, the time and
+writing the cache) against a second, cached pass, reading only and as a training epoch (forward,
+backward, step); and, in a separate process per size, the time and
 peak memory of sliding-window inference of one image at each --inference-sizes (resident set on CPU,
 allocated memory on CUDA).
 
@@ -43,6 +46,7 @@ from codebase.evaluation.fullres import evaluate_full_resolution
 from codebase.evaluation.sliding_window import predict_sliding_window
 from codebase.training.device import resolve_device
 from codebase.training.losses import SegmentationLoss
+from codebase.training.optim import make_optimizer
 from segmentation.model import DeepLabV3Plus
 
 
@@ -61,21 +65,36 @@ def warm_up(args, device) -> None:
     predict_sliding_window(model.eval(), image, args.crop)
 
 
-def train(model, dataset, args, device) -> float:
-    """args.steps AdamW steps of args.batch samples; returns seconds."""
-    generator = torch.Generator().manual_seed(args.seed)
-    order = torch.randint(len(dataset), (args.steps * args.batch,), generator=generator).tolist()
+def train(model, dataset, args, device, order=None, checkpoint=None) -> float:
+    """AdamW steps of args.batch samples, as the train scripts make the optimizer (weight decay
+    --weight-decay) with --schedule stepped per optimizer step over args.steps; `order`: the sample
+    indices (default: args.steps batches drawn at random with args.seed). `checkpoint(step, seconds)`
+    is called after every --eval-every steps and after the last (its own time not counted; the
+    model is put back in training mode after it). Returns the seconds of training."""
+    if order is None:
+        generator = torch.Generator().manual_seed(args.seed)
+        order = torch.randint(len(dataset), (args.steps * args.batch,), generator=generator).tolist()
     loader = DataLoader(dataset, batch_size=args.batch, sampler=order, num_workers=args.workers)
     criterion = SegmentationLoss()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
+    optimizer = make_optimizer([model], args.lr, args.lr, args.weight_decay, device)
+    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, args.steps))
+                 if args.schedule == "cosine" else None)
     model.train()
+    seconds, steps = 0.0, len(loader)
     start = time.perf_counter()
-    for batch in loader:
+    for step, batch in enumerate(loader, 1):
         loss, _ = criterion(model(batch["image"].to(device)), batch["masks"].to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    return time.perf_counter() - start
+        if scheduler is not None:
+            scheduler.step()
+        if checkpoint is not None and (step == steps or (args.eval_every and step % args.eval_every == 0)):
+            seconds += time.perf_counter() - start
+            checkpoint(step, seconds)
+            model.train()
+            start = time.perf_counter()
+    return seconds + time.perf_counter() - start
 
 
 def score(model, root, args, device, whole: bool, cache_dir) -> tuple[dict, float]:
@@ -100,6 +119,15 @@ def data_passes(dataset) -> tuple[float, float]:
             dataset[index]
         seconds.append(time.perf_counter() - start)
     return seconds[0], seconds[1]
+
+
+def training_epochs(dataset, args, device) -> tuple[float, float]:
+    """Seconds of one training epoch (one crop per training image, args.batch per step) of a throwaway
+    model over ``dataset`` with its cache empty, then of the next epoch, cached: what the first
+    pass costs a training run."""
+    model = build_model(args, device)
+    order = list(range(len(dataset.records)))
+    return train(model, dataset, args, device, order), train(model, dataset, args, device, order)
 
 
 def resident_mib() -> tuple[float, float]:
@@ -166,6 +194,8 @@ def parse(argv):
     parser.add_argument("--crop", type=int, nargs=2, default=(384, 384), metavar=("HEIGHT", "WIDTH"))
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--eval-every", type=int, default=0,
+                        help="also score both arms every this many steps (0: after the last step only)")
     parser.add_argument("--lesion-share", type=float, default=0.5)
     parser.add_argument("--overlap", type=float, default=0.25)
     parser.add_argument("--windows-per-batch", type=int, default=4)
@@ -174,7 +204,10 @@ def parse(argv):
     parser.add_argument("--flip-tta", action="store_true", help="flip TTA in the inference measurement")
     parser.add_argument("--backbone", default="mobilenet_v3_large")
     parser.add_argument("--channels", type=int, default=64, help="ASPP and decoder width")
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=1e-3, help="AdamW's rate, backbone included (from scratch)")
+    parser.add_argument("--weight-decay", type=float, default=1e-4)
+    parser.add_argument("--schedule", choices=("cosine", "constant"), default="cosine",
+                        help="learning rate over the steps: cosine to 0 (as the train scripts' demos) or constant")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--device", default="auto")
@@ -187,6 +220,7 @@ def parse(argv):
     if args.smoke:
         args.native = args.size = (96, 144)
         args.whole_size, args.crop, args.steps, args.batch, args.channels = (48, 72), (48, 48), 2, 2, 16
+        args.eval_every = 1
         args.train_images, args.test_images, args.inference_sizes, args.backbone = 4, 2, (96, 144), "resnet18"
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -208,38 +242,48 @@ def main(argv=None) -> int:
                                   seg_test=args.test_images, grade_train=0, grade_test=0)
         patches = PatchSegmentationDataset(root, "train", args.crop, image_size=args.size,
                                            lesion_share=args.lesion_share, cache_dir=cache_dir)
+        warm_up(args, device)
         first_pass, cached_pass = data_passes(patches)
+        first_epoch, cached_epoch = training_epochs(
+            PatchSegmentationDataset(root, "train", args.crop, image_size=args.size, lesion_share=args.lesion_share,
+                                     cache_dir=Path(scratch) / "epoch-cache"), args, device)
         arms = {
             "whole, resized": (SegmentationDataset(root, "train", args.whole_size, train=True, cache_dir=cache_dir),
                                True),
             "patches, lesion-aware": (patches, False),
         }
-        warm_up(args, device)
         rows, scores = [], {}
         for name, (dataset, whole) in arms.items():
             model = build_model(args, device)
-            train_seconds = train(model, dataset, args, device)
-            results, eval_seconds = score(model, root, args, device, whole, cache_dir)
-            scores[name] = results
             pixels = args.whole_size if whole else args.crop
-            rows.append([name, args.steps, args.steps * args.batch, f"{pixels[0]}x{pixels[1]}",
-                         f"{train_seconds:.1f}", f"{eval_seconds:.1f}"]
-                        + [f"{results[lesion]['aupr_fullres']:.3f}" for lesion in idrid.LESIONS]
-                        + [f"{results[lesion]['dice_fullres']:.3f}" for lesion in idrid.LESIONS]
-                        + [f"{results['mean_aupr_fullres']:.3f}"])
+
+            def checkpoint(step, train_seconds, name=name, whole=whole, pixels=pixels):
+                results, eval_seconds = score(model, root, args, device, whole, cache_dir)
+                scores[name] = results  # the last checkpoint's stay
+                rows.append([name, step, step * args.batch, f"{pixels[0]}x{pixels[1]}",
+                             f"{train_seconds:.1f}", f"{eval_seconds:.1f}"]
+                            + [f"{results[lesion]['aupr_fullres']:.3f}" for lesion in idrid.LESIONS]
+                            + [f"{results[lesion]['dice_fullres']:.3f}" for lesion in idrid.LESIONS]
+                            + [f"{results['mean_aupr_fullres']:.3f}"])
+
+            train(model, dataset, args, device, checkpoint=checkpoint)
     print(f"\n{machine(device)}; working size {args.size[0]}x{args.size[1]}, {args.backbone}; synthetic data "
           "unless --data-root: the figures show the pipeline runs, not how a method fares on IDRiD")
-    print_table("Same optimizer steps and samples: AUPR and Dice at the original mask resolution (test split)",
+    print_table(f"Same optimizer steps and samples ({args.schedule} schedule over {args.steps} steps; a row per "
+                "evaluation): AUPR and Dice at the original mask resolution (test split)",
                 ["arm", "steps", "samples", "sample px", "train s", "eval s",
                  *(f"{lesion} AUPR" for lesion in idrid.LESIONS), *(f"{lesion} Dice" for lesion in idrid.LESIONS),
                  "mean AUPR"], rows)
     whole, patch = scores["whole, resized"], scores["patches, lesion-aware"]
-    print_table("Patches over whole resized images, per lesion", ["lesion", "AUPR ratio", "AUPR difference"],
+    print_table(f"Patches over whole resized images after {args.steps} steps, per lesion", ["lesion", "AUPR ratio", "AUPR difference"],
                 [[lesion, ratio(patch[lesion]["aupr_fullres"], whole[lesion]["aupr_fullres"]),
                   f"{patch[lesion]['aupr_fullres'] - whole[lesion]['aupr_fullres']:+.3f}"] for lesion in idrid.LESIONS])
     print_table(f"Patch dataset, one {args.crop[0]}x{args.crop[1]} crop per training image at {args.size[0]}x"
-                f"{args.size[1]}", ["first pass (empty cache) s", "cached pass s", "first / cached"],
-                [[f"{first_pass:.2f}", f"{cached_pass:.2f}", ratio(first_pass, cached_pass)]])
+                f"{args.size[1]}: the first pass decodes each file once and writes the cache",
+                ["pass", "first (empty cache) s", "cached s", "first / cached"],
+                [["reading the crops only", f"{first_pass:.2f}", f"{cached_pass:.2f}", ratio(first_pass, cached_pass)],
+                 [f"training epoch (batch {args.batch}, forward, backward, step)", f"{first_epoch:.2f}",
+                  f"{cached_epoch:.2f}", ratio(first_epoch, cached_epoch)]])
     rows = []
     for height, width in zip(args.inference_sizes[::2], args.inference_sizes[1::2]):
         inference = inference_in_child(argv, (height, width))
