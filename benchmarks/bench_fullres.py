@@ -257,7 +257,7 @@ def main(argv=None) -> int:
             model = build_model(args, device)
             pixels = args.whole_size if whole else args.crop
 
-            def checkpoint(step, train_seconds, name=name, whole=whole, pixels=pixels):
+            def checkpoint(step, train_seconds, model=model, name=name, whole=whole, pixels=pixels):
                 results, eval_seconds = score(model, root, args, device, whole, cache_dir)
                 scores[name] = results  # the last checkpoint's stay
                 rows.append([name, step, step * args.batch, f"{pixels[0]}x{pixels[1]}",
