@@ -187,6 +187,9 @@ def parse(argv):
                         help="size of the synthetic tree's images when no --data-root (default: half IDRiD's)")
     parser.add_argument("--train-images", type=int, default=6, help="synthetic training images")
     parser.add_argument("--test-images", type=int, default=2, help="synthetic test images")
+    parser.add_argument("--ma-scale", type=float, default=1.0,
+                        help="synthetic microaneurysms' radii x this (0.4: the size of real ones; see "
+                             "codebase.data.synthetic)")
     parser.add_argument("--size", type=int, nargs=2, default=(1424, 2144), metavar=("HEIGHT", "WIDTH"),
                         help="working resolution of the patch arm and of its sliding-window inference")
     parser.add_argument("--whole-size", type=int, nargs=2, default=(712, 1072), metavar=("HEIGHT", "WIDTH"),
@@ -239,7 +242,7 @@ def main(argv=None) -> int:
         if root is None:
             height, width = args.native
             root = ensure_dataset(Path(scratch) / "data", size=(width, height), seg_train=args.train_images,
-                                  seg_test=args.test_images, grade_train=0, grade_test=0)
+                                  seg_test=args.test_images, grade_train=0, grade_test=0, ma_scale=args.ma_scale)
         patches = PatchSegmentationDataset(root, "train", args.crop, image_size=args.size,
                                            lesion_share=args.lesion_share, cache_dir=cache_dir)
         warm_up(args, device)

@@ -15,7 +15,9 @@ Grades follow what is drawn (`retinopathy_grade`, `macular_edema_risk`):
   RG 0  no lesion
   MER 2 a hard exudate within one optic-disc diameter of the macula centre; 1 hard exudates, all
         further away; 0 no hard exudate.
-Lesion sizes scale with the image; at the default size a microaneurysm is about 4-5 px across.
+Lesion sizes scale with the image; at the default size a microaneurysm is about 4-5 px across, which
+is 30-40 px at IDRiD's 4288x2848, the large end of real microaneurysms (`--ma-scale` draws them
+smaller: 0.4 gives 12-16 px at 4288x2848).
 """
 from __future__ import annotations
 
@@ -164,8 +166,10 @@ class _Placer:
         return None
 
 
-def _plan_lesions(rng: np.random.Generator, eye: _Eye, rg: int, mer: int, se: bool, he: bool = True) -> list[_Lesion]:
-    """Lesions for a target grade; the grade actually given is recomputed from what is placed."""
+def _plan_lesions(rng: np.random.Generator, eye: _Eye, rg: int, mer: int, se: bool, he: bool = True,
+                  ma_scale: float = 1.0) -> list[_Lesion]:
+    """Lesions for a target grade; the grade actually given is recomputed from what is placed.
+    ma_scale multiplies the microaneurysms' radii."""
     s, dd = eye.scale, eye.disc_diameter
     placer, lesions = _Placer(rng, eye), []
 
@@ -210,7 +214,7 @@ def _plan_lesions(rng: np.random.Generator, eye: _Eye, rg: int, mer: int, se: bo
         blot("SE", s * rng.uniform(7.0, 11.0), aspect=rng.uniform(1.0, 1.6), wobble=0.35)
     microaneurysms = {0: 0, 1: rng.integers(3, 9), 2: rng.integers(4, 13), 3: rng.integers(6, 16), 4: rng.integers(4, 13)}[rg]
     for _ in range(microaneurysms):
-        blot("MA", s * rng.uniform(1.8, 2.8), wobble=0.0)
+        blot("MA", ma_scale * s * rng.uniform(1.8, 2.8), wobble=0.0)
     return lesions
 
 
@@ -366,14 +370,14 @@ def _vessels(rng, eye: _Eye, lesions: list[_Lesion]) -> Image.Image:
 
 
 def render(rng: np.random.Generator, size: tuple[int, int], rg: int, mer: int, soft_exudates: bool,
-           haemorrhages: bool = True, with_masks: bool = True):
+           haemorrhages: bool = True, with_masks: bool = True, ma_scale: float = 1.0):
     """One synthetic fundus image: (uint8 [H,W,3], masks bool [5,H,W] in LESIONS order or None, rg, mer).
 
     rg/mer are targets; the returned grades are recomputed from what was drawn by the rules above.
     """
     width, height = size
     eye = _make_eye(rng, width, height)
-    lesions = _plan_lesions(rng, eye, rg, mer, soft_exudates, haemorrhages)
+    lesions = _plan_lesions(rng, eye, rg, mer, soft_exudates, haemorrhages, ma_scale)
     image, fundus = _background(rng, eye)
     masks = np.zeros((len(idrid.LESIONS), height, width), bool) if with_masks else None
     _paint_disc(image, masks, eye)
@@ -417,7 +421,8 @@ def _mask_image(mask: np.ndarray, fmt: str, number: int) -> Image.Image:
     return Image.fromarray(np.dstack([rgb, mask.astype(np.uint8) * 255]), "RGBA")
 
 
-def _write_segmentation(root: Path, split: str, first: int, count: int, seed: int, size, last_is_rgba: bool):
+def _write_segmentation(root: Path, split: str, first: int, count: int, seed: int, size, last_is_rgba: bool,
+                        ma_scale: float = 1.0):
     rng = np.random.default_rng([seed, _STREAMS["segmentation", split]])
     grades = _quota(count, SEG_RG_MIX, rng)
     risks = _quota(count, SEG_MER_MIX, rng)
@@ -432,7 +437,7 @@ def _write_segmentation(root: Path, split: str, first: int, count: int, seed: in
         name = idrid.segmentation_image_name(number)
         image_rng = np.random.default_rng([seed, _STREAMS["segmentation", split], number])
         image, masks, _, _ = render(image_rng, size, int(grades[i]), int(risks[i]), bool(soft[i]),
-                                    haemorrhages=not (haemorrhage_free[i] and grades[i] == 2))
+                                    haemorrhages=not (haemorrhage_free[i] and grades[i] == 2), ma_scale=ma_scale)
         Image.fromarray(image).save(idrid.segmentation_image_path(root, split, name), quality=_JPEG_QUALITY)
         for k, lesion in enumerate(idrid.LESIONS):
             if not masks[k].any():
@@ -445,7 +450,8 @@ def _write_segmentation(root: Path, split: str, first: int, count: int, seed: in
                 idrid.segmentation_mask_path(root, split, name, lesion), compression=compression)
 
 
-def _write_grading(root: Path, split: str, count: int, seed: int, size) -> list[tuple[str, int, int]]:
+def _write_grading(root: Path, split: str, count: int, seed: int, size,
+                   ma_scale: float = 1.0) -> list[tuple[str, int, int]]:
     rng = np.random.default_rng([seed, _STREAMS["grading", split]])
     grades = _quota(count, RG_MIX, rng)
     risks = np.zeros(count, int)
@@ -458,7 +464,8 @@ def _write_grading(root: Path, split: str, count: int, seed: int, size) -> list[
         number = i + 1
         name = idrid.grading_image_name(number)
         image_rng = np.random.default_rng([seed, _STREAMS["grading", split], number])
-        image, _, rg, mer = render(image_rng, size, int(grades[i]), int(risks[i]), bool(soft[i]), with_masks=False)
+        image, _, rg, mer = render(image_rng, size, int(grades[i]), int(risks[i]), bool(soft[i]), with_masks=False,
+                                   ma_scale=ma_scale)
         Image.fromarray(image).save(idrid.grading_image_path(root, split, name), quality=_JPEG_QUALITY)
         rows.append((name, rg, mer))
     empty = "," * 8  # IDRiD's CSVs carry empty unnamed columns and blank trailing lines
@@ -473,8 +480,9 @@ def _write_grading(root: Path, split: str, count: int, seed: int, size) -> list[
 
 def generate(out, seed: int = 0, size: tuple[int, int] = DEFAULT_SIZE, seg_train: int = DEFAULT_COUNTS["seg_train"],
              seg_test: int = DEFAULT_COUNTS["seg_test"], grade_train: int = DEFAULT_COUNTS["grade_train"],
-             grade_test: int = DEFAULT_COUNTS["grade_test"]) -> Path:
-    """Write a synthetic IDRiD tree under `out` (size is (W, H)); returns `out`.
+             grade_test: int = DEFAULT_COUNTS["grade_test"], ma_scale: float = 1.0) -> Path:
+    """Write a synthetic IDRiD tree under `out` (size is (W, H)); returns `out`. `ma_scale` multiplies
+    the microaneurysms' radii (recorded in synthetic.json where it is not 1).
 
     Built in a temporary folder inside `out` and moved into place, so an interrupted run leaves no
     half-written tree. Refuses to write over an existing tree.
@@ -483,18 +491,22 @@ def generate(out, seed: int = 0, size: tuple[int, int] = DEFAULT_SIZE, seg_train
     width, height = (int(v) for v in size)
     if width < 32 or height < 32:
         raise ValueError(f"size {width}x{height}: expected at least 32x32 pixels")
+    if not 0 < ma_scale <= 4:
+        raise ValueError(f"ma_scale {ma_scale}: expected a number in (0, 4]")
     for top in (idrid.SEGMENTATION_DIR, idrid.GRADING_DIR):
         if (out / top).exists():
             raise idrid.IDRiDError(f"{out / top}: already exists; remove it or choose another output folder")
     out.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".synthetic-", dir=out))
     try:
-        _write_segmentation(staging, "train", 1, seg_train, seed, (width, height), last_is_rgba=False)
-        _write_segmentation(staging, "test", seg_train + 1, seg_test, seed, (width, height), last_is_rgba=True)
+        _write_segmentation(staging, "train", 1, seg_train, seed, (width, height), False, ma_scale)
+        _write_segmentation(staging, "test", seg_train + 1, seg_test, seed, (width, height), True, ma_scale)
         for split, count in (("train", grade_train), ("test", grade_test)):
-            _write_grading(staging, split, count, seed, (width, height))
+            _write_grading(staging, split, count, seed, (width, height), ma_scale)
         info = {"generator": "codebase.data.synthetic", "seed": seed, "size": [width, height], "seg_train": seg_train,
                 "seg_test": seg_test, "grade_train": grade_train, "grade_test": grade_test}
+        if ma_scale != 1.0:
+            info["ma_scale"] = ma_scale
         (staging / "synthetic.json").write_text(json.dumps(info, indent=1) + "\n")
         for entry in (idrid.SEGMENTATION_DIR, idrid.GRADING_DIR, "synthetic.json"):
             os.replace(staging / entry, out / entry)
@@ -534,10 +546,13 @@ def main(argv=None) -> int:
     for key, default in DEFAULT_COUNTS.items():
         parser.add_argument(f"--{key.replace('_', '-')}", type=int, default=default, dest=key,
                             help=f"number of images (default {default})")
+    parser.add_argument("--ma-scale", type=float, default=1.0,
+                        help="multiply the microaneurysms' radii (default 1; 0.4 is closer to real ones)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     try:
-        generate(args.out, args.seed, args.size, args.seg_train, args.seg_test, args.grade_train, args.grade_test)
+        generate(args.out, args.seed, args.size, args.seg_train, args.seg_test, args.grade_train, args.grade_test,
+                 args.ma_scale)
     except (idrid.IDRiDError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

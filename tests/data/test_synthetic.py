@@ -143,3 +143,21 @@ def test_interrupted_generation_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError):
         generate(tmp_path / "data", **TINY)
     assert list((tmp_path / "data").iterdir()) == []
+
+
+def test_ma_scale_draws_smaller_microaneurysms_and_is_recorded(tmp_path):
+    from scipy import ndimage
+
+    ma = idrid.LESIONS.index("MA")
+    areas, counts = {}, {}
+    for scale in (1.0, 0.4):
+        _, masks, rg, _ = render(np.random.default_rng(7), (1152, 768), rg=1, mer=0, soft_exudates=False,
+                                 ma_scale=scale)
+        assert rg == 1 and masks[ma].any()
+        areas[scale], counts[scale] = masks[ma].sum(), ndimage.label(masks[ma])[1]
+    assert counts[0.4] == counts[1.0]  # as many microaneurysms, each smaller
+    assert 0.08 < areas[0.4] / areas[1.0] < 0.3  # radius x0.4: area about x0.16
+    assert "ma_scale" not in (generate(tmp_path / "a", **TINY) / "synthetic.json").read_text()
+    assert '"ma_scale": 0.4' in (generate(tmp_path / "b", ma_scale=0.4, **TINY) / "synthetic.json").read_text()
+    with pytest.raises(ValueError, match="ma_scale 0"):
+        generate(tmp_path / "c", ma_scale=0, **TINY)
