@@ -188,8 +188,8 @@ def parse(argv):
     parser.add_argument("--train-images", type=int, default=6, help="synthetic training images")
     parser.add_argument("--test-images", type=int, default=2, help="synthetic test images")
     parser.add_argument("--ma-scale", type=float, default=1.0,
-                        help="synthetic microaneurysms' radii x this (0.4: the size of real ones; see "
-                             "codebase.data.synthetic)")
+                        help="synthetic microaneurysms' radii x this (1: 13-20 px across at 2144x1424; 0.4: "
+                             "5-8 px; see codebase.data.synthetic)")
     parser.add_argument("--size", type=int, nargs=2, default=(1424, 2144), metavar=("HEIGHT", "WIDTH"),
                         help="working resolution of the patch arm and of its sliding-window inference")
     parser.add_argument("--whole-size", type=int, nargs=2, default=(712, 1072), metavar=("HEIGHT", "WIDTH"),
