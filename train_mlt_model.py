@@ -110,6 +110,9 @@ CONFIG = {
         "segmentation_gamma": 4.0,
         "focal_weight": 1.0,
         "dice_weight": 1.0,
+        "dice_on_absent": True,            # a lesion with no pixel in the batch adds its soft-Dice loss
+                                           # (pushing its every pixel to 0); false: its false positives are
+                                           # left to the focal term (patch training: most crops lack most lesions)
         "weighting": "fixed",              # a codebase.training.weighting entry: fixed, uncertainty, dwa, rlw,
                                            # famo, gradnorm, pcgrad, cagrad (README "Loss weightings")
         "task_weights": {},                # fixed: {task: weight}, unlisted tasks weigh 1
@@ -196,6 +199,7 @@ RULES = {
     "loss.segmentation_gamma": number(0),
     "loss.focal_weight": number(0),
     "loss.dice_weight": number(0),
+    "loss.dice_on_absent": BOOLEAN,
     "loss.weighting": choice(*WEIGHTINGS),
     **weighting_setting_rules(),
     "loss.gate_sparsity": number(0),

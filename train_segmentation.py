@@ -90,6 +90,9 @@ CONFIG = {
         "focal_weight": 1.0,
         "dice_weight": 1.0,
         "lesion_weights": {lesion: 1.0 for lesion in LESIONS},
+        "dice_on_absent": True,            # a lesion with no pixel in the batch adds its soft-Dice loss
+                                           # (pushing its every pixel to 0); false: its false positives are
+                                           # left to the focal term (patch training: most crops lack most lesions)
     },
     "optim": {"lr": 3e-4, "backbone_lr": 3e-5, "weight_decay": 1e-4},
     "schedule": {"kind": "step", "step_size": 60, "gamma": 0.1},
@@ -143,6 +146,7 @@ RULES = {
     "loss.segmentation_gamma": number(0),
     "loss.focal_weight": number(0),
     "loss.dice_weight": number(0),
+    "loss.dice_on_absent": BOOLEAN,
     "loss.lesion_weights": Rule(lambda weights: (isinstance(weights, dict) and set(weights) <= set(LESIONS)
                                                  and all(number(0).check(w) for w in weights.values())),
                                 f"a mapping from lesions ({', '.join(LESIONS)}) to numbers >= 0"),
@@ -185,7 +189,7 @@ def main(config):
                 f"{len(splits['segmentation']['validation'])} validation, {len(loaders['test'].dataset)} test images")
         loss = config["loss"]
         criterion = SegmentationLoss(loss["segmentation_alpha"], loss["segmentation_gamma"], loss["focal_weight"], loss["dice_weight"],
-                                     loss["lesion_weights"]).to(device)
+                                     loss["lesion_weights"], dice_on_absent=loss["dice_on_absent"]).to(device)
         wrapped = distributed.wrap_model(model, device)
         optim = config["optim"]
         optimizer = make_optimizer([model], optim["lr"], optim["backbone_lr"], optim["weight_decay"], device)

@@ -135,7 +135,8 @@ def _classification_loss(task, config):
 
 def _segmentation_loss(task, config):
     return SegmentationLoss(config.get("segmentation_alpha", 0.75), config.get("segmentation_gamma", 4.0),
-                            config.get("focal_weight", 1.0), config.get("dice_weight", 1.0), lesions=("mask",))
+                            config.get("focal_weight", 1.0), config.get("dice_weight", 1.0), lesions=("mask",),
+                            dice_on_absent=config.get("dice_on_absent", True))
 
 
 class _LossWithoutParts(torch.nn.Module):

@@ -93,3 +93,11 @@ def test_a_new_task_kind_is_one_registry_entry(regression_kind):
     metrics = evaluate_grading(lambda x: model(x, side="classification"), loader, tasks, torch.device("cpu"))
     predicted = model(images, side="classification")["logits"]["regression_rg"][:, 0]
     assert metrics["rg_mae"] == pytest.approx(float((predicted - grades["rg"].float()).abs().mean()), rel=1e-5)
+
+
+def test_loss_config_reaches_every_lesion_task_criterion():
+    tasks = parse_tasks({"classification_rg": 5, "segmentation_ma": 1, "segmentation_he": 1})
+    assert all(loss.dice_on_absent for name, loss in MultiTaskLoss(tasks, {}).losses.items() if name != "classification_rg")
+    criteria = MultiTaskLoss(tasks, {"dice_on_absent": False, "segmentation_gamma": 2.0}).losses
+    assert [(criteria[name].dice_on_absent, criteria[name].gamma) for name in ("segmentation_ma", "segmentation_he")] \
+        == [(False, 2.0), (False, 2.0)]

@@ -68,15 +68,20 @@ class SegmentationLoss(nn.Module):
       whole batch (batch-level Dice: tiny lesions in a single image do not dominate, and an image
       without the lesion adds only its false positives). ``smooth`` (1 pixel) keeps a lesion absent
       from the batch finite: its Dice loss is sum p / (sum p + 1), which is 0 when nothing is predicted.
+      With ``dice_on_absent=False`` a lesion with no pixel in the batch adds no Dice loss: its false
+      positives are left to the focal term. That term drives the probabilities of a lesion the batch
+      lacks towards 0 over every pixel (the logits drift far negative), which is what most batches
+      of patch training teach about a rare small lesion, so patch training may want it off.
     ``lesion_weights``: None (all 1), a sequence in ``lesions`` order, or a {lesion: weight} mapping
     (unlisted lesions weigh 1).
     """
 
     def __init__(self, alpha=0.75, gamma=4.0, focal_weight=1.0, dice_weight=1.0, lesion_weights=None,
-                 lesions=LESIONS, smooth=1.0):
+                 lesions=LESIONS, smooth=1.0, dice_on_absent=True):
         super().__init__()
         self.lesions = tuple(lesions)
         self.alpha, self.gamma, self.smooth = alpha, gamma, smooth
+        self.dice_on_absent = bool(dice_on_absent)
         self.focal_weight, self.dice_weight = focal_weight, dice_weight
         if isinstance(lesion_weights, Mapping):
             unknown = set(lesion_weights) - set(self.lesions)
@@ -104,8 +109,10 @@ class SegmentationLoss(nn.Module):
             focal = focal.mean(dim=(0, 2, 3))  # [L]
             probs = torch.sigmoid(logits)
             overlap = (probs * targets).sum(dim=(0, 2, 3))  # [L]
-            size = probs.sum(dim=(0, 2, 3)) + targets.sum(dim=(0, 2, 3))  # [L]
-            dice = 1 - (2 * overlap + self.smooth) / (size + self.smooth)  # [L]
+            target_pixels = targets.sum(dim=(0, 2, 3))  # [L]
+            dice = 1 - (2 * overlap + self.smooth) / (probs.sum(dim=(0, 2, 3)) + target_pixels + self.smooth)  # [L]
+            if not self.dice_on_absent:
+                dice = torch.where(target_pixels > 0, dice, torch.zeros_like(dice))
             focal_sum = (self.lesion_weights * focal).sum()
             dice_sum = (self.lesion_weights * dice).sum()
             total = self.focal_weight * focal_sum + self.dice_weight * dice_sum

@@ -67,6 +67,7 @@ def test_predict_splits_channels_in_lesion_order():
     ("data.crop_size=128,128", "data.crop_size"),  # taller than the 96x144 image
     ("loss.segmentation_alpha=1.5", "loss.segmentation_alpha"),
     ('loss.lesion_weights={"XX": 1}', "loss.lesion_weights"),
+    ("loss.dice_on_absent=3", "loss.dice_on_absent"),
 ])
 def test_bad_settings_are_refused_by_name(tmp_path, assignment, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
@@ -83,6 +84,7 @@ def test_defaults_are_the_reference_experiment():
     assert config["optim"] == {"lr": 3e-4, "backbone_lr": 3e-5, "weight_decay": 1e-4}
     assert config["schedule"] == {"kind": "step", "step_size": 60, "gamma": 0.1}
     assert (config["loss"]["segmentation_alpha"], config["loss"]["segmentation_gamma"]) == (0.75, 4.0)
+    assert config["loss"]["dice_on_absent"] is True
 
 
 def test_training_learns_the_optic_disc(tiny_run):

@@ -85,6 +85,25 @@ def test_segmentation_loss_absent_lesion_is_finite_and_rewards_predicting_nothin
     assert float(silent["dice_SE"]) < 1e-6 and float(silent["focal_SE"]) < 1e-6
 
 
+def test_segmentation_loss_without_dice_on_absent_lesions():
+    """dice_on_absent=False: a lesion with no pixel in the batch adds no Dice loss (no gradient from
+    it), a present one the same Dice as before; the focal term is untouched."""
+    torch.manual_seed(0)
+    logits = torch.randn(2, 2, 8, 8, requires_grad=True)
+    masks = torch.zeros(2, 2, 8, 8, dtype=torch.uint8)
+    masks[1, 0, 2:4, 3:5] = 1  # MA present in the second image only; HE absent from the batch
+    _, every = SegmentationLoss(lesions=("MA", "HE"))(logits, masks)
+    total, present = SegmentationLoss(lesions=("MA", "HE"), dice_on_absent=False)(logits, masks)
+    assert float(every["dice_HE"]) > 0.9 and float(present["dice_HE"]) == 0.0
+    torch.testing.assert_close(present["dice_MA"], every["dice_MA"])
+    torch.testing.assert_close(present["focal"], every["focal"])
+    torch.testing.assert_close(total, present["focal"] + present["dice_MA"])
+    total.backward()
+    focal_only = SegmentationLoss(lesions=("HE",), dice_weight=0.0)
+    expected = torch.autograd.grad(focal_only(logits[:, 1:2], masks[:, 1:2])[0], logits)[0]
+    torch.testing.assert_close(logits.grad[:, 1], expected[:, 1])  # HE: the focal gradient alone
+
+
 def test_segmentation_loss_per_lesion_terms_and_weights():
     torch.manual_seed(0)
     logits = torch.randn(2, 5, 16, 16)
