@@ -4,9 +4,12 @@ Two DeepLabV3+ models start from the same weights and take the same number of op
 same number of samples per step: (a) whole training images resized to --whole-size; (b) --crop
 patches from images kept at --size (the working resolution), a --lesion-share of them centred on a
 lesion. Both train with AdamW as the train scripts make it (--lr for every parameter: there is no
-pretrained backbone here; --weight-decay) and a cosine schedule to 0 over the steps (--schedule).
+pretrained backbone here; --weight-decay) and a cosine schedule to 0 over the steps (--schedule), on
+the train scripts' lesion loss with --dice-on-absent.
 Each is scored on the test split against the full-size masks (codebase.evaluation.fullres):
 (a) by one forward of the resized image, (b) by sliding windows of --crop over the working image.
+A patch costs less than a whole image per step, so --time-matched adds (c): patches again, for as
+many steps as fit in (a)'s training seconds (measured in the same run), with the schedule over them.
 Also measured: one pass of the patch dataset over the training images with an empty cache (decoding,
 writing the cache) against a second, cached pass, reading only and as a training epoch (forward,
 backward, step); and, in a separate process per size, the time and
@@ -75,7 +78,7 @@ def train(model, dataset, args, device, order=None, checkpoint=None) -> float:
         generator = torch.Generator().manual_seed(args.seed)
         order = torch.randint(len(dataset), (args.steps * args.batch,), generator=generator).tolist()
     loader = DataLoader(dataset, batch_size=args.batch, sampler=order, num_workers=args.workers)
-    criterion = SegmentationLoss()
+    criterion = SegmentationLoss(dice_on_absent=args.dice_on_absent == "true")
     optimizer = make_optimizer([model], args.lr, args.lr, args.weight_decay, device)
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, args.steps))
                  if args.schedule == "cosine" else None)
@@ -108,6 +111,13 @@ def score(model, root, args, device, whole: bool, cache_dir) -> tuple[dict, floa
                                            overlap=args.overlap, windows_per_batch=args.windows_per_batch,
                                            device=device, cache_dir=cache_dir)
     return results, time.perf_counter() - start
+
+
+def score_row(name, step, batch, pixels, train_seconds, eval_seconds, results) -> list:
+    return ([name, step, step * batch, f"{pixels[0]}x{pixels[1]}", f"{train_seconds:.1f}", f"{eval_seconds:.1f}"]
+            + [f"{results[lesion]['aupr_fullres']:.3f}" for lesion in idrid.LESIONS]
+            + [f"{results[lesion]['dice_fullres']:.3f}" for lesion in idrid.LESIONS]
+            + [f"{results['mean_aupr_fullres']:.3f}"])
 
 
 def data_passes(dataset) -> tuple[float, float]:
@@ -200,6 +210,13 @@ def parse(argv):
     parser.add_argument("--eval-every", type=int, default=0,
                         help="also score both arms every this many steps (0: after the last step only)")
     parser.add_argument("--lesion-share", type=float, default=0.5)
+    parser.add_argument("--dice-on-absent", choices=("true", "false"), default="false",
+                        help="both arms' loss: whether a lesion absent from the batch adds its soft-Dice loss "
+                             "(the train scripts' loss.dice_on_absent, true there; false here: most patches lack "
+                             "most lesions, and the term drives such a lesion's every pixel to 0)")
+    parser.add_argument("--time-matched", action="store_true",
+                        help="also train a third model on patches for as many steps as fit in the resized arm's "
+                             "training time (its own cosine schedule over those steps; scored after the last)")
     parser.add_argument("--overlap", type=float, default=0.25)
     parser.add_argument("--windows-per-batch", type=int, default=4)
     parser.add_argument("--inference-sizes", type=int, nargs="+", default=(1424, 2144, 2848, 4288),
@@ -255,7 +272,7 @@ def main(argv=None) -> int:
                                True),
             "patches, lesion-aware": (patches, False),
         }
-        rows, scores = [], {}
+        rows, scores, seconds = [], {}, {}
         for name, (dataset, whole) in arms.items():
             model = build_model(args, device)
             pixels = args.whole_size if whole else args.crop
@@ -263,24 +280,37 @@ def main(argv=None) -> int:
             def checkpoint(step, train_seconds, model=model, name=name, whole=whole, pixels=pixels):
                 results, eval_seconds = score(model, root, args, device, whole, cache_dir)
                 scores[name] = results  # the last checkpoint's stay
-                rows.append([name, step, step * args.batch, f"{pixels[0]}x{pixels[1]}",
-                             f"{train_seconds:.1f}", f"{eval_seconds:.1f}"]
-                            + [f"{results[lesion]['aupr_fullres']:.3f}" for lesion in idrid.LESIONS]
-                            + [f"{results[lesion]['dice_fullres']:.3f}" for lesion in idrid.LESIONS]
-                            + [f"{results['mean_aupr_fullres']:.3f}"])
+                rows.append(score_row(name, step, args.batch, pixels, train_seconds, eval_seconds, results))
 
-            train(model, dataset, args, device, checkpoint=checkpoint)
+            seconds[name] = train(model, dataset, args, device, checkpoint=checkpoint)
+        if args.time_matched:
+            name = "patches, same training time"
+            steps = max(1, round(args.steps * seconds["whole, resized"] / seconds["patches, lesion-aware"]))
+            matched = argparse.Namespace(**{**vars(args), "steps": steps, "eval_every": 0})
+            model = build_model(args, device)
+
+            def checkpoint(step, train_seconds, model=model, name=name):
+                results, eval_seconds = score(model, root, args, device, False, cache_dir)
+                scores[name] = results
+                rows.append(score_row(name, step, args.batch, args.crop, train_seconds, eval_seconds, results))
+
+            train(model, patches, matched, device, checkpoint=checkpoint)
     print(f"\n{machine(device)}; working size {args.size[0]}x{args.size[1]}, {args.backbone}; synthetic data "
           "unless --data-root: the figures show the pipeline runs, not how a method fares on IDRiD")
     print_table(f"Same optimizer steps and samples ({args.schedule} schedule over {args.steps} steps; a row per "
-                "evaluation): AUPR and Dice at the original mask resolution (test split)",
+                "evaluation" + ("; 'same training time': patches for the steps that fit in the resized arm's "
+                                "training seconds, its schedule over those" if args.time_matched else "")
+                + "): AUPR and Dice at the original mask resolution (test split)",
                 ["arm", "steps", "samples", "sample px", "train s", "eval s",
                  *(f"{lesion} AUPR" for lesion in idrid.LESIONS), *(f"{lesion} Dice" for lesion in idrid.LESIONS),
                  "mean AUPR"], rows)
-    whole, patch = scores["whole, resized"], scores["patches, lesion-aware"]
-    print_table(f"Patches over whole resized images after {args.steps} steps, per lesion", ["lesion", "AUPR ratio", "AUPR difference"],
-                [[lesion, ratio(patch[lesion]["aupr_fullres"], whole[lesion]["aupr_fullres"]),
-                  f"{patch[lesion]['aupr_fullres'] - whole[lesion]['aupr_fullres']:+.3f}"] for lesion in idrid.LESIONS])
+    whole = scores.pop("whole, resized")
+    print_table(f"Patches over whole resized images ({args.steps} steps): AUPR at the last evaluation, per lesion",
+                ["lesion", *(f"{label}: {kind}" for label in scores for kind in ("ratio", "difference"))],
+                [[lesion, *(cell for patch in scores.values()
+                            for cell in (ratio(patch[lesion]["aupr_fullres"], whole[lesion]["aupr_fullres"]),
+                                         f"{patch[lesion]['aupr_fullres'] - whole[lesion]['aupr_fullres']:+.3f}"))]
+                 for lesion in idrid.LESIONS])
     print_table(f"Patch dataset, one {args.crop[0]}x{args.crop[1]} crop per training image at {args.size[0]}x"
                 f"{args.size[1]}: the first pass decodes each file once and writes the cache",
                 ["pass", "first (empty cache) s", "cached s", "first / cached"],
