@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from codebase.training import distributed
 from codebase.training.weighting import make_weighting
 from tests.training.test_weighting import TASKS, TwoHeads, batch
 
@@ -21,7 +22,7 @@ def all_reduce_mean(tensor):
 
 
 def main(name, out_path):
-    dist.init_process_group("gloo")
+    distributed.init(torch.device("cpu"))  # joins with gloo and sees to a clean interpreter shutdown
     rank, world = dist.get_rank(), dist.get_world_size()
     model = DistributedDataParallel(TwoHeads())
     weighting = make_weighting(name, TASKS, {})
@@ -37,8 +38,7 @@ def main(name, out_path):
         assert torch.equal(grad, reference), (rank, key)
     if rank == 0:
         torch.save({"grads": grads, "weights": weighting.task_weights()}, out_path)
-    dist.barrier()
-    dist.destroy_process_group()
+    distributed.shutdown()
 
 
 if __name__ == "__main__":
