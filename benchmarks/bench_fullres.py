@@ -273,28 +273,25 @@ def main(argv=None) -> int:
             "patches, lesion-aware": (patches, False),
         }
         rows, scores, seconds = [], {}, {}
-        for name, (dataset, whole) in arms.items():
+
+        def train_arm(name, dataset, whole, arm_args):
+            """Train a fresh model on ``dataset`` with ``arm_args``; a row per evaluation; its training seconds."""
             model = build_model(args, device)
             pixels = args.whole_size if whole else args.crop
 
-            def checkpoint(step, train_seconds, model=model, name=name, whole=whole, pixels=pixels):
+            def checkpoint(step, train_seconds):
                 results, eval_seconds = score(model, root, args, device, whole, cache_dir)
                 scores[name] = results  # the last checkpoint's stay
                 rows.append(score_row(name, step, args.batch, pixels, train_seconds, eval_seconds, results))
 
-            seconds[name] = train(model, dataset, args, device, checkpoint=checkpoint)
+            return train(model, dataset, arm_args, device, checkpoint=checkpoint)
+
+        for name, (dataset, whole) in arms.items():
+            seconds[name] = train_arm(name, dataset, whole, args)
         if args.time_matched:
-            name = "patches, same training time"
             steps = max(1, round(args.steps * seconds["whole, resized"] / seconds["patches, lesion-aware"]))
-            matched = argparse.Namespace(**{**vars(args), "steps": steps, "eval_every": 0})
-            model = build_model(args, device)
-
-            def checkpoint(step, train_seconds, model=model, name=name):
-                results, eval_seconds = score(model, root, args, device, False, cache_dir)
-                scores[name] = results
-                rows.append(score_row(name, step, args.batch, args.crop, train_seconds, eval_seconds, results))
-
-            train(model, patches, matched, device, checkpoint=checkpoint)
+            train_arm("patches, same training time", patches, False,
+                      argparse.Namespace(**{**vars(args), "steps": steps, "eval_every": 0}))
     print(f"\n{machine(device)}; working size {args.size[0]}x{args.size[1]}, {args.backbone}; synthetic data "
           "unless --data-root: the figures show the pipeline runs, not how a method fares on IDRiD")
     print_table(f"Same optimizer steps and samples ({args.schedule} schedule over {args.steps} steps; a row per "
