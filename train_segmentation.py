@@ -12,6 +12,7 @@ resized test image; batch 12, 100 epochs, AdamW (3e-4, backbone 3e-5, weight dec
 saved/<run.name>/ (config.json, checkpoint.pth, model.pth, history.json, train_log.txt, plots/)
 and prints the per-lesion test metrics at the end.
 """
+import copy
 import json
 
 import torch
@@ -70,7 +71,7 @@ CONFIG = {
         "validation": 0.2,                 # carved from the training split by the seed: fraction, image count, or 0
         "num_workers": 4,
         "pin_memory": True,
-        "patches": dict(PATCH_SETTINGS),   # lesion-aware crops at a working resolution (README "Lesions at full
+        "patches": copy.deepcopy(PATCH_SETTINGS),   # lesion-aware crops at a working resolution (README "Lesions at full
                                            # resolution"); enabled: training crops of images kept at
                                            # patches.working_size (None: native), validation and test by sliding
                                            # patches.crop_size windows over the working-size image (image_size

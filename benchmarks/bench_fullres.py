@@ -210,6 +210,11 @@ def parse(argv):
     parser.add_argument("--eval-every", type=int, default=0,
                         help="also score both arms every this many steps (0: after the last step only)")
     parser.add_argument("--lesion-share", type=float, default=0.5)
+    parser.add_argument("--centre-weight", action="append", default=[], metavar="LESION=WEIGHT",
+                        help="relative chance of a lesion kind to be the one a lesion crop is drawn on (default "
+                             "1 each; the train scripts' data.patches.centre_weights); repeatable")
+    parser.add_argument("--lesion-position", choices=("centre", "anywhere"), default="centre",
+                        help="where the drawn lesion pixel lies in its crop (data.patches.lesion_position)")
     parser.add_argument("--dice-on-absent", choices=("true", "false"), default="false",
                         help="both arms' loss: whether a lesion absent from the batch adds its soft-Dice loss "
                              "(the train scripts' loss.dice_on_absent, true there; false here: most patches lack "
@@ -237,6 +242,16 @@ def parse(argv):
     args = parser.parse_args(argv)
     if len(args.inference_sizes) % 2:
         parser.error("--inference-sizes: expected HEIGHT WIDTH pairs")
+    weights = {}
+    for item in args.centre_weight:
+        lesion, _, weight = item.partition("=")
+        try:
+            weights[lesion] = float(weight)
+        except ValueError:
+            parser.error(f"--centre-weight {item!r}: expected LESION=WEIGHT, e.g. MA=4")
+        if lesion not in idrid.LESIONS or not weights[lesion] > 0:
+            parser.error(f"--centre-weight {item!r}: expected one of {', '.join(idrid.LESIONS)} and a weight > 0")
+    args.centre_weights = weights
     if args.smoke:
         args.native = args.size = (96, 144)
         args.whole_size, args.crop, args.steps, args.batch, args.channels = (48, 72), (48, 48), 2, 2, 16
@@ -260,13 +275,15 @@ def main(argv=None) -> int:
             height, width = args.native
             root = ensure_dataset(Path(scratch) / "data", size=(width, height), seg_train=args.train_images,
                                   seg_test=args.test_images, grade_train=0, grade_test=0, ma_scale=args.ma_scale)
-        patches = PatchSegmentationDataset(root, "train", args.crop, image_size=args.size,
-                                           lesion_share=args.lesion_share, cache_dir=cache_dir)
+        sampling = {"lesion_share": args.lesion_share, "centre_weights": args.centre_weights,
+                    "lesion_position": args.lesion_position}
+        patches = PatchSegmentationDataset(root, "train", args.crop, image_size=args.size, cache_dir=cache_dir,
+                                           **sampling)
         warm_up(args, device)
         first_pass, cached_pass = data_passes(patches)
         first_epoch, cached_epoch = training_epochs(
-            PatchSegmentationDataset(root, "train", args.crop, image_size=args.size, lesion_share=args.lesion_share,
-                                     cache_dir=Path(scratch) / "epoch-cache"), args, device)
+            PatchSegmentationDataset(root, "train", args.crop, image_size=args.size,
+                                     cache_dir=Path(scratch) / "epoch-cache", **sampling), args, device)
         arms = {
             "whole, resized": (SegmentationDataset(root, "train", args.whole_size, train=True, cache_dir=cache_dir),
                                True),
@@ -294,6 +311,10 @@ def main(argv=None) -> int:
                       argparse.Namespace(**{**vars(args), "steps": steps, "eval_every": 0}))
     print(f"\n{machine(device)}; working size {args.size[0]}x{args.size[1]}, {args.backbone}; synthetic data "
           "unless --data-root: the figures show the pipeline runs, not how a method fares on IDRiD")
+    weights = ", ".join(f"{lesion} {args.centre_weights.get(lesion, 1.0):g}" for lesion in idrid.LESIONS)
+    print(f"Patches: {args.lesion_share:.0%} of crops drawn on a lesion pixel (kind weights {weights}; the pixel "
+          f"{'at the centre' if args.lesion_position == 'centre' else 'anywhere'} in the crop); loss: soft Dice of "
+          f"lesions absent from a batch {'kept' if args.dice_on_absent == 'true' else 'left out'}")
     print_table(f"Same optimizer steps and samples ({args.schedule} schedule over {args.steps} steps; a row per "
                 "evaluation" + ("; 'same training time': patches for the steps that fit in the resized arm's "
                                 "training seconds, its schedule over those" if args.time_matched else "")

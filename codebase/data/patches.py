@@ -6,11 +6,14 @@ array, whatever the image size. Per image the cache also holds one uint8 array w
 as bits (bit l: lesion l of LESIONS) and, beside it, the coordinates of each lesion's pixels (a
 uniform subsample when there are more than `max_points`), so a crop can be centred on a lesion
 without scanning the masks. A share of the crops is centred on a random pixel of a lesion kind drawn
-uniformly among the kinds present in the image, so a few microaneurysm pixels are sampled as
-often as a large optic disc; the other crops are uniform. Crop first, then the joint augmentations.
+among the kinds present in the image (uniformly by default, or by per-kind weights), so a few
+microaneurysm pixels are sampled as often as a large optic disc; the other crops are uniform. The
+lesion pixel sits at the crop's centre or, optionally, anywhere in it. Crop first, then the joint
+augmentations.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +23,10 @@ from torch.utils.data import Dataset
 from codebase.config import (
     BOOLEAN,
     ConfigError,
+    choice,
     get_value,
     integer,
+    is_number,
     number,
     optional,
     require,
@@ -92,7 +97,11 @@ class PatchSegmentationDataset(Dataset):
 
     image_size=(H, W): working resolution (None: each image's native size). crop_size=(h, w): at most
     the working size. lesion_share: the share of crops centred on a lesion pixel (drawn among
-    ``sample_lesions`` present in the image; an image with none gets a uniform crop).
+    ``sample_lesions`` present in the image; an image with none gets a uniform crop). centre_weights:
+    {lesion: weight}, the relative chance of each present kind to be the one a lesion crop is drawn on
+    (absent: 1, so uniform by default). lesion_position: "centre" puts the drawn lesion pixel at the
+    crop's centre, "anywhere" at a uniform place in the crop (where the image's border allows), so
+    that the crop's centre does not tell the model where lesions are.
     crops_per_image: items per image per epoch (item i crops image i % number of images).
     train=False: no augmentation, only normalisation. cache_dir: None `<root>/.cache`, False none.
     records: a subset of the split's SegmentationRecords (e.g. what is left after carving out validation).
@@ -100,7 +109,7 @@ class PatchSegmentationDataset(Dataset):
 
     def __init__(self, root, split: str, crop_size=(512, 512), image_size=None, lesion_share: float = 0.5,
                  sample_lesions=idrid.LESIONS, crops_per_image: int = 1, train: bool = True, cache_dir=None,
-                 max_points: int = 100_000, records=None):
+                 max_points: int = 100_000, records=None, centre_weights=None, lesion_position: str = "centre"):
         self.root = Path(root)
         self.split = split
         self.crop_size = parse_size_hw(crop_size, "crop_size")
@@ -115,8 +124,15 @@ class PatchSegmentationDataset(Dataset):
         if int(crops_per_image) < 1 or int(max_points) < 1:
             raise ValueError(f"crops_per_image={crops_per_image!r}, max_points={max_points!r}: "
                              "expected positive integers")
+        weights = dict(centre_weights or {})
+        if any(lesion not in idrid.LESIONS or not (is_number(w) and 0 < w < math.inf) for lesion, w in weights.items()):
+            raise ValueError(f"centre_weights={weights!r}: expected positive numbers for some of {idrid.LESIONS}")
+        if lesion_position not in ("centre", "anywhere"):
+            raise ValueError(f"lesion_position={lesion_position!r}: expected 'centre' or 'anywhere'")
         self.lesion_share = float(lesion_share)
         self.sample_indices = np.array([idrid.LESIONS.index(lesion) for lesion in sample_lesions])
+        self.sample_weights = np.array([float(weights.get(lesion, 1.0)) for lesion in sample_lesions])
+        self.lesion_position = lesion_position
         self.crops_per_image = int(crops_per_image)
         self.max_points = int(max_points)
         self.train = train
@@ -166,13 +182,18 @@ class PatchSegmentationDataset(Dataset):
         """(top, left, lesion index or -1) of a crop, drawn with torch's generator (seeded per worker)."""
         height, width = size_hw
         crop_h, crop_w = self.crop_size
-        present = np.intersect1d(self.sample_indices, np.unique(points[:, 0]))
-        if present.size and float(torch.rand(())) < self.lesion_share:
-            lesion = int(present[int(torch.randint(present.size, ()))])
+        present = np.isin(self.sample_indices, points[:, 0])
+        if present.any() and float(torch.rand(())) < self.lesion_share:
+            weights = torch.from_numpy(self.sample_weights * present)
+            lesion = int(self.sample_indices[int(torch.multinomial(weights, 1))])
             candidates = np.flatnonzero(points[:, 0] == lesion)
             _, y, x = points[candidates[int(torch.randint(candidates.size, ()))]]
-            top = min(max(int(y) - crop_h // 2, 0), height - crop_h)
-            left = min(max(int(x) - crop_w // 2, 0), width - crop_w)
+            if self.lesion_position == "centre":
+                above, before = crop_h // 2, crop_w // 2
+            else:  # the lesion pixel at a uniform place in the crop, so position says nothing
+                above, before = int(torch.randint(crop_h, ())), int(torch.randint(crop_w, ()))
+            top = min(max(int(y) - above, 0), height - crop_h)
+            left = min(max(int(x) - before, 0), width - crop_w)
             return top, left, lesion
         top = int(torch.randint(height - crop_h + 1, ()))
         left = int(torch.randint(width - crop_w + 1, ()))
@@ -202,7 +223,9 @@ PATCH_SETTINGS = {
     "enabled": False,           # True: train the lesions on crops of images kept at working_size
     "working_size": None,       # [height, width] the images are kept at; None: each image's native size
     "crop_size": [512, 512],    # training crop and sliding-window size at the working resolution
-    "lesion_share": 0.5,        # share of crops centred on a lesion pixel (lesion kind drawn uniformly)
+    "lesion_share": 0.5,        # share of crops centred on a lesion pixel (lesion kind drawn among those present)
+    "centre_weights": {lesion: 1.0 for lesion in idrid.LESIONS},  # relative chance of each kind to be drawn
+    "lesion_position": "centre",  # where the drawn lesion pixel lies in its crop: centre, or anywhere
     "crops_per_image": 8,       # crops of each training image per epoch
     "overlap": 0.25,            # overlap of neighbouring sliding windows in evaluation
 }
@@ -215,6 +238,8 @@ def patch_setting_rules(prefix: str = "data.patches") -> dict:
         f"{prefix}.working_size": optional(size_hw(32)),
         f"{prefix}.crop_size": size_hw(32),
         f"{prefix}.lesion_share": number(0, 1),
+        **{f"{prefix}.centre_weights.{lesion}": number(0, low_open=True) for lesion in idrid.LESIONS},
+        f"{prefix}.lesion_position": choice("centre", "anywhere"),
         f"{prefix}.crops_per_image": integer(1),
         f"{prefix}.overlap": number(0, 1, high_open=True),
     }
@@ -252,5 +277,7 @@ def patch_dataset(root, patches: dict, records, cache_dir=None, lesions=idrid.LE
     crops are centred on the given ``lesions`` (the run's lesion tasks)."""
     return PatchSegmentationDataset(root, "train", patches["crop_size"], image_size=patches["working_size"],
                                     lesion_share=patches["lesion_share"], sample_lesions=tuple(lesions),
+                                    centre_weights=patches.get("centre_weights"),
+                                    lesion_position=patches.get("lesion_position", "centre"),
                                     crops_per_image=patches["crops_per_image"], train=True, cache_dir=cache_dir,
                                     records=records)

@@ -159,6 +159,38 @@ def test_lesion_aware_sampling_hits_the_requested_share(tmp_path):
     assert all(int(only_ma[0]["centred_on"]) == 0 for _ in range(20))
 
 
+def test_centre_weights_set_each_kinds_chance_and_anywhere_moves_the_lesion_in_the_crop(tmp_path):
+    torch.manual_seed(3)
+    tiny = dot(40, 50)
+    disc = np.zeros((HEIGHT, WIDTH), np.uint8)
+    disc[20:80, 70:125] = 1
+    root = write_tree(tmp_path / "data", {"IDRiD_01": (noise_image(2), {"MA": tiny, "OD": disc})})
+    crop, draws = (24, 32), 400
+    weighted = PatchSegmentationDataset(root, "train", crop_size=crop, lesion_share=1.0, train=False,
+                                        crops_per_image=draws, cache_dir=tmp_path / "cache",
+                                        centre_weights={"MA": 3.0, "HE": 50.0})  # HE absent: no effect
+    kinds = Counter(int(weighted[item]["centred_on"]) for item in range(draws))
+    assert set(kinds) == {0, 4} and within_binomial(kinds[0], draws, 0.75)
+
+    anywhere = PatchSegmentationDataset(root, "train", crop_size=crop, lesion_share=1.0, train=False,
+                                        crops_per_image=draws, cache_dir=tmp_path / "cache",
+                                        sample_lesions=("MA",), lesion_position="anywhere")
+    places = []
+    for item in range(draws):
+        sample = anywhere[item]
+        rows, columns = np.nonzero(sample["masks"][0].numpy())
+        assert rows.size > 0  # the drawn pixel is always inside its crop
+        top, left = sample["origin"].tolist()
+        places.append((40 - top, 50 - left))  # where the dot's first pixel landed in the crop
+    rows, columns = np.array(places).T
+    assert rows.min() <= 1 and rows.max() >= crop[0] - 2 and columns.min() <= 1 and columns.max() >= crop[1] - 2
+    assert abs(rows.mean() - (crop[0] - 1) / 2) < 2 and abs(columns.mean() - (crop[1] - 1) / 2) < 2
+    centred = PatchSegmentationDataset(root, "train", crop_size=crop, lesion_share=1.0, train=False,
+                                       crops_per_image=20, cache_dir=tmp_path / "cache", sample_lesions=("MA",))
+    assert {tuple(centred[item]["origin"].tolist()) for item in range(20)} <= {
+        (y - crop[0] // 2, x - crop[1] // 2) for y in (40, 41) for x in (50, 51)}
+
+
 def test_crops_stay_aligned_with_masks_through_the_augmentations(tmp_path):
     torch.manual_seed(1)
     image = np.zeros((HEIGHT, WIDTH, 3), np.uint8)
@@ -190,6 +222,15 @@ def test_bad_settings_are_named(synthetic_root, tmp_path):
     with pytest.raises(ValueError, match="sample_lesions=\\('XX',\\)"):
         PatchSegmentationDataset(synthetic_root, "train", crop_size=(32, 32), sample_lesions=("XX",),
                                  cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="centre_weights=\\{'MA': 0\\}: expected positive numbers"):
+        PatchSegmentationDataset(synthetic_root, "train", crop_size=(32, 32), centre_weights={"MA": 0},
+                                 cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="centre_weights=\\{'XX': 1\\}"):
+        PatchSegmentationDataset(synthetic_root, "train", crop_size=(32, 32), centre_weights={"XX": 1},
+                                 cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="lesion_position='edge': expected 'centre' or 'anywhere'"):
+        PatchSegmentationDataset(synthetic_root, "train", crop_size=(32, 32), lesion_position="edge",
+                                 cache_dir=tmp_path)
     with pytest.raises(ValueError, match="records: no segmentation images"):
         PatchSegmentationDataset(synthetic_root, "train", crop_size=(32, 32), records=[], cache_dir=tmp_path)
     too_big = PatchSegmentationDataset(synthetic_root, "train", crop_size=(200, 200), cache_dir=tmp_path)
@@ -216,12 +257,16 @@ def test_no_cache_mode_keeps_arrays_in_memory(synthetic_root, tmp_path, monkeypa
 
 def test_working_resolution_and_the_dataset_a_patches_section_describes(synthetic_root, tmp_path):
     records = idrid.segmentation_records(synthetic_root, "train")
-    section = {**PATCH_SETTINGS, "crop_size": [64, 64], "crops_per_image": 3, "lesion_share": 1.0}
+    section = {**PATCH_SETTINGS, "crop_size": [64, 64], "crops_per_image": 3, "lesion_share": 1.0,
+               "centre_weights": {**PATCH_SETTINGS["centre_weights"], "MA": 2.5}, "lesion_position": "anywhere"}
     assert working_resolution(section, records) == (128, 192)  # native, from the files
     assert working_resolution({**section, "working_size": [96, 144]}, records) == (96, 144)
     with pytest.raises(ConfigError, match=r"data\.patches\.crop_size=\[256, 64\]: larger than .*128x192 native"):
         working_resolution({**section, "crop_size": [256, 64]}, records)
     dataset = patch_dataset(synthetic_root, section, records[:2], cache_dir=tmp_path, lesions=("OD",))
     assert len(dataset) == 6 and dataset.image_size is None and dataset.crop_size == (64, 64)
+    assert dataset.sample_weights.tolist() == [1.0] and dataset.lesion_position == "anywhere"
+    assert patch_dataset(synthetic_root, section, records[:2], cache_dir=tmp_path).sample_weights.tolist() == [
+        2.5, 1.0, 1.0, 1.0, 1.0]
     sample = dataset[0]
     assert sample["image"].shape == (3, 64, 64) and int(sample["centred_on"]) == idrid.LESIONS.index("OD")

@@ -111,6 +111,8 @@ def test_multitask_patch_run_scores_lesions_at_full_resolution(native_root, tmp_
 @pytest.mark.parametrize("key, value, message", [
     ("data.patches.crop_size", [256, 256], "no larger than data.patches.working_size"),
     ("data.patches.lesion_share", 1.5, "a number in"),
+    ("data.patches.centre_weights.MA", 0, "a number > 0"),
+    ("data.patches.lesion_position", "edge", "one of 'centre', 'anywhere'"),
     ("data.patches.overlap", 1.0, "a number in"),
     ("data.patches.crops_per_image", 0, "an integer"),
     ("data.patches.working_size", [16, 16], "integers >= 32"),
