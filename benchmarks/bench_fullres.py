@@ -33,6 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -131,13 +132,19 @@ def data_passes(dataset) -> tuple[float, float]:
     return seconds[0], seconds[1]
 
 
-def training_epochs(dataset, args, device) -> tuple[float, float]:
-    """Seconds of one training epoch (one crop per training image, args.batch per step) of a throwaway
-    model over ``dataset`` with its cache empty, then of the next epoch, cached: what the first
-    pass costs a training run."""
-    model = build_model(args, device)
-    order = list(range(len(dataset.records)))
-    return train(model, dataset, args, device, order), train(model, dataset, args, device, order)
+def training_epochs(make_dataset, args, device, repeats: int = 3) -> tuple[float, float]:
+    """Median seconds of one training epoch (one crop per training image, args.batch per step) of a
+    throwaway model over a dataset with its cache empty, and of the next epoch, cached: what the first
+    pass costs a training run. ``make_dataset(i)`` gives repeat i's dataset, on its own empty cache;
+    an epoch of 6 images is a few seconds, so one pair alone swings by a few tenths."""
+    first, cached = [], []
+    for repeat in range(repeats):
+        dataset = make_dataset(repeat)
+        model = build_model(args, device)
+        order = list(range(len(dataset.records)))
+        first.append(train(model, dataset, args, device, order))
+        cached.append(train(model, dataset, args, device, order))
+    return float(np.median(first)), float(np.median(cached))
 
 
 def resident_mib() -> tuple[float, float]:
@@ -282,8 +289,9 @@ def main(argv=None) -> int:
         warm_up(args, device)
         first_pass, cached_pass = data_passes(patches)
         first_epoch, cached_epoch = training_epochs(
-            PatchSegmentationDataset(root, "train", args.crop, image_size=args.size,
-                                     cache_dir=Path(scratch) / "epoch-cache", **sampling), args, device)
+            lambda repeat: PatchSegmentationDataset(root, "train", args.crop, image_size=args.size,
+                                                    cache_dir=Path(scratch) / f"epoch-cache-{repeat}", **sampling),
+            args, device)
         arms = {
             "whole, resized": (SegmentationDataset(root, "train", args.whole_size, train=True, cache_dir=cache_dir),
                                True),
@@ -333,7 +341,7 @@ def main(argv=None) -> int:
                 f"{args.size[1]}: the first pass decodes each file once and writes the cache",
                 ["pass", "first (empty cache) s", "cached s", "first / cached"],
                 [["reading the crops only", f"{first_pass:.2f}", f"{cached_pass:.2f}", ratio(first_pass, cached_pass)],
-                 [f"training epoch (batch {args.batch}, forward, backward, step)", f"{first_epoch:.2f}",
+                 [f"training epoch (batch {args.batch}, forward, backward, step; median of 3)", f"{first_epoch:.2f}",
                   f"{cached_epoch:.2f}", ratio(first_epoch, cached_epoch)]])
     rows = []
     for height, width in zip(args.inference_sizes[::2], args.inference_sizes[1::2]):
