@@ -321,7 +321,7 @@ def main(argv=None) -> int:
           "unless --data-root: the figures show the pipeline runs, not how a method fares on IDRiD")
     weights = ", ".join(f"{lesion} {args.centre_weights.get(lesion, 1.0):g}" for lesion in idrid.LESIONS)
     print(f"Patches: {args.lesion_share:.0%} of crops drawn on a lesion pixel (kind weights {weights}; the pixel "
-          f"{'at the centre' if args.lesion_position == 'centre' else 'anywhere'} in the crop); loss: soft Dice of "
+          f"{'at the centre of' if args.lesion_position == 'centre' else 'anywhere in'} the crop); loss: soft Dice of "
           f"lesions absent from a batch {'kept' if args.dice_on_absent == 'true' else 'left out'}")
     print_table(f"Same optimizer steps and samples ({args.schedule} schedule over {args.steps} steps; a row per "
                 "evaluation" + ("; 'same training time': patches for the steps that fit in the resized arm's "
