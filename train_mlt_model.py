@@ -10,8 +10,6 @@ expert runs on every image; after it, each image runs the fewest experts whose r
 reach routing.top_p. Writes saved/<run.name>/ (config.json, checkpoint.pth, model.pth,
 history.json, train_log.txt, plots/).
 """
-import copy
-
 import torch
 
 from codebase.config import (
@@ -29,7 +27,7 @@ from codebase.config import (
 from codebase.data.idrid import LESIONS
 from codebase.data.loaders import EpochLoader
 from codebase.data.patches import (
-    PATCH_SETTINGS,
+    patch_defaults,
     patch_setting_rules,
     validate_patch_settings,
 )
@@ -81,7 +79,7 @@ CONFIG = {
         "num_workers": 2,
         "pin_memory": True,
         "persistent_workers": False,       # True: faster epochs; augmentations then differ after a resume
-        "patches": copy.deepcopy(PATCH_SETTINGS),   # lesion-aware crops at a working resolution for the segmentation side
+        "patches": patch_defaults(),       # lesion-aware crops at a working resolution for the segmentation side
                                            # (README "Lesions at full resolution"); enabled: training crops of
                                            # images kept at patches.working_size (None: native), validation and
                                            # test by sliding patches.crop_size windows over the working-size image

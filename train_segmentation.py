@@ -12,7 +12,6 @@ resized test image; batch 12, 100 epochs, AdamW (3e-4, backbone 3e-5, weight dec
 saved/<run.name>/ (config.json, checkpoint.pth, model.pth, history.json, train_log.txt, plots/)
 and prints the per-lesion test metrics at the end.
 """
-import copy
 import json
 
 import torch
@@ -31,7 +30,7 @@ from codebase.config import (
 )
 from codebase.data.idrid import LESIONS
 from codebase.data.patches import (
-    PATCH_SETTINGS,
+    patch_defaults,
     patch_setting_rules,
     validate_patch_settings,
 )
@@ -71,7 +70,7 @@ CONFIG = {
         "validation": 0.2,                 # carved from the training split by the seed: fraction, image count, or 0
         "num_workers": 4,
         "pin_memory": True,
-        "patches": copy.deepcopy(PATCH_SETTINGS),   # lesion-aware crops at a working resolution (README "Lesions at full
+        "patches": patch_defaults(),       # lesion-aware crops at a working resolution (README "Lesions at full
                                            # resolution"); enabled: training crops of images kept at
                                            # patches.working_size (None: native), validation and test by sliding
                                            # patches.crop_size windows over the working-size image (image_size

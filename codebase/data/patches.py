@@ -13,6 +13,7 @@ augmentations.
 """
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 
@@ -229,6 +230,11 @@ PATCH_SETTINGS = {
     "crops_per_image": 8,       # crops of each training image per epoch
     "overlap": 0.25,            # overlap of neighbouring sliding windows in evaluation
 }
+
+
+def patch_defaults() -> dict:
+    """A fresh copy of PATCH_SETTINGS (nested dicts included) for a train script's CONFIG."""
+    return copy.deepcopy(PATCH_SETTINGS)
 
 
 def patch_setting_rules(prefix: str = "data.patches") -> dict:
