@@ -43,7 +43,7 @@ from benchmarks.common import print_table, ratio
 from codebase.data import idrid
 from codebase.data.image_datasets import SegmentationDataset
 from codebase.data.loaders import seed_everything
-from codebase.data.patches import PatchSegmentationDataset
+from codebase.data.patches import LESION_POSITIONS, PatchSegmentationDataset
 from codebase.data.synthetic import ensure_dataset
 from codebase.evaluation.cost import machine
 from codebase.evaluation.fullres import evaluate_full_resolution
@@ -220,7 +220,7 @@ def parse(argv):
     parser.add_argument("--centre-weight", action="append", default=[], metavar="LESION=WEIGHT",
                         help="relative chance of a lesion kind to be the one a lesion crop is drawn on (default "
                              "1 each; the train scripts' data.patches.centre_weights); repeatable")
-    parser.add_argument("--lesion-position", choices=("centre", "anywhere"), default="centre",
+    parser.add_argument("--lesion-position", choices=LESION_POSITIONS, default="centre",
                         help="where the drawn lesion pixel lies in its crop (data.patches.lesion_position)")
     parser.add_argument("--dice-on-absent", choices=("true", "false"), default="false",
                         help="both arms' loss: whether a lesion absent from the batch adds its soft-Dice loss "

@@ -38,6 +38,7 @@ from codebase.data.cache import ResizedCache, load_resized_image, load_resized_m
 from codebase.data.image_datasets import parse_size_hw
 from codebase.data.transforms import eval_transforms, to_tv_tensors, train_transforms
 
+LESION_POSITIONS = ("centre", "anywhere")  # where a lesion crop's drawn pixel lies: its centre, or anywhere in it
 _BIT_WEIGHTS = 1 << np.arange(len(idrid.LESIONS), dtype=np.uint8)  # bit of each lesion in LESIONS order
 
 
@@ -128,8 +129,8 @@ class PatchSegmentationDataset(Dataset):
         weights = dict(centre_weights or {})
         if any(lesion not in idrid.LESIONS or not (is_number(w) and 0 < w < math.inf) for lesion, w in weights.items()):
             raise ValueError(f"centre_weights={weights!r}: expected positive numbers for some of {idrid.LESIONS}")
-        if lesion_position not in ("centre", "anywhere"):
-            raise ValueError(f"lesion_position={lesion_position!r}: expected 'centre' or 'anywhere'")
+        if lesion_position not in LESION_POSITIONS:
+            raise ValueError(f"lesion_position={lesion_position!r}: expected {' or '.join(map(repr, LESION_POSITIONS))}")
         self.lesion_share = float(lesion_share)
         self.sample_indices = np.array([idrid.LESIONS.index(lesion) for lesion in sample_lesions])
         self.sample_weights = np.array([float(weights.get(lesion, 1.0)) for lesion in sample_lesions])
@@ -245,7 +246,7 @@ def patch_setting_rules(prefix: str = "data.patches") -> dict:
         f"{prefix}.crop_size": size_hw(32),
         f"{prefix}.lesion_share": number(0, 1),
         **{f"{prefix}.centre_weights.{lesion}": number(0, low_open=True) for lesion in idrid.LESIONS},
-        f"{prefix}.lesion_position": choice("centre", "anywhere"),
+        f"{prefix}.lesion_position": choice(*LESION_POSITIONS),
         f"{prefix}.crops_per_image": integer(1),
         f"{prefix}.overlap": number(0, 1, high_open=True),
     }
