@@ -36,10 +36,10 @@ from codebase.data.synthetic import ensure_dataset
 from codebase.dataset import BatchStream, build_datasets
 from codebase.engine import (
     MultiTaskLoss,
+    MultiTaskTraining,
     TrainStep,
     evaluate,
     gate_weights,
-    train_one_epoch,
 )
 from codebase.errors import run_main
 from codebase.evaluation.evaluate import evaluate_segmentation
@@ -60,8 +60,8 @@ from codebase.training.losses import CLASSIFICATION_LOSSES
 from codebase.training.optim import make_optimizer, make_scheduler
 from codebase.training.run_folder import Run
 from codebase.training.selection import evaluation_plan, make_selection
-from codebase.training.weighting import WEIGHTINGS, make_weighting
-from codebase.training.weighting import default_settings as weighting_settings
+from codebase.training.weighting import WEIGHTINGS, weighting_from_config
+from codebase.training.weighting import default_settings as weighting_defaults
 from codebase.training.weighting import setting_rules as weighting_setting_rules
 
 CONFIG = {
@@ -113,19 +113,10 @@ CONFIG = {
         "dice_on_absent": True,            # a lesion with no pixel in the batch adds its soft-Dice loss
                                            # (pushing its every pixel to 0); false: its false positives are
                                            # left to the focal term (patch training: most crops lack most lesions)
-        "weighting": "fixed",              # a codebase.training.weighting entry: fixed, uncertainty, dwa, rlw,
-                                           # famo, gradnorm, pcgrad, cagrad (README "Loss weightings")
-        "task_weights": {},                # fixed: {task: weight}, unlisted tasks weigh 1
-        "dwa_temperature": 2.0,            # dwa: softmax temperature of the loss-ratio weights
-        "rlw_seed": 0,                     # rlw: seed of the random weights
-        "famo_lr": 0.025,                  # famo: step size of the weight logits
-        "famo_decay": 0.001,               # famo: L2 decay of the weight logits
-        "famo_eps": 1e-8,                  # famo: added to the losses before their logarithm
-        "gradnorm_alpha": 1.5,             # gradnorm: strength of the pull towards equal training rates
-        "gradnorm_lr": 0.025,              # gradnorm: step size of the task weights
-        "pcgrad_seed": 0,                  # pcgrad: seed of the random task order
-        "cagrad_c": 0.4,                   # cagrad: radius of the ball around the mean gradient
-        "cagrad_rescale": True,            # cagrad: divide the direction by 1 + c^2
+        "weighting": "fixed",              # a method of the codebase.training.weighting package, one module
+                                           # each (README "Loss weightings"); fixed: the weighted sum
+        **weighting_defaults(),            # each method's settings, loss.<method>_<setting> (fixed's
+                                           # task_weights: {task: weight}, unlisted tasks weigh 1)
         "gate_sparsity": 0.01,
         "gate_load_balance": 0.01,
         "gate_entropy": 0.0,
@@ -261,9 +252,7 @@ def main(config):
             model.backbone.compile()  # in place: parameter names, so checkpoints, stay the same
         loss_config = config["loss"]
         criterion = MultiTaskLoss(model.tasks, loss_config, gate_weights(loss_config))
-        weighting = make_weighting(loss_config["weighting"], list(model.task_specs),
-                                   {key: value for key, value in loss_config.items() if key in weighting_settings()})
-        weighting = weighting.to(device)
+        weighting = weighting_from_config(loss_config, list(model.task_specs)).to(device)
         if distributed.is_distributed():
             model.keep_skipped_experts_in_graph()
         step = distributed.wrap_model(TrainStep(model, criterion), device)
@@ -279,12 +268,13 @@ def main(config):
                 f"{len(model.task_specs)} tasks x {model.num_experts} experts; dense routing for the first "
                 f"{warmup_epochs} epochs, then top-p with p={model.top_p}")
 
+        training = MultiTaskTraining(step, weighting, optimizer, device, train["amp"], scaler, train["channels_last"],
+                                     config["routing"]["balance_rate"])
+
         def train_epoch(epoch):
             dense = epoch <= warmup_epochs
             model.set_routing(dense)
-            return train_one_epoch(step, weighting, optimizer, streams, epoch, train["iterations"], device,
-                                   train["amp"], scaler, dense, train["channels_last"],
-                                   config["routing"]["balance_rate"])
+            return training.train_one_epoch(streams, epoch, train["iterations"], dense)
 
         segmentation_tasks = on_side(model.tasks, "segmentation")
         lesion_tasks = [task for task in segmentation_tasks if task.key in lesions]  # scored at full resolution

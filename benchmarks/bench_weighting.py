@@ -6,9 +6,9 @@
 
 The model is train_mlt_model.py's demo recipe (ResNet18, 3 experts, 7 tasks, 128x192, one
 grading and one segmentation batch of 8 per step, dense routing as in warm-up), trained on one
-fixed random batch pair through the engine's own step (`codebase.engine.train_one_epoch`, one
-step per call: forward, the weighting's combination or its per-task-gradient backward, the
-optimizer step through `codebase.training.loop.optimizer_step`, FAMO's extra forward). Each
+fixed random batch pair through the engine's own step (`codebase.engine.MultiTaskTraining`, one
+step per call: forward, the weighting's backward (its combination, or its per-task gradients),
+the optimizer step, FAMO's extra forward). Each
 method runs in a fresh subprocess, so the peak resident memory (ru_maxrss; on CUDA the peak
 allocated GPU memory) is its own. "fixed" is run first and again last: the two rows show how
 much the machine's load moved the timings in between. On a shared CPU the process's own CPU time
@@ -32,16 +32,19 @@ from benchmarks.common import print_table, ratio  # noqa: E402
 from codebase.config import parse_cli  # noqa: E402
 from codebase.engine import (  # noqa: E402
     MultiTaskLoss,
+    MultiTaskTraining,
     TrainStep,
     gate_weights,
-    train_one_epoch,
 )
 from codebase.evaluation.cost import machine, synchronize  # noqa: E402
 from codebase.model import build_model  # noqa: E402
 from codebase.training.device import make_grad_scaler  # noqa: E402
 from codebase.training.optim import make_optimizer  # noqa: E402
-from codebase.training.weighting import WEIGHTINGS, make_weighting  # noqa: E402
-from codebase.training.weighting import default_settings as weighting_settings  # noqa: E402
+from codebase.training.weighting import (  # noqa: E402
+    WEIGHTINGS,
+    GradientWeighting,
+    weighting_from_config,
+)
 from experiments.budget import MULTITASK, script_settings  # noqa: E402
 
 SMOKE = ["data.grading_size=64,96", "data.segmentation_size=64,96", "train.batch_size=2",
@@ -80,15 +83,14 @@ def measure(method, config, warmup, steps):
     model.set_routing(True)
     loss_config = config["loss"]
     criterion = MultiTaskLoss(model.tasks, loss_config, gate_weights(loss_config))
-    weighting = make_weighting(method, list(model.task_specs),
-                               {key: value for key, value in loss_config.items() if key in weighting_settings()})
-    weighting = weighting.to(device)
+    weighting = weighting_from_config({**loss_config, "weighting": method}, list(model.task_specs)).to(device)
     step = TrainStep(model, criterion)
     optimizer = make_optimizer([model], config["optim"]["lr"], config["optim"]["backbone_lr"],
                                config["optim"]["weight_decay"], device, undecayed=weighting.extra_parameters())
     amp = config["train"]["amp"]
     scaler = make_grad_scaler(device, amp)
     streams = random_batches(config, torch.Generator().manual_seed(config["seed"]))
+    training = MultiTaskTraining(step, weighting, optimizer, device, amp, scaler)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     resident_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -96,7 +98,7 @@ def measure(method, config, warmup, steps):
     for epoch in range(1, warmup + steps + 1):  # one step per call, so each step is timed alone
         synchronize(device)
         started, cpu_started = time.perf_counter(), time.process_time()
-        train_one_epoch(step, weighting, optimizer, streams, epoch, 1, device, amp, scaler, dense=True)
+        training.train_one_epoch(streams, epoch, 1, dense=True)
         synchronize(device)
         if epoch > warmup:
             seconds.append(time.perf_counter() - started)
@@ -170,7 +172,7 @@ def main(argv=None):
         label = method + (" (again, last)" if index == len(results) - 1 else "")
         memory = measured["peak_gpu_mib"] if on_gpu else measured["peak_rss_mib"]
         reference_memory = reference["peak_gpu_mib"] if on_gpu else reference["peak_rss_mib"]
-        kind = "shared-gradient (owns backward)" if WEIGHTINGS[method].owns_backward else "loss-based"
+        kind = "shared-gradient" if issubclass(WEIGHTINGS[method], GradientWeighting) else "loss-based"
         rows.append([label, kind, f"{measured['ms_per_step']:.0f}", f"{measured['ms_min']:.0f}",
                      ratio(measured["ms_per_step"], reference["ms_per_step"]), f"{measured['cpu_ms_per_step']:.0f}",
                      ratio(measured["cpu_ms_per_step"], reference["cpu_ms_per_step"]), f"{memory:.0f}",

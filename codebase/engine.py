@@ -1,11 +1,12 @@
 """Training and evaluation of the multi-task model.
 
-One optimizer step sees one grading batch (through the classification side) and one
-segmentation batch (through the segmentation side). The per-task losses are combined by a loss
-weighting from codebase/training/weighting.py (``loss.weighting``: a weighted sum, or a method
-that balances the per-task gradients of the shared backbone and ASPP), and the gate regularisers
-are added with their own fixed weights. Every component and the task weights each step used are
-logged. Evaluation runs each split through the side it has labels for only.
+One optimizer step (`MultiTaskTraining.train_step`) sees one grading batch (through the
+classification side) and one segmentation batch (through the segmentation side). The loss
+weighting (``loss.weighting``, a codebase.training.weighting entry: a weighted sum, or a method
+that balances the per-task gradients of the shared backbone and ASPP) writes the step's gradients
+in one call, ``weighting.backward``; the gate regularisers are added with their own fixed weights.
+Every component and the task weights each step used are logged. Evaluation runs each split
+through the side it has labels for only.
 """
 import torch
 from torch import nn
@@ -18,7 +19,7 @@ from codebase.evaluation.evaluate import (
 from codebase.tasks import on_side
 from codebase.training import distributed
 from codebase.training.device import autocast
-from codebase.training.loop import train_steps
+from codebase.training.loop import check_finite, run_steps, step_optimizer
 from codebase.training.losses import (
     gate_balanced_assignment,
     gate_entropy,
@@ -97,74 +98,80 @@ def shared_parameters(model):
     return [p for module in modules for p in module.parameters() if p.requires_grad]
 
 
-def train_one_epoch(step, weighting, optimizer, streams, epoch, iterations, device, amp="off", scaler=None,
-                    dense=False, channels_last=False, balance_rate=0.0):
-    """``iterations`` optimizer steps; returns mean loss components, the task weights the steps used
-    (mean over the epoch) and routing statistics.
+class MultiTaskTraining:
+    """The training steps of a multi-task run: what every step uses, and one step that reads top to bottom.
 
-    balance_rate: after every step, each gate's selection bias moves by this much towards equal
-    first-choice shares (loss-free load balancing; 0 leaves the biases alone).
-
-    step: a TrainStep (possibly DDP-wrapped); weighting: a codebase.training.weighting.Weighting;
-    streams: {"grading": BatchStream, "segmentation": ...}.
+    step: a TrainStep (model + loss; possibly DDP-wrapped); weighting: a
+    codebase.training.weighting.Weighting; balance_rate: after every step, each gate's selection
+    bias moves by this much towards equal first-choice shares (loss-free load balancing; 0 leaves
+    the biases alone).
     """
-    unwrapped = distributed.unwrap(step)
-    tasks = unwrapped.criterion.tasks
-    classification, segmentation = on_side(tasks, "classification"), on_side(tasks, "segmentation")
-    shared = shared_parameters(unwrapped.model)
-    weighting.reduce = distributed.all_reduce_mean if distributed.is_distributed() else None
-    step.train()
-    grading_batches, segmentation_batches = streams["grading"].epoch(epoch), streams["segmentation"].epoch(epoch)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    routing = RoutingMeter()
-    weight_sums, steps = {}, 0
 
-    def inputs_of(pair):
+    def __init__(self, step, weighting, optimizer, device, amp="off", scaler=None, channels_last=False,
+                 balance_rate=0.0):
+        self.step, self.weighting, self.optimizer, self.scaler = step, weighting, optimizer, scaler
+        self.device, self.amp, self.balance_rate = device, amp, balance_rate
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        unwrapped = distributed.unwrap(step)
+        self.model = unwrapped.model
+        self.tasks = unwrapped.criterion.tasks
+        self.classification, self.segmentation = on_side(self.tasks, "classification"), on_side(self.tasks, "segmentation")
+        self.shared = shared_parameters(self.model)
+        weighting.reduce = distributed.all_reduce_mean if distributed.is_distributed() else None
+
+    def train_step(self, pair, dense, epoch, number):
+        """One optimizer step on (grading batch, segmentation batch); returns (loss, components, routings).
+
+        dense: every expert runs (warm-up) instead of top-p; epoch, number: where the step is, for
+        the message of a non-finite loss.
+        """
         graded, segmented = pair
-        grading_images = graded["image"].to(device, non_blocking=True, memory_format=memory_format)
-        segmentation_images = segmented["image"].to(device, non_blocking=True, memory_format=memory_format)
-        grades = {key: graded[key].to(device, non_blocking=True) for key in ("rg", "mer")}
-        masks = {"masks": segmented["masks"].to(device, non_blocking=True)}
-        return (grading_images, {task.name: task.target_of(grades) for task in classification},
-                segmentation_images, {task.name: task.target_of(masks) for task in segmentation}, dense)
+        grading_images = graded["image"].to(self.device, non_blocking=True, memory_format=self.memory_format)
+        segmentation_images = segmented["image"].to(self.device, non_blocking=True, memory_format=self.memory_format)
+        grades = {key: graded[key].to(self.device, non_blocking=True) for key in ("rg", "mer")}  # {key: [B]}
+        masks = {"masks": segmented["masks"].to(self.device, non_blocking=True)}  # [B, 5 lesions, H, W]
+        inputs = (grading_images, {task.name: task.target_of(grades) for task in self.classification},
+                  segmentation_images, {task.name: task.target_of(masks) for task in self.segmentation}, dense)
 
-    def loss_of(pair):
-        inputs = inputs_of(pair)
-        task_losses, gate, components, routings = step(*inputs)
-        total = weighting.combine(task_losses)  # the weighted sum (a gradient method: the plain sum)
-        if gate is not None:
-            total = total + gate
-        return total, components, routings, task_losses, gate, inputs, total
+        with autocast(self.device, self.amp):  # both halves forward, per-task losses, gate regularisers
+            task_losses, gate, components, routings = self.step(*inputs)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.weighting.backward(task_losses, gate, self.shared, self.scaler)  # writes every .grad
+        check_finite(loss, components, step=number, epoch=epoch)
+        step_optimizer(self.optimizer, self.scaler)
 
-    def backward_of(routings, task_losses, gate, inputs, total):
-        if weighting.owns_backward:
-            return lambda: weighting.backward(task_losses, gate, shared, scaler, distributed.all_reduce_mean)
-        if distributed.is_distributed() and weighting.extra_parameters():
-            return lambda: weighting.backward_combined(total, scaler, distributed.all_reduce_mean)
-        return None  # the combined loss is backpropagated as it is
+        if self.balance_rate:
+            self.model.update_selection_biases(routings, self.balance_rate, distributed.all_reduce_sum)
+        if self.weighting.needs_losses_after:  # FAMO: the same batch's losses after the step, in training mode
+            with torch.no_grad(), autocast(self.device, self.amp):
+                self.weighting.after_step(self.step(*inputs)[0])
+        return loss, components, routings
 
-    def after_step(routings, task_losses, gate, inputs, total):
-        nonlocal steps
-        routing.update(routings)
-        if balance_rate:
-            unwrapped.model.update_selection_biases(routings, balance_rate, distributed.all_reduce_sum)
-        for task, weight in weighting.task_weights().items():
-            weight_sums[task] = weight_sums.get(task, 0.0) + weight
-        steps += 1
-        if weighting.needs_losses_after:  # FAMO: the same batch's losses after the step, in training mode
-            with torch.no_grad(), autocast(device, amp):
-                losses_after = step(*inputs)[0]
-            weighting.after_step(losses_after, distributed.all_reduce_mean)
+    def train_one_epoch(self, streams, epoch, iterations, dense=False):
+        """``iterations`` optimizer steps; returns the mean loss components, the task weights the steps
+        used (mean over the epoch) and routing statistics.
 
-    pairs = ((next(grading_batches), next(segmentation_batches)) for _ in range(iterations))
-    means = train_steps(pairs, loss_of, optimizer, device, amp, scaler, epoch, total=iterations,
-                        after_step=after_step, backward_of=backward_of)
-    task_means = distributed.all_reduce_mean(torch.tensor([means[f"loss_{task.name}"] for task in tasks],
-                                                          dtype=torch.float32))
-    weighting.end_epoch(epoch, {task.name: float(value) for task, value in zip(tasks, task_means)})
-    return {"loss": means.pop("loss"), "components": means,
-            "task_weights": {task: total / max(steps, 1) for task, total in weight_sums.items()},
-            "routing": routing.compute(), "dense_routing": float(dense)}
+        streams: {"grading": BatchStream, "segmentation": BatchStream}.
+        """
+        self.step.train()
+        grading, segmentation = streams["grading"].epoch(epoch), streams["segmentation"].epoch(epoch)
+        routing, weights = RoutingMeter(), []
+
+        def one_step(pair, number):
+            loss, components, routings = self.train_step(pair, dense, epoch, number)
+            routing.update(routings)
+            weights.append(self.weighting.task_weights())
+            return loss, components
+
+        pairs = ((next(grading), next(segmentation)) for _ in range(iterations))
+        means = run_steps(pairs, one_step, epoch, total=iterations)
+        task_means = distributed.all_reduce_mean(torch.tensor([means[f"loss_{task.name}"] for task in self.tasks],
+                                                              dtype=torch.float32))
+        self.weighting.end_epoch(epoch, {task.name: float(value) for task, value in zip(self.tasks, task_means)})
+        return {"loss": means.pop("loss"), "components": means,
+                "task_weights": {task: sum(step[task] for step in weights) / max(len(weights), 1)
+                                 for task in (weights[0] if weights else {})},
+                "routing": routing.compute(), "dense_routing": float(dense)}
 
 
 def evaluate(model, loaders, device, amp="off"):

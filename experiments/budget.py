@@ -1,8 +1,8 @@
 """A grid's budget as each train script's overrides, and the checks a grid must pass before training.
 
-The runner never imports a train script; the keys a script accepts are read from the literal
-``CONFIG`` dict in its source (plus the harness's own keys), so a grid naming a key that does
-not exist fails before anything is trained.
+The keys a script accepts are those of its ``CONFIG`` (plus the harness's own keys), read by
+importing the script (a train script imports without side effects; it trains only when run), so
+a grid naming a key that does not exist fails before anything is trained.
 
 How the scripts count steps (single process):
   train_classifier.py    floor(grading training images / batch) steps per epoch (full batches only)
@@ -13,7 +13,9 @@ How the scripts count steps (single process):
                          batch; the budget sets train.iterations to the classifier's steps per
                          epoch, so an epoch of the multi-task model is one pass over the grading set
 """
-import ast
+import copy
+import importlib
+import sys
 from pathlib import Path
 
 from codebase.config import HARNESS_DEFAULTS
@@ -41,45 +43,22 @@ def _dict_keys(values, prefix=""):
     return keys
 
 
-def _literal_keys(node, prefix=""):
-    """Dotted keys of a dict display in a script's source; a non-dict value is one leaf."""
-    keys = set()
-    for key, value in zip(node.keys, node.values):
-        if not (isinstance(key, ast.Constant) and isinstance(key.value, str)):
-            continue
-        name = prefix + key.value
-        keys.add(name)
-        if isinstance(value, ast.Dict):
-            keys |= _literal_keys(value, name + ".")
-    return keys
-
-
 def script_settings(script, name):
-    """The value of a train script's module-level ``name = ...`` (CONFIG, DEMO), read from its source
-    without importing the script: only its imports from the shared core are run to evaluate it."""
+    """A train script's module-level ``name`` (CONFIG, DEMO), from the imported script."""
     path = REPO / script
-    tree = ast.parse(path.read_text(), str(path))
-    namespace = {}
-    for statement in tree.body:
-        if isinstance(statement, ast.ImportFrom) and (statement.module or "").startswith("codebase"):
-            exec(compile(ast.Module([statement], []), str(path), "exec"), namespace)
-    for statement in tree.body:
-        if isinstance(statement, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name
-                                                     for t in statement.targets):
-            return eval(compile(ast.Expression(statement.value), str(path), "eval"), namespace)
-    raise GridError(f"{path}: no module-level {name} = ... found")
+    if path.suffix != ".py" or not path.is_file():
+        raise GridError(f"train script {path} not found (expected one of {', '.join(SCRIPTS)})")
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    module = importlib.import_module(path.stem)
+    if not hasattr(module, name):
+        raise GridError(f"{path}: no module-level {name}")
+    return copy.deepcopy(getattr(module, name))
 
 
 def config_keys(script):
     """Every dotted key `script`'s CONFIG (and the harness) accepts, sections included."""
-    path = REPO / script
-    if not path.is_file():
-        raise GridError(f"train script {path} not found (expected one of {', '.join(SCRIPTS)})")
-    for statement in ast.parse(path.read_text(), str(path)).body:
-        if (isinstance(statement, ast.Assign) and isinstance(statement.value, ast.Dict)
-                and any(isinstance(t, ast.Name) and t.id == "CONFIG" for t in statement.targets)):
-            return _literal_keys(statement.value) | _dict_keys(HARNESS_DEFAULTS)
-    raise GridError(f"{path}: no CONFIG = {{...}} dict found at module level")
+    return _dict_keys(script_settings(script, "CONFIG")) | _dict_keys(HARNESS_DEFAULTS)
 
 
 def override_key(assignment, where):

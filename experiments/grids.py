@@ -6,6 +6,8 @@ configurations share (`Budget`). Add a grid with one entry in GRIDS.
 """
 from dataclasses import dataclass, field
 
+from codebase.training.weighting import WEIGHTINGS
+
 CLASSIFIER, SEGMENTATION, MULTITASK = "train_classifier.py", "train_segmentation.py", "train_mlt_model.py"
 
 
@@ -87,12 +89,12 @@ SMOKE = Grid(
     overrides=("model.backbone=resnet18", "model.pretrained=none", "run.plots=false"),
 )
 
-WEIGHTING_METHODS = ("fixed", "uncertainty", "dwa", "rlw", "famo", "gradnorm", "pcgrad", "cagrad")
+WEIGHTING_METHODS = ("fixed",) + tuple(method for method in WEIGHTINGS if method != "fixed")  # every registered one
 
 WEIGHTING = Grid(
     description="Loss weightings of the multi-task model (README \"Loss weightings\"): the equal-weight sum "
-                "(fixed, the reference) against uncertainty, DWA, RLW, FAMO, GradNorm, PCGrad and CAGrad, "
-                "each with its default settings, at a reduced demo scale.",
+                f"(fixed, the reference) against {', '.join(WEIGHTING_METHODS[1:])}, each with its default "
+                "settings, at a reduced demo scale.",
     configurations={method: Configuration(MULTITASK, (f"loss.weighting={method}",)) for method in WEIGHTING_METHODS},
     reference="fixed",
     # Sized for a CPU: 8 methods x 3 seeds at half the demo's side length. On the synthetic demo tree

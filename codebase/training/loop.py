@@ -1,4 +1,4 @@
-"""The training loop: one optimizer step per batch (`train_steps`) and the epochs (`fit`).
+"""The training loop: one optimizer step per batch (`run_steps`, `train_steps`) and the epochs (`fit`).
 
 A train script reads like an experiment:
 
@@ -70,19 +70,17 @@ def should_stop() -> bool:
 
 
 def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
-                   scaler: torch.amp.GradScaler | None = None, backward: Callable[[], None] | None = None) -> None:
-    """Zero the gradients, backpropagate and step, through `scaler` when it is enabled (fp16).
-
-    `backward()`, when given, writes the gradients itself (a gradient-balancing loss weighting:
-    it scales through the same scaler); otherwise the (scaled) `loss` is backpropagated.
-    """
+                   scaler: torch.amp.GradScaler | None = None) -> None:
+    """Zero the gradients, backpropagate the (scaled, with fp16) `loss` and step (`step_optimizer`)."""
     optimizer.zero_grad(set_to_none=True)
-    scaling = scaler is not None and scaler.is_enabled()
-    if backward is not None:
-        backward()
-    else:
-        (scaler.scale(loss) if scaling else loss).backward()
-    if scaling:
+    (scaler.scale(loss) if scaler is not None and scaler.is_enabled() else loss).backward()
+    step_optimizer(optimizer, scaler)
+
+
+def step_optimizer(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None = None) -> None:
+    """The optimizer step on the gradients in ``.grad``, through `scaler` when it is enabled (fp16:
+    unscaled first, skipped on inf/NaN)."""
+    if scaler is not None and scaler.is_enabled():
         scaler.step(optimizer)
         scaler.update()
     else:
@@ -112,27 +110,30 @@ class LossSums:
 
 
 def train_steps(batches: Iterable, loss_of, optimizer: torch.optim.Optimizer, device: torch.device, amp: str,
-                scaler: torch.amp.GradScaler | None, epoch: int, total: int | None = None, after_step=None,
-                backward_of=None) -> dict:
-    """The training loop every engine runs: per batch, its loss under autocast, a finiteness check, one
-    optimizer step and the progress bar; stops early (after a step) when `should_stop`.
+                scaler: torch.amp.GradScaler | None, epoch: int, total: int | None = None) -> dict:
+    """The plain training loop: per batch, loss_of(batch) -> (loss, {component: tensor}) under
+    autocast, a finiteness check and one optimizer step (`run_steps` does the rest)."""
+    def step(batch, number):
+        with autocast(device, amp):
+            loss, components = loss_of(batch)
+        check_finite(loss, components, step=number, epoch=epoch)
+        optimizer_step(loss, optimizer, scaler)
+        return loss, components
 
-    loss_of(batch) -> (loss, {component: tensor}, *extra); after_step(*extra), when given, sees each step's
-    extra outputs after the optimizer step (the multi-task engine's routing and task losses).
-    backward_of(*extra), when given, returns the step's backward (see `optimizer_step`). Returns
-    LossSums.means() over the steps taken.
-    """
+    return run_steps(batches, step, epoch, total)
+
+
+def run_steps(batches: Iterable, step: Callable, epoch: int, total: int | None = None) -> dict:
+    """The loop every engine runs: per batch, step(batch, number) -> (loss, {component: tensor}) takes
+    one optimizer step (number counts from 1 in the epoch); then the progress bar and the run's
+    event log; stops early (after a step) when `should_stop`. Returns LossSums.means() over the
+    steps taken."""
     sums = LossSums()
     bar = progress(batches, f"epoch {epoch} train", total=total)
     for batch in bar:
-        with autocast(device, amp):
-            loss, components, *extra = loss_of(batch)
-        check_finite(loss, components, step=sums.steps + 1, epoch=epoch)
-        optimizer_step(loss, optimizer, scaler, None if backward_of is None else backward_of(*extra))
+        loss, components = step(batch, sums.steps + 1)
         bar.set_postfix(loss=f"{sums.add(loss, components):.4f}")
         record_step(epoch, total if total is not None else _length(batches), loss, components)
-        if after_step is not None:
-            after_step(*extra)
         if should_stop():
             break
     return sums.means()
@@ -143,7 +144,7 @@ _step_recorder: Callable[[int, int | None, torch.Tensor, dict], None] | None = N
 
 def record_step(epoch: int, steps_per_epoch: int | None, loss: torch.Tensor, components: dict) -> None:
     """Count one optimizer step of `fit`'s current epoch and write its loss and components to the
-    run's event log (TensorBoard). `train_steps` calls it; an engine with its own loop calls it
+    run's event log (TensorBoard). `run_steps` calls it; an engine with its own loop calls it
     after each optimizer step. Outside `fit` it does nothing."""
     if _step_recorder is not None:
         _step_recorder(epoch, steps_per_epoch, loss, components)

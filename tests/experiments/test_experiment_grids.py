@@ -36,9 +36,11 @@ def test_shipped_grids_are_valid():
     assert "routing.warmup_fraction=1.0" in dense and "routing.top_p=1.0" in dense
 
 
-def test_config_keys_are_read_from_the_script_source():
+def test_config_keys_are_those_of_the_imported_script():
     keys = config_keys(MULTITASK)
     assert {"loss.gate_balanced_assignment", "routing.top_p", "model.num_experts", "seed", "run.save_dir"} <= keys
+    # Sections a script builds by a call (the weightings' settings, the patch settings) count too.
+    assert {"loss.cagrad_c", "loss.task_weights", "data.patches.enabled", "data.patches.overlap"} <= keys
     assert "data.image_size" in config_keys(CLASSIFIER) and "model.output_stride" in config_keys(SEGMENTATION)
 
 
@@ -140,7 +142,7 @@ def test_configs_selects_part_of_a_grid_and_keeps_the_reference():
     assert list(chosen.configurations) == ["fixed", "famo", "pcgrad"]  # grid order, reference included
     assert chosen.reference == "fixed" and chosen.budget == grid.budget
     assert run_experiments.select_configurations("weighting", grid, None) is grid
-    with pytest.raises(GridError, match=r"no configuration nash; it has fixed, uncertainty"):
+    with pytest.raises(GridError, match=r"no configuration nash; it has fixed, cagrad, dwa"):
         run_experiments.select_configurations("weighting", grid, "pcgrad,nash")
 
 

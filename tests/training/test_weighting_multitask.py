@@ -17,7 +17,7 @@ from torch.utils.data import default_collate
 
 from benchmarks.bench_weighting import RepeatedBatch
 from codebase.data.image_datasets import GradingDataset, SegmentationDataset
-from codebase.engine import MultiTaskLoss, TrainStep, train_one_epoch
+from codebase.engine import MultiTaskLoss, MultiTaskTraining, TrainStep
 from codebase.model import MultiTaskModel
 from codebase.tasks import on_side
 from codebase.training.optim import make_optimizer
@@ -73,11 +73,10 @@ def task_losses_and_rg_accuracy(step, batches, amp="off"):
 def train(step, weighting, optimizer, batches, steps, amp="off", scaler=None):
     """``steps`` engine steps on the fixed batches, two per epoch (so DWA's epoch-level weights move)."""
     streams = {side: RepeatedBatch(batch) for side, batch in batches.items()}
+    training = MultiTaskTraining(step, weighting, optimizer, torch.device("cpu"), amp, scaler)
     logged = []
     for epoch in range(1, steps // 2 + 1):
-        result = train_one_epoch(step, weighting, optimizer, streams, epoch, 2, torch.device("cpu"), amp, scaler,
-                                 dense=True)
-        logged.append(result["task_weights"])
+        logged.append(training.train_one_epoch(streams, epoch, 2, dense=True)["task_weights"])
     return logged
 
 

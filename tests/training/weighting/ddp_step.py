@@ -1,4 +1,4 @@
-"""Run by torchrun (2 CPU processes) from test_weighting: one DDP step of a gradient weighting.
+"""Run by torchrun (2 CPU processes) from test_base: one DDP step of a gradient weighting.
 
 Each rank takes its half of the toy batch; the per-task gradient matrix is averaged across
 ranks by ``reduce``. Rank 0 saves the shared and head gradients to argv[2] for comparison with a
@@ -12,7 +12,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from codebase.training import distributed
 from codebase.training.weighting import make_weighting
-from tests.training.test_weighting import TASKS, TwoHeads, batch
+from tests.training.weighting.toy import TASKS, TwoHeads, batch
 
 
 def all_reduce_mean(tensor):
@@ -26,11 +26,12 @@ def main(name, out_path):
     rank, world = dist.get_rank(), dist.get_world_size()
     model = DistributedDataParallel(TwoHeads())
     weighting = make_weighting(name, TASKS, {})
+    weighting.reduce = all_reduce_mean
     inputs, targets = batch()
     half = len(inputs) // world
     inputs, targets = inputs[rank * half:(rank + 1) * half], targets[rank * half:(rank + 1) * half]
     losses, extra = model(inputs, targets)
-    weighting.backward(losses, extra, list(model.module.shared.parameters()), reduce=all_reduce_mean)
+    weighting.backward(losses, extra, list(model.module.shared.parameters()))
     grads = {key: p.grad.clone() for key, p in model.module.named_parameters()}
     for key, grad in grads.items():
         reference = grad.clone()

@@ -1,0 +1,42 @@
+"""Multi-task loss weightings: a package with one module per method.
+
+A weighting sees the per-task losses of a step ({task: scalar tensor}) and writes the gradients of
+all parameters through one call, ``weighting.backward(losses, extra, shared, scaler)``.
+Loss-based methods (fixed, uncertainty, DWA, RLW, FAMO) combine the losses into one scalar and
+backpropagate it. Gradient methods (GradNorm, PCGrad, CAGrad; `GradientWeighting`) form the
+per-task gradients of the shared parameters, combine them, and write the combination into the
+shared parameters' ``.grad`` (base.py says how).
+
+Scale: every method is on the scale of the equal-weight sum (weight 1 per task). The weights of
+fixed (by default), DWA, RLW, FAMO and GradNorm sum to the number of tasks T; uncertainty starts at
+1 per task, and PCGrad's and CAGrad's coefficients are 1 per task where no gradients conflict (resp.
+c = 0, without rescaling), so their sums move around T. Methods that their papers state with weights
+summing to 1 (RLW, FAMO, CAGrad's mean gradient) are multiplied by T here, so that the gate
+regularisers, which are added with their own fixed weights, keep the same strength relative to the
+task losses whichever method is chosen.
+
+Adding a method is one new module in this folder: a `Weighting` (or `GradientWeighting`) subclass
+decorated with ``@register("name")`` that declares its ``settings`` (``registry.Setting``) under a
+``setting_prefix``. Every module here is imported below, so the registry, the train script's
+CONFIG and its setting rules, the ``weighting`` experiment grid and the weighting benchmark all
+find it with no other edit.
+"""
+import importlib
+import pkgutil
+
+from codebase.training.weighting.base import GradientWeighting, Weighting
+from codebase.training.weighting.registry import (
+    WEIGHTINGS,
+    Setting,
+    default_settings,
+    make_weighting,
+    register,
+    setting_rules,
+    weighting_from_config,
+)
+
+for _module in pkgutil.iter_modules(__path__):  # sorted by name: the registry's order
+    importlib.import_module(f"{__name__}.{_module.name}")
+
+__all__ = ["WEIGHTINGS", "GradientWeighting", "Setting", "Weighting", "default_settings", "make_weighting",
+           "register", "setting_rules", "weighting_from_config"]
