@@ -53,8 +53,8 @@ from codebase.evaluation.evaluate import (
     evaluate_segmentation,
 )
 from codebase.evaluation.fullres import run_fullres_metrics, with_fullres
-from codebase.training.atomic import atomic_write_text
-from codebase.training.device import autocast, resolve_device
+from codebase.runtime.atomic import atomic_write_text
+from codebase.runtime.device import autocast, resolve_device
 from inference.predictor import forward, forward_passes, load_input
 from inference.report import comparison_html
 from inference.runs import WEIGHTS, RunError, open_run

@@ -54,8 +54,8 @@ from PIL import Image
 from codebase.data.idrid import IDRiDError, image_size, read_image
 from codebase.evaluation.visualize import LESION_COLOURS, lesion_legend, overlay
 from codebase.tasks import task_label
-from codebase.training.atomic import atomic_write, atomic_write_text
-from codebase.training.device import resolve_device
+from codebase.runtime.atomic import atomic_write, atomic_write_text
+from codebase.runtime.device import resolve_device
 from inference.predictor import (
     DEFAULT_SCALE,
     IMAGE_SUFFIXES,

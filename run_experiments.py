@@ -23,7 +23,7 @@ from pathlib import Path
 
 from codebase.data.idrid import IDRiDError, tree_present
 from codebase.data.synthetic import ensure_dataset
-from codebase.training.device import resolve_device
+from codebase.runtime.device import resolve_device
 from experiments import report
 from experiments.budget import GridError, check_grid, training_images
 from experiments.grids import GRIDS

@@ -53,8 +53,8 @@ from codebase.evaluation.previews import PredictionPreview
 from codebase.model import build_model, predict
 from codebase.settings import COMMON_RULES
 from codebase.tasks import on_side, parse_tasks
-from codebase.training import distributed
-from codebase.training.device import make_grad_scaler
+from codebase.runtime import distributed
+from codebase.runtime.device import make_grad_scaler
 from codebase.training.loop import fit
 from codebase.training.losses import CLASSIFICATION_LOSSES
 from codebase.training.optim import make_optimizer, make_scheduler

@@ -45,8 +45,8 @@ from codebase.evaluation.previews import PredictionPreview
 from codebase.evaluation.visualize import lesion_metrics_table
 from codebase.networks.backbones import BACKBONES
 from codebase.settings import COMMON_RULES
-from codebase.training import distributed
-from codebase.training.device import make_grad_scaler
+from codebase.runtime import distributed
+from codebase.runtime.device import make_grad_scaler
 from codebase.training.loop import fit
 from codebase.training.losses import SegmentationLoss
 from codebase.training.optim import make_optimizer, make_scheduler

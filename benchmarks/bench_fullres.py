@@ -48,7 +48,7 @@ from codebase.data.synthetic import ensure_dataset
 from codebase.evaluation.cost import machine
 from codebase.evaluation.fullres import evaluate_full_resolution
 from codebase.evaluation.sliding_window import predict_sliding_window
-from codebase.training.device import resolve_device
+from codebase.runtime.device import resolve_device
 from codebase.training.losses import SegmentationLoss
 from codebase.training.optim import make_optimizer
 from segmentation.model import DeepLabV3Plus

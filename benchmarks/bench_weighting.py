@@ -38,7 +38,7 @@ from codebase.engine import (  # noqa: E402
 )
 from codebase.evaluation.cost import machine, synchronize  # noqa: E402
 from codebase.model import build_model  # noqa: E402
-from codebase.training.device import make_grad_scaler  # noqa: E402
+from codebase.runtime.device import make_grad_scaler  # noqa: E402
 from codebase.training.optim import make_optimizer  # noqa: E402
 from codebase.training.weighting import (  # noqa: E402
     WEIGHTINGS,

@@ -17,8 +17,8 @@ from codebase.evaluation.evaluate import (
     evaluate_segmentation,
 )
 from codebase.tasks import on_side
-from codebase.training import distributed
-from codebase.training.device import autocast
+from codebase.runtime import distributed
+from codebase.runtime.device import autocast
 from codebase.training.loop import check_finite, run_steps, step_optimizer
 from codebase.training.losses import (
     gate_balanced_assignment,

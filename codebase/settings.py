@@ -6,7 +6,7 @@ setting of a script's CONFIG has a rule (tests check that none is left out).
 """
 from codebase.config import BOOLEAN, TEXT, Rule, choice, integer, number, optional
 from codebase.networks.backbones import BACKBONES
-from codebase.training.device import AMP_SETTINGS
+from codebase.runtime.device import AMP_SETTINGS
 from codebase.training.optim import SCHEDULES
 
 RUN_NAME = Rule(lambda name: (isinstance(name, str) and name.strip() not in ("", ".", "..")

@@ -5,7 +5,7 @@ import torch
 
 from codebase.data.image_datasets import SegmentationDataset
 from codebase.evaluation.cost import count_parameters, forward_flops, median_seconds
-from codebase.training.device import autocast
+from codebase.runtime.device import autocast
 from inference.runs import load_run
 
 

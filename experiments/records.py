@@ -18,9 +18,9 @@ import torch
 from codebase.data.image_datasets import GradingDataset, SegmentationDataset
 from codebase.data.loaders import EpochLoader
 from codebase.evaluation.metrics import SegmentationMeter
-from codebase.training.atomic import atomic_write
-from codebase.training.device import autocast
-from codebase.training.progress import progress
+from codebase.runtime.atomic import atomic_write
+from codebase.runtime.device import autocast
+from codebase.runtime.progress import progress
 from inference.runs import load_run
 
 HISTOGRAM_BINS = SegmentationMeter(("MA",)).bins  # the meter's own resolution

@@ -9,7 +9,7 @@ import torch
 
 from codebase.data.idrid import grading_records, segmentation_records
 from codebase.evaluation.plots import history_figures
-from codebase.training.atomic import atomic_write_text
+from codebase.runtime.atomic import atomic_write_text
 from codebase.training.run_folder import HISTORY_FILE, TEST_METRICS_FILE
 from experiments.analysis import delta_m, difference, run_metrics, summary
 from experiments.bootstrap import resample_indices, resample_weights, with_full_set

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from codebase.config import ConfigError, get_value, parse_value
-from codebase.training.lock import holder
+from codebase.runtime.lock import holder
 from codebase.training.run_folder import (
     CHECKPOINT_FILE,
     CONFIG_FILE,

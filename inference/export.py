@@ -18,7 +18,7 @@ from torch import nn
 from codebase.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from codebase.errors import ProjectError
 from codebase.networks.routing import route
-from codebase.training.atomic import atomic_write
+from codebase.runtime.atomic import atomic_write
 from inference.runs import MODEL_KINDS, open_run
 
 FORMATS = ("onnx", "torchscript")

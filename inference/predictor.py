@@ -17,7 +17,7 @@ from codebase.data.idrid import image_size, read_image
 from codebase.data.transforms import eval_transforms, to_tv_tensors
 from codebase.evaluation.fundus_check import WORK_SIDE, check_fundus
 from codebase.evaluation.sliding_window import predict_sliding_window
-from codebase.training.device import autocast
+from codebase.runtime.device import autocast
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 EVAL_PRESET = eval_transforms()

@@ -9,7 +9,7 @@ import torch
 from codebase.data.idrid import LESIONS
 from codebase.evaluation.evaluate import evaluate_segmentation
 from codebase.evaluation.fullres import sliding_window_logits
-from codebase.training import distributed
+from codebase.runtime import distributed
 from codebase.training.loop import train_steps
 from segmentation.model import TASKS
 

@@ -21,10 +21,10 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from codebase.config import parse_cli
 from codebase.data.loaders import EpochLoader
-from codebase.training import distributed
-from codebase.training.device import autocast, make_grad_scaler
+from codebase.runtime import distributed
+from codebase.runtime.device import autocast, make_grad_scaler
 from codebase.training.loop import check_finite, fit, record_step, should_stop
-from codebase.training.progress import progress
+from codebase.runtime.progress import progress
 from codebase.training.run_folder import Run  # noqa: E402
 from codebase.training.selection import make_selection  # noqa: E402
 

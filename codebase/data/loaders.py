@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from codebase.config import ConfigError
-from codebase.training import distributed
+from codebase.runtime import distributed
 
 
 def seed_everything(seed: int) -> None:

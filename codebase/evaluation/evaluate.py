@@ -11,9 +11,9 @@ import math
 import torch
 
 from codebase.evaluation.metrics import JointAccuracyMeter, SegmentationMeter
-from codebase.training import distributed
-from codebase.training.device import autocast
-from codebase.training.progress import progress
+from codebase.runtime import distributed
+from codebase.runtime.device import autocast
+from codebase.runtime.progress import progress
 
 
 class RoutingMeter:

@@ -21,8 +21,8 @@ from codebase.data.cache import ResizedCache
 from codebase.data.transforms import eval_transforms, to_tv_tensors
 from codebase.evaluation.metrics import SegmentationMeter
 from codebase.evaluation.sliding_window import flip_averaged, predict_sliding_window
-from codebase.training.device import autocast
-from codebase.training.progress import progress
+from codebase.runtime.device import autocast
+from codebase.runtime.progress import progress
 
 SUFFIX = "_fullres"
 
@@ -191,7 +191,7 @@ def fullres_metrics(predict_fn: Callable, data, split: str = "test", image_size=
     Returns {lesion: {"aupr_fullres", "dice_fullres", "iou_fullres", "sensitivity_fullres",
     "precision_fullres"}, "mean_aupr_fullres", "mean_dice_fullres", "mean_iou_fullres"}.
     """
-    from codebase.training import distributed
+    from codebase.runtime import distributed
     records, cache, default_size = _records_and_cache(data, split, cache_dir)
     shard = records[distributed.rank()::distributed.world_size()]
     _, meter = evaluate_full_resolution(predict_fn, shard, split, image_size or default_size, window, overlap,

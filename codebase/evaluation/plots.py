@@ -41,7 +41,7 @@ from matplotlib.ticker import MaxNLocator
 
 from codebase.config import is_number
 from codebase.evaluation.metrics import LESION_METRICS
-from codebase.training.atomic import atomic_write
+from codebase.runtime.atomic import atomic_write
 
 KeyPath = tuple[str, ...]
 CURVE_METRICS = ("iou", "dice", "aupr")  # per-lesion metrics drawn as curves

@@ -40,10 +40,10 @@ from codebase.data.loaders import (
     seed_everything,
     set_rng_state,
 )
-from codebase.training import distributed
-from codebase.training.atomic import StorageError
-from codebase.training.device import autocast
-from codebase.training.progress import progress
+from codebase.runtime import distributed
+from codebase.runtime.atomic import StorageError
+from codebase.runtime.device import autocast
+from codebase.runtime.progress import progress
 from codebase.training.run_folder import BEST_MODEL_FILE, MODEL_FILE, Run
 from codebase.training.selection import Selection
 from codebase.training.tensorboard import StepCounter

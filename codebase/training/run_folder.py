@@ -23,15 +23,15 @@ from codebase.config import ConfigError, flatten, with_defaults
 from codebase.data.loaders import seed_everything
 from codebase.errors import ProjectError
 from codebase.evaluation import plots
-from codebase.training import distributed
-from codebase.training.atomic import (
+from codebase.runtime import distributed
+from codebase.runtime.atomic import (
     atomic_torch_save,
     atomic_write,
     atomic_write_text,
     remove_stale_temporaries,
 )
-from codebase.training.device import resolve_device
-from codebase.training.lock import FolderLock, RunFolderInUse
+from codebase.runtime.device import resolve_device
+from codebase.runtime.lock import FolderLock, RunFolderInUse
 from codebase.training.tensorboard import (
     EVENT_FILE_PREFIX,
     TENSORBOARD_FOLDER,

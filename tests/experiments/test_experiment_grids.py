@@ -5,7 +5,7 @@ import pytest
 
 import run_experiments
 from codebase.config import get_value, parse_cli, parse_value
-from codebase.training.lock import FolderLock, holder
+from codebase.runtime.lock import FolderLock, holder
 from experiments import runner
 from experiments.budget import (
     GridError,

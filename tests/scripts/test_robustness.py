@@ -36,9 +36,9 @@ import train_segmentation
 from codebase.config import parse_cli
 from codebase.data import idrid
 from codebase.errors import run_main
-from codebase.training.atomic import StorageError, atomic_write
-from codebase.training.device import make_grad_scaler
-from codebase.training.lock import LOCK_FILE, FolderLock
+from codebase.runtime.atomic import StorageError, atomic_write
+from codebase.runtime.device import make_grad_scaler
+from codebase.runtime.lock import LOCK_FILE, FolderLock
 from codebase.training.run_folder import load_checkpoint
 from inference.runs import RunError, build_model, load_run, open_run
 

@@ -11,7 +11,7 @@ import sys
 import torch
 import torch.distributed as dist
 
-from codebase.training import distributed
+from codebase.runtime import distributed
 from tests.training.test_weighting_multitask import fixed_batches, tiny_training, train
 
 

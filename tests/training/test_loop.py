@@ -18,8 +18,8 @@ from codebase.config import (
     set_value,
     with_defaults,
 )
-from codebase.training import distributed
-from codebase.training.device import (
+from codebase.runtime import distributed
+from codebase.runtime.device import (
     make_grad_scaler,
 )
 from codebase.training.loop import (
@@ -30,7 +30,7 @@ from codebase.training.loop import (
     resume_command,
     summary_line,
 )
-from codebase.training.progress import progress
+from codebase.runtime.progress import progress
 from codebase.training.run_folder import CheckpointError, Run, load_checkpoint
 
 pytestmark = pytest.mark.slow  # trains models or runs scripts in subprocesses

@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from codebase.training import distributed
+from codebase.runtime import distributed
 from codebase.training.weighting import make_weighting
 from tests.training.weighting.toy import TASKS, TwoHeads, batch
 

@@ -4,7 +4,7 @@ import sys
 import torch
 
 from codebase.config import ConfigError
-from codebase.training import distributed
+from codebase.runtime import distributed
 
 AMP_SETTINGS = ("auto", "bf16", "fp16", "off")
 

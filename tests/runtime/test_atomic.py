@@ -7,7 +7,7 @@ from pathlib import Path
 import harness_toy
 import pytest
 
-from codebase.training import atomic
+from codebase.runtime import atomic
 
 TOY_SCRIPT = Path(harness_toy.__file__)
 REPO = TOY_SCRIPT.parents[1]
@@ -30,7 +30,7 @@ def test_atomic_write_keeps_old_file_when_the_writer_fails(tmp_path):
 def test_atomic_write_keeps_old_file_when_the_process_is_killed_mid_write(tmp_path):
     target = tmp_path / "checkpoint.pth"
     target.write_bytes(b"old")
-    writer = (f"import sys, time; sys.path.insert(0, {str(REPO)!r}); from codebase.training import atomic\n"
+    writer = (f"import sys, time; sys.path.insert(0, {str(REPO)!r}); from codebase.runtime import atomic\n"
               "def write(file):\n"
               "    file.write(b'x' * 1000); file.flush(); print('writing', flush=True); time.sleep(60)\n"
               f"atomic.atomic_write({str(target)!r}, write)\n")

@@ -4,7 +4,7 @@ from typing import Iterable
 
 from tqdm import tqdm
 
-from codebase.training import distributed
+from codebase.runtime import distributed
 
 
 def progress(iterable: Iterable, desc: str = "", total: int | None = None, enabled: bool = True) -> tqdm:

@@ -9,7 +9,7 @@ import torch
 from codebase.config import (
     ConfigError,
 )
-from codebase.training.device import (
+from codebase.runtime.device import (
     amp_dtype,
     autocast,
     make_grad_scaler,
