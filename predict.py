@@ -51,11 +51,11 @@ import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image
 
-from codebase.data.idrid import IDRiDError, image_size, read_image
+from codebase.data.images import ImageFileError, read_image, read_size
 from codebase.evaluation.visualize import LESION_COLOURS, lesion_legend, overlay
-from codebase.tasks import task_label
 from codebase.runtime.atomic import atomic_write, atomic_write_text
 from codebase.runtime.device import resolve_device
+from codebase.tasks import task_label
 from inference.predictor import (
     DEFAULT_SCALE,
     IMAGE_SUFFIXES,
@@ -76,7 +76,7 @@ def title(name, record):
 
 def draw_overlay(path, masks, caption):
     """Figure: the image (at most OVERLAY_MAX_SIDE pixels a side) with its masks painted and a legend."""
-    width, height = image_size(path)
+    width, height = read_size(path)
     scale = min(1.0, OVERLAY_MAX_SIDE / max(width, height))
     shown = (max(1, round(width * scale)), max(1, round(height * scale)))
     image = read_image(path, draft_size=shown).resize(shown, Image.BILINEAR)
@@ -247,7 +247,7 @@ def main(argv=None):
             record["fundus_check"] = check
             record["seconds"] = round(time.perf_counter() - started, 4)  # check and prediction, not the files
             record["files"] = write_outputs(out / unique_name(path, taken), path, record, masks)
-        except (IDRiDError, OSError, Image.DecompressionBombError) as error:
+        except (ImageFileError, OSError, Image.DecompressionBombError) as error:
             message = str(error) if str(path) in str(error) else f"{path}: {error}"
             print(f"error: {message}", file=sys.stderr)
             results["failed"].append({"input": str(path), "error": message})

@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from codebase.data import idrid  # noqa: E402
 from codebase.data.image_datasets import SegmentationDataset  # noqa: E402
+from codebase.data.images import read_image, read_mask
 from codebase.data.synthetic import ensure_dataset, parse_size  # noqa: E402
 from codebase.data.transforms import to_tv_tensors, train_transforms  # noqa: E402
 
@@ -40,12 +41,12 @@ def reference_sample(record: idrid.SegmentationRecord, size_hw, transform) -> di
     """The plain way, as the reference implementation loads a sample: decode the full-size JPEG and
     resize it; read each mask at full size as int64 and resize it (nearest); augment. No cache."""
     height, width = size_hw
-    full = idrid.read_image(record.image_path)
+    full = read_image(record.image_path)
     image = np.array(full.resize((width, height), Image.BILINEAR))
     masks = torch.zeros((len(idrid.LESIONS), height, width), dtype=torch.int64)
     for channel, lesion in enumerate(idrid.LESIONS):
         if record.mask_paths[lesion] is not None:
-            mask = torch.from_numpy(idrid.read_mask(record.mask_paths[lesion], full.size)).long()  # full size
+            mask = torch.from_numpy(read_mask(record.mask_paths[lesion], full.size)).long()  # full size
             masks[channel] = F.interpolate(mask[None, None].float(), size=size_hw, mode="nearest")[0, 0].long()
     return transform(to_tv_tensors(image, masks))
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from codebase.data.cache import load_resized_image
-from codebase.data.idrid import image_size, read_image
+from codebase.data.images import read_image, read_size
 from codebase.data.transforms import eval_transforms, to_tv_tensors
 from codebase.evaluation.fundus_check import WORK_SIDE, check_fundus
 from codebase.evaluation.sliding_window import predict_sliding_window
@@ -150,7 +150,7 @@ def predict_image(run, path, device, dense, threshold, sliding="off", scale=DEFA
     "segmentation" says which plan was used and "seconds" how long the prediction took.
     """
     started = time.perf_counter()
-    width, height = image_size(path)
+    width, height = read_size(path)
     passes = forward_passes(run)
     plan = None
     if "segmentation" in run.input_sizes():

@@ -17,7 +17,8 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from codebase.data.cache import load_resized_image
-from codebase.data.idrid import LESIONS, image_size, read_mask_image
+from codebase.data.idrid import LESIONS
+from codebase.data.images import read_mask_image, read_size
 from codebase.evaluation.plots import history_figures
 from codebase.evaluation.visualize import LESION_COLOURS, lesion_legend, overlay
 from codebase.tasks import task_label
@@ -122,7 +123,7 @@ def routing_figure(usage):
 
 def _picture(path):
     """The image at most EXAMPLE_SIDE pixels a side (aspect kept): uint8 [h, w, 3]."""
-    width, height = image_size(path)
+    width, height = read_size(path)
     scale = min(1.0, EXAMPLE_SIDE / max(width, height))
     return load_resized_image(path, (max(1, round(height * scale)), max(1, round(width * scale))))
 

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from codebase.data import idrid
+from codebase.data.images import read_image, read_mask_image, read_size
 
 _VERSION = 2  # bump when the decoding or resizing below changes
 
@@ -27,7 +28,7 @@ def load_resized_image(path, size_hw: tuple[int, int]) -> np.ndarray:
     JPEGs are decoded at the smallest DCT scale that is still at least the target size.
     """
     height, width = size_hw
-    image = idrid.read_image(path, draft_size=(width, height))
+    image = read_image(path, draft_size=(width, height))
     if image.size != (width, height):
         image = image.resize((width, height), Image.BILINEAR)
     return np.array(image)  # a writable copy
@@ -39,7 +40,7 @@ def load_resized_mask(path, size_hw: tuple[int, int], expected_size: tuple[int, 
     expected_size=(W, H): the full size of the mask's image; a mask of another size is an IDRiDError.
     """
     height, width = size_hw
-    mask = idrid.read_mask_image(path, expected_size)
+    mask = read_mask_image(path, expected_size)
     if mask.size != (width, height):
         # reducing_gap=1: block means over the whole-number part of the scale (Image.reduce, ~4x faster
         # than a box resize at full size), then a box resize of what is left; both average by area.
@@ -61,7 +62,7 @@ class ResizedCache:
         """uint8 [H, W] of 0/1; image_path: the image the mask belongs to (its size must match)."""
 
         def decode():
-            expected = idrid.image_size(image_path) if image_path is not None else None
+            expected = read_size(image_path) if image_path is not None else None
             return load_resized_mask(path, size_hw, expected)
 
         return self._get("mask", path, size_hw, (image_path,) if image_path else (), decode)

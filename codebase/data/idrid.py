@@ -1,7 +1,7 @@
-"""IDRiD on disk: folder and file names, readers, validation and `python -m codebase.data.idrid check`.
+"""IDRiD on disk: folder and file names, records, validation and `python -m codebase.data.idrid check`.
 
 This is the only module that knows how IDRiD is laid out (see data/README.md). Everything else asks
-it for records (image path, mask paths, grades) and reads pixels through `read_image`/`read_mask`.
+it for records (image path, mask paths, grades) and reads pixels through codebase.data.images.
 """
 from __future__ import annotations
 
@@ -14,11 +14,9 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-from PIL import Image, ImageChops, UnidentifiedImageError
 from tqdm import tqdm
 
-from codebase.errors import ProjectError
+from codebase.data.images import ImageFileError, read_mask_image, read_size, verify_image
 
 LESIONS = ("MA", "HE", "EX", "SE", "OD")
 LESION_NAMES = {
@@ -55,12 +53,9 @@ CSV_HEADER = (CSV_NAME_COLUMN, CSV_RG_COLUMN, CSV_MER_COLUMN)
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\- ]*")
 
 
-class IDRiDError(ProjectError, ValueError):
-    """Bad dataset input. `problems` lists every problem found (the message joins them)."""
-
-    def __init__(self, problems: str | list[str]):
-        self.problems = [problems] if isinstance(problems, str) else list(problems)
-        super().__init__("\n".join(self.problems))
+class IDRiDError(ImageFileError):
+    """Bad dataset input: a file that cannot be read (what ImageFileError covers) or a tree, name or
+    label that is not IDRiD's. `problems` lists every problem found (the message joins them)."""
 
 
 @dataclass(frozen=True)
@@ -129,120 +124,6 @@ def grading_image_name(number: int) -> str:
 def tree_present(root) -> bool:
     """True when both halves of the IDRiD tree exist under `root` (contents not checked)."""
     return (Path(root) / SEGMENTATION_DIR).is_dir() and (Path(root) / GRADING_DIR).is_dir()
-
-
-# ----------------------------------------------------------------------------- pixels
-def _open(path) -> Image.Image:
-    path = Path(path)
-    if not path.is_file():
-        raise IDRiDError(f"{path}: file not found")
-    if path.stat().st_size == 0:
-        raise IDRiDError(f"{path}: empty file (0 bytes), expected an image")
-    try:
-        return Image.open(path)
-    except Image.DecompressionBombError as error:
-        raise IDRiDError(_too_large(path, error)) from None
-    except (UnidentifiedImageError, OSError) as error:
-        raise IDRiDError(f"{path}: not a readable image ({error})") from error
-
-
-def _too_large(path, error: Exception) -> str:
-    return (f"{path}: image too large to decode safely ({error}); expected a photograph of at most a few "
-            "tens of millions of pixels (IDRiD's have 12 million): downscale it first")
-
-
-def _load(image: Image.Image, path) -> None:
-    try:
-        image.load()
-    except Image.DecompressionBombError as error:
-        raise IDRiDError(_too_large(path, error)) from None
-    except (OSError, ValueError, SyntaxError) as error:  # truncated or corrupt data
-        raise IDRiDError(f"{path}: unreadable or truncated image data ({error})") from error
-
-
-def _to_8_bit(image: Image.Image, path) -> Image.Image:
-    """16-bit greyscale ('I;16*', or 'I' holding 16-bit values) scaled to 8 bits (0-65535 -> 0-255);
-    float or wider integer images are refused rather than clipped."""
-    if image.mode.startswith("I;16") or image.mode == "I":
-        values = np.asarray(image, dtype=np.int64)
-        if values.size and (values.min() < 0 or values.max() > 65535):
-            raise IDRiDError(f"{path}: 32-bit image with values {values.min()}..{values.max()}, "
-                             "expected 8- or 16-bit pixels")
-        return Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8), "L")
-    if image.mode == "F":
-        raise IDRiDError(f"{path}: floating-point image, expected 8- or 16-bit pixels")
-    return image
-
-
-def image_size(path) -> tuple[int, int]:
-    """(W, H) from the file header, without decoding pixels."""
-    with _open(path) as image:
-        return image.size
-
-
-def read_image(path, draft_size: tuple[int, int] | None = None) -> Image.Image:
-    """Decode an RGB image (greyscale, CMYK, palette... are converted).
-
-    draft_size=(W, H): a JPEG may be decoded at a reduced scale (1/2, 1/4, 1/8) that is still at
-    least this big, which is much faster for full-size fundus photographs.
-    """
-    with _open(path) as image:
-        if draft_size is not None:
-            image.draft(None, tuple(draft_size))
-        _load(image, path)
-    image = _to_8_bit(image, path)
-    return image if image.mode == "RGB" else image.convert("RGB")
-
-
-def _nonzero(channel: Image.Image) -> Image.Image:
-    return channel.point(lambda value: 255 if value else 0)
-
-
-def read_mask_image(path, expected_size: tuple[int, int] | None = None) -> Image.Image:
-    """A lesion mask as an 'L' image of 0 / 255, whatever the file's pixel format.
-
-    Foreground is any non-zero value. RGBA / LA masks keep it in alpha where the alpha varies (a
-    transparent background); with a constant alpha (an opaque channel that other tools add) it
-    is the colour. Palette masks by colour.
-    expected_size=(W, H): the size of the image the mask belongs to.
-    """
-    with _open(path) as image:
-        _load(image, path)
-    if expected_size is not None and image.size != tuple(expected_size):
-        raise IDRiDError(
-            f"{path}: mask is {image.size[0]}x{image.size[1]}, expected "
-            f"{expected_size[0]}x{expected_size[1]} (the size of its image)"
-        )
-    mode = image.mode
-    if mode == "1":
-        return image.convert("L")
-    if mode == "L":
-        return _nonzero(image)
-    if mode in ("RGBA", "LA", "PA"):
-        alpha = image.getchannel("A")
-        low, high = alpha.getextrema()
-        if low != high:
-            return _nonzero(alpha)
-        mode = {"RGBA": "RGB", "LA": "L", "PA": "P"}[mode]
-        image = image.convert(mode)
-        if mode == "L":
-            return _nonzero(image)
-    if mode == "P":
-        palette = np.zeros((256, 3), np.uint8)
-        colours = np.asarray(image.getpalette() or [], np.uint8).reshape(-1, 3)[:256]
-        palette[: len(colours)] = colours
-        lookup = np.where(palette.any(axis=1), 255, 0).astype(np.uint8)
-        return Image.fromarray(lookup[np.asarray(image)])
-    if mode.startswith("I") or mode == "F":
-        return Image.fromarray(np.where(np.asarray(image) != 0, 255, 0).astype(np.uint8))
-    rgb = image if mode == "RGB" else image.convert("RGB")
-    red, green, blue = rgb.split()
-    return _nonzero(ImageChops.lighter(ImageChops.lighter(red, green), blue))
-
-
-def read_mask(path, expected_size: tuple[int, int] | None = None) -> np.ndarray:
-    """A lesion mask as uint8 [H, W] of 0/1 (see `read_mask_image`)."""
-    return (np.asarray(read_mask_image(path, expected_size)) > 0).astype(np.uint8)
 
 
 # ----------------------------------------------------------------------------- records
@@ -445,8 +326,8 @@ def check_files(records) -> None:
             if path is None:
                 continue
             try:
-                mask_size = image_size(path)
-            except IDRiDError as error:
+                mask_size = read_size(path)
+            except ImageFileError as error:
                 problems.extend(error.problems)
                 continue
             if mask_size != size:
@@ -458,14 +339,10 @@ def check_files(records) -> None:
 
 # ----------------------------------------------------------------------------- check
 def _verify_image(path: Path, problems: list[str]) -> tuple[int, int] | None:
-    """Decode at 1/8 scale (which still reads every byte) to catch truncation; return (W, H)."""
+    """`verify_image`, its problems added to ``problems`` (then None)."""
     try:
-        with _open(path) as image:
-            size = image.size
-            image.draft(None, (max(1, size[0] // 8), max(1, size[1] // 8)))
-            _load(image, path)
-        return size
-    except IDRiDError as error:
+        return verify_image(path)
+    except ImageFileError as error:
         problems.extend(error.problems)
         return None
 
@@ -486,7 +363,7 @@ def check(root) -> tuple[dict, list[str]]:
                 masks[lesion] += 1
                 try:
                     read_mask_image(path, expected_size=size)
-                except IDRiDError as error:
+                except ImageFileError as error:
                     problems.extend(error.problems)
         summary["segmentation"][split] = {"images": len(records), "masks": {k: masks[k] for k in LESIONS}}
 

@@ -36,6 +36,7 @@ from codebase.config import (
 from codebase.data import idrid
 from codebase.data.cache import ResizedCache, load_resized_image, load_resized_mask
 from codebase.data.image_datasets import parse_size_hw
+from codebase.data.images import read_size
 from codebase.data.transforms import eval_transforms, to_tv_tensors, train_transforms
 
 LESION_POSITIONS = ("centre", "anywhere")  # where a lesion crop's drawn pixel lies: its centre, or anywhere in it
@@ -152,7 +153,7 @@ class PatchSegmentationDataset(Dataset):
         """(H, W) the image is kept at: image_size, or its native size (read from the file header)."""
         if self.image_size is not None:
             return self.image_size
-        width, height = idrid.image_size(self.records[index].image_path)
+        width, height = read_size(self.records[index].image_path)
         if self.crop_size[0] > height or self.crop_size[1] > width:
             raise ValueError(f"crop_size={self.crop_size!r}: larger than {self.records[index].image_path} "
                              f"({height}x{width} native)")
@@ -167,7 +168,7 @@ class PatchSegmentationDataset(Dataset):
         mask_paths = tuple(p for p in record.mask_paths.values() if p is not None)
 
         def build_bits():
-            expected = idrid.image_size(record.image_path)
+            expected = read_size(record.image_path)
             masks = np.zeros((len(idrid.LESIONS), *size), np.uint8)
             for channel, lesion in enumerate(idrid.LESIONS):
                 if record.mask_paths[lesion] is not None:
@@ -269,10 +270,10 @@ def working_resolution(patches: dict, records, prefix: str = "data.patches") -> 
     records = list(records)
     if not records:
         raise ConfigError(f"{prefix}.working_size=None: no segmentation images to read the native size from")
-    width, height = idrid.image_size(records[0].image_path)
+    width, height = read_size(records[0].image_path)
     crop = patches["crop_size"]
     for record in records:
-        record_width, record_height = idrid.image_size(record.image_path)
+        record_width, record_height = read_size(record.image_path)
         if crop[0] > record_height or crop[1] > record_width:
             raise ConfigError(f"{prefix}.crop_size={crop}: larger than {record.image_path} "
                               f"({record_height}x{record_width} native); lower it or set {prefix}.working_size")

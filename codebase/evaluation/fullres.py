@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from codebase.data import idrid
 from codebase.data.cache import ResizedCache
+from codebase.data.images import read_mask, read_size
 from codebase.data.transforms import eval_transforms, to_tv_tensors
 from codebase.evaluation.metrics import SegmentationMeter
 from codebase.evaluation.sliding_window import flip_averaged, predict_sliding_window
@@ -83,14 +84,14 @@ class FullResolutionMeter:
 def full_size_masks(record: idrid.SegmentationRecord, lesions=idrid.LESIONS, cache: ResizedCache | None = None):
     """uint8 [L, H, W] of 0/1 at the image's own size; an absent mask file is all zeros.
     cache: read through this ResizedCache (decoded once, then read from disk; one byte per pixel)."""
-    width, height = idrid.image_size(record.image_path)
+    width, height = read_size(record.image_path)
     masks = np.zeros((len(lesions), height, width), np.uint8)
     for channel, lesion in enumerate(lesions):
         path = record.mask_paths.get(lesion)
         if path is not None and cache is not None:
             masks[channel] = cache.mask(path, (height, width), image_path=record.image_path)
         elif path is not None:
-            masks[channel] = idrid.read_mask(path, expected_size=(width, height))
+            masks[channel] = read_mask(path, expected_size=(width, height))
     return masks
 
 
@@ -138,7 +139,7 @@ def evaluate_full_resolution(predict_fn: Callable, data, split: str = "test", im
 
     whole_image = flip_averaged(probabilities) if flip_tta else probabilities
     for record in progress(records, desc, total=len(records)):
-        width, height = idrid.image_size(record.image_path)
+        width, height = read_size(record.image_path)
         size = tuple(image_size or default_size or (height, width))
         array = cache.image(record.image_path, size)  # uint8 [h, w, 3]; decoded anew without a cache folder
         image = transform(to_tv_tensors(array))["image"].as_subclass(torch.Tensor).unsqueeze(0).to(device)

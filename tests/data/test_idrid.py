@@ -12,6 +12,7 @@ from PIL import Image
 
 from codebase.data import idrid
 from codebase.data.idrid import IDRiDError
+from codebase.data.images import read_image, read_mask
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -52,8 +53,8 @@ def test_grading_records_follow_idrid_names(synthetic_root):
 
 
 def test_segmentation_and_grading_images_differ(synthetic_root):
-    seg = idrid.read_image(idrid.segmentation_records(synthetic_root, "train")[0].image_path)
-    grading = idrid.read_image(idrid.grading_records(synthetic_root, "train")[0].image_path)
+    seg = read_image(idrid.segmentation_records(synthetic_root, "train")[0].image_path)
+    grading = read_image(idrid.grading_records(synthetic_root, "train")[0].image_path)
     assert np.asarray(seg).shape == np.asarray(grading).shape
     assert not np.array_equal(np.asarray(seg), np.asarray(grading))
 
@@ -78,41 +79,6 @@ def test_absent_mask_files_are_none(synthetic_root):
     assert any(k == "SE" for _, k in absent)  # half of the images have no soft exudates
 
 
-MASK = np.zeros((12, 16), bool)
-MASK[3:7, 5:11] = True
-MASK[10, 0] = True
-
-
-def _mask_file(fmt):
-    if fmt == "1bit":
-        return Image.fromarray(MASK)
-    if fmt == "grey255":
-        return Image.fromarray(MASK.astype(np.uint8) * 255)
-    if fmt == "grey_other_values":
-        return Image.fromarray(np.where(MASK, np.arange(16, dtype=np.uint8) * 16 + 1, 0).astype(np.uint8))
-    if fmt == "grey16":
-        return Image.fromarray(MASK.astype(np.uint16) * 300)
-    if fmt == "palette":
-        image = Image.fromarray(MASK.astype(np.uint8) * 3, "P")
-        image.putpalette([0, 0, 0] * 3 + [0, 0, 7] + [0, 0, 0] * 252)
-        return image
-    if fmt == "rgb":
-        rgb = np.zeros(MASK.shape + (3,), np.uint8)
-        rgb[MASK] = (0, 1, 0)
-        return Image.fromarray(rgb)
-    # rgba: colour everywhere, the mask in alpha (IDRiD_81_EX.tif)
-    return Image.fromarray(np.dstack([np.full(MASK.shape + (3,), 200, np.uint8), MASK.astype(np.uint8) * 255]))
-
-
-@pytest.mark.parametrize("fmt", ["1bit", "grey255", "grey_other_values", "grey16", "palette", "rgb", "rgba"])
-def test_mask_pixel_formats(tmp_path, fmt):
-    path = tmp_path / f"IDRiD_01_EX_{fmt}.tif"
-    _mask_file(fmt).save(path)
-    mask = idrid.read_mask(path, expected_size=(16, 12))
-    assert mask.dtype == np.uint8 and mask.shape == (12, 16)
-    np.testing.assert_array_equal(mask, MASK.astype(np.uint8))
-
-
 def test_synthetic_masks_cover_idrid_formats(synthetic_root):
     modes = set()
     for split in idrid.SPLITS:
@@ -124,22 +90,7 @@ def test_synthetic_masks_cover_idrid_formats(synthetic_root):
     last = idrid.segmentation_records(synthetic_root, "test")[-1].mask_paths["EX"]
     with Image.open(last) as image:
         assert image.mode == "RGBA" and np.asarray(image)[..., :3].max(axis=-1).min() > 0  # only alpha tells
-    assert 0 < idrid.read_mask(last).mean() < 0.2
-
-
-@pytest.mark.parametrize("mode", ["L", "CMYK"])
-def test_greyscale_and_cmyk_images_become_rgb(tmp_path, mode):
-    path = tmp_path / "IDRiD_001.jpg"
-    Image.new(mode, (20, 10), 128 if mode == "L" else (10, 20, 30, 40)).save(path)
-    image = idrid.read_image(path)
-    assert image.mode == "RGB" and image.size == (20, 10)
-
-
-def test_read_image_draft_decodes_jpeg_at_reduced_scale(synthetic_root):
-    path = idrid.grading_records(synthetic_root, "train")[0].image_path
-    assert idrid.read_image(path).size == (192, 128)
-    assert idrid.read_image(path, draft_size=(48, 32)).size == (48, 32)  # 1/4 scale DCT decode
-    assert idrid.read_image(path, draft_size=(50, 33)).size == (96, 64)  # never below the asked size
+    assert 0 < read_mask(last).mean() < 0.2
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -220,28 +171,6 @@ def test_all_problems_are_listed(tree):
     write_csv(tree, "test", [",".join(idrid.CSV_HEADER), "IDRiD_001,9,0", "IDRiD_001,0,0", "IDRiD_077,0,0"])
     error = assert_error(lambda: idrid.grading_records(tree, "test"))
     assert len(error.problems) == 3
-
-
-def test_mask_size_differs_from_image(tree):
-    record = idrid.segmentation_records(tree, "train")[0]
-    Image.new("L", (100, 70)).save(record.mask_paths["OD"])
-    assert_error(lambda: idrid.read_mask(record.mask_paths["OD"], expected_size=(192, 128)),
-                 record.mask_paths["OD"], "100x70", "expected 192x128")
-
-
-@pytest.mark.filterwarnings("ignore:Corrupt EXIF data")
-def test_unreadable_truncated_and_empty_files(tree):
-    path = idrid.grading_records(tree, "train")[0].image_path
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
-    assert_error(lambda: idrid.read_image(path), path, "truncated")
-    path.write_bytes(b"")
-    assert_error(lambda: idrid.read_image(path), path, "empty file")
-    path.write_bytes(b"not a JPEG at all")
-    assert_error(lambda: idrid.read_image(path), path, "not a readable image")
-    mask = next(p for p in idrid.segmentation_records(tree, "train")[0].mask_paths.values() if p)
-    mask.write_bytes(mask.read_bytes()[:200])
-    assert_error(lambda: idrid.read_mask(mask), mask)
 
 
 # ----------------------------------------------------------------------------- check

@@ -15,6 +15,7 @@ from codebase.data import cache as cache_module
 from codebase.data import idrid
 from codebase.data.cache import ResizedCache, load_resized_mask
 from codebase.data.image_datasets import GradingDataset, SegmentationDataset
+from codebase.data.images import ImageFileError
 from codebase.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -181,8 +182,8 @@ def test_cache_miss_then_hit(synthetic_root, tmp_path, monkeypatch):
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded a source file on a cache hit")
 
-    monkeypatch.setattr(idrid, "read_image", no_decoding)
-    monkeypatch.setattr(idrid, "read_mask_image", no_decoding)
+    monkeypatch.setattr(cache_module, "read_image", no_decoding)  # where the cache decodes
+    monkeypatch.setattr(cache_module, "read_mask_image", no_decoding)
     second = dataset[0]
     assert torch.equal(first["image"], second["image"]) and torch.equal(first["masks"], second["masks"])
     assert entries(folder) == written
@@ -231,7 +232,7 @@ def test_mask_size_mismatch_is_reported(tree, tmp_path):
     record = idrid.segmentation_records(tree, "train")[0]
     Image.new("L", (50, 40)).save(record.mask_paths["OD"])
     dataset = SegmentationDataset(tree, "train", SIZE, cache_dir=tmp_path)
-    with pytest.raises(idrid.IDRiDError, match="expected 192x128"):
+    with pytest.raises(ImageFileError, match="expected 192x128"):
         dataset[0]
 
 

@@ -8,8 +8,9 @@ import torch
 from PIL import Image
 
 from codebase.config import ConfigError
-from codebase.data import idrid
+from codebase.data import cache, idrid
 from codebase.data.cache import ResizedCache
+from codebase.data.images import read_image, read_mask, read_mask_image
 from codebase.data.patches import (
     PATCH_SETTINGS,
     PatchSegmentationDataset,
@@ -62,7 +63,6 @@ def test_bits_and_points_round_trip():
 
 def count_decodes(monkeypatch):
     counts = Counter()
-    read_image, read_mask_image = idrid.read_image, idrid.read_mask_image
 
     def counting(reader):
         def read(path, *args, **kwargs):
@@ -70,8 +70,8 @@ def count_decodes(monkeypatch):
             return reader(path, *args, **kwargs)
         return read
 
-    monkeypatch.setattr(idrid, "read_image", counting(read_image))
-    monkeypatch.setattr(idrid, "read_mask_image", counting(read_mask_image))
+    monkeypatch.setattr(cache, "read_image", counting(read_image))  # where the cache decodes
+    monkeypatch.setattr(cache, "read_mask_image", counting(read_mask_image))
     return counts
 
 
@@ -98,7 +98,7 @@ def test_one_decode_per_file_then_memory_maps_reused_by_a_second_dataset(synthet
     expected = np.zeros((5, 128, 192), np.uint8)
     for channel, path in enumerate(record.mask_paths.values()):
         if path is not None:
-            expected[channel] = idrid.read_mask(path)
+            expected[channel] = read_mask(path)
     np.testing.assert_array_equal(unpack_masks(np.asarray(bits)), expected)
 
 

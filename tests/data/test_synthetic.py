@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from codebase.data import idrid, synthetic
+from codebase.data.images import read_size
 from codebase.data.synthetic import (
     ensure_dataset,
     generate,
@@ -36,7 +37,7 @@ def test_tree_has_requested_counts_and_sizes(tmp_path):
     assert len(idrid.segmentation_records(root, "train")) == 2
     assert [r.name for r in idrid.segmentation_records(root, "test")] == ["IDRiD_03"]
     assert len(idrid.grading_records(root, "train")) == 5 and len(idrid.grading_records(root, "test")) == 2
-    assert idrid.image_size(idrid.grading_records(root, "test")[0].image_path) == (96, 64)
+    assert read_size(idrid.grading_records(root, "test")[0].image_path) == (96, 64)
     assert not list(root.glob(".synthetic-*"))  # staging folder removed
     assert idrid.check(root)[1] == []
 

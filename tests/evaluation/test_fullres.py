@@ -7,10 +7,12 @@ import torch
 import torch.nn.functional as F
 from sklearn import metrics as sk
 
-from codebase.data import idrid
+from codebase.data import cache, idrid
 from codebase.data.cache import load_resized_image
 from codebase.data.image_datasets import SegmentationDataset
+from codebase.data.images import read_mask, read_size
 from codebase.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from codebase.evaluation import fullres
 from codebase.evaluation.fullres import (
     FullResolutionMeter,
     evaluate_full_resolution,
@@ -91,11 +93,11 @@ def reference(records, model, working_size):
     probs, masks = [], []
     mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
     for record in records:
-        width, height = idrid.image_size(record.image_path)
+        width, height = read_size(record.image_path)
         image = torch.from_numpy(load_resized_image(record.image_path, working_size)).permute(2, 0, 1) / 255.0
         logits = model(((image - mean) / std).unsqueeze(0))
         probs.append(F.interpolate(torch.sigmoid(logits), size=(height, width), mode="bilinear").numpy())
-        masks.append(np.stack([idrid.read_mask(p) if p else np.zeros((height, width), np.uint8)
+        masks.append(np.stack([read_mask(p) if p else np.zeros((height, width), np.uint8)
                                for p in record.mask_paths.values()])[None])
     return np.concatenate(probs), np.concatenate(masks)
 
@@ -139,8 +141,8 @@ def test_cached_masks_decode_once_and_score_the_same(synthetic_root, tmp_path, m
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded a source file on a second evaluation")
 
-    monkeypatch.setattr(idrid, "read_image", no_decoding)
-    monkeypatch.setattr(idrid, "read_mask_image", no_decoding)
+    for module, name in ((cache, "read_image"), (cache, "read_mask_image"), (fullres, "read_mask")):
+        monkeypatch.setattr(module, name, no_decoding)  # every place a source file is decoded
     second = evaluate_full_resolution(model, synthetic_root, image_size=(64, 96), cache_dir=tmp_path, cache_masks=True)
     assert str(second) == str(first)  # equal, NaN included
     with pytest.raises(AssertionError, match="decoded a source file"):

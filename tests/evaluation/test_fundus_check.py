@@ -3,6 +3,11 @@ import math
 
 import numpy as np
 import pytest
+from PIL import Image, ImageFilter
+
+from benchmarks import bench_fundus_check
+from codebase.data import idrid
+from codebase.data.synthetic import render
 from codebase.evaluation.fundus_check import (
     FundusCheck,
     check_fundus,
@@ -10,11 +15,6 @@ from codebase.evaluation.fundus_check import (
     sharpness,
     working_copy,
 )
-from PIL import Image, ImageFilter
-
-from benchmarks import bench_fundus_check
-from codebase.data import idrid
-from codebase.data.synthetic import render
 
 
 def fundus(size, seed=0):

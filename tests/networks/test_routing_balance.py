@@ -12,7 +12,13 @@ from codebase.evaluation import plots
 from codebase.evaluation.evaluate import RoutingMeter
 from codebase.networks.experts import ExpertBank
 from codebase.networks.layers import Gate
-from codebase.networks.routing import Routing, dispatch_plan, first_choice_shares, route, update_selection_bias
+from codebase.networks.routing import (
+    Routing,
+    dispatch_plan,
+    first_choice_shares,
+    route,
+    update_selection_bias,
+)
 from codebase.tasks import parse_tasks
 from codebase.training.losses import (
     balanced_assignment,

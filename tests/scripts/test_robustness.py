@@ -35,6 +35,7 @@ import train_mlt_model
 import train_segmentation
 from codebase.config import parse_cli
 from codebase.data import idrid
+from codebase.data.images import read_image, read_mask
 from codebase.errors import run_main
 from codebase.runtime.atomic import StorageError, atomic_write
 from codebase.runtime.device import make_grad_scaler
@@ -525,34 +526,34 @@ def test_upper_case_suffixes_are_found_and_read(tree, capsys):
     record = {r.name: r for r in idrid.segmentation_records(tree, "train")}["IDRiD_02"]
     assert record.image_path == segmentation.with_suffix(".JPG")
     assert record.mask_paths["OD"] == mask.with_suffix(".TIF")
-    assert idrid.read_mask(record.mask_paths["OD"]).any()
+    assert read_mask(record.mask_paths["OD"]).any()
 
 
 def test_rgba_mask_with_an_opaque_alpha_reads_its_colour(tree, capsys):
     path = idrid.segmentation_mask_path(tree, "train", "IDRiD_01", "OD")
-    truth = idrid.read_mask(path)
+    truth = read_mask(path)
     assert 0 < truth.mean() < 0.5
     rgba = np.zeros((*truth.shape, 4), np.uint8)
     rgba[..., 0] = truth * 255  # lesion in red, as an image editor saves it
     rgba[..., 3] = 255  # opaque everywhere
     Image.fromarray(rgba, "RGBA").save(path)
-    np.testing.assert_array_equal(idrid.read_mask(path), truth)
+    np.testing.assert_array_equal(read_mask(path), truth)
     transparent = rgba.copy()
     transparent[..., 3] = truth * 255  # lesion drawn on a transparent background
     Image.fromarray(transparent, "RGBA").save(path)
-    np.testing.assert_array_equal(idrid.read_mask(path), truth)
+    np.testing.assert_array_equal(read_mask(path), truth)
     assert call("check", [str(tree)], capsys)[0] == 0
 
 
 def test_16_bit_png_is_scaled_not_clipped(tmp_path, run_folders, synthetic_root, capsys):
-    eight = np.asarray(idrid.read_image(idrid.grading_image_path(synthetic_root, "test", "IDRiD_001")).convert("L"))
+    eight = np.asarray(read_image(idrid.grading_image_path(synthetic_root, "test", "IDRiD_001")).convert("L"))
     sixteen = eight.astype(np.uint16) * 257  # the same picture, 16 bits per pixel
     Image.fromarray(sixteen).save(tmp_path / "photo16.png")
     Image.fromarray(eight).save(tmp_path / "photo8.png")
     with Image.open(tmp_path / "photo16.png") as image:
         assert image.mode.startswith("I")
-    np.testing.assert_array_equal(np.asarray(idrid.read_image(tmp_path / "photo16.png")),
-                                  np.asarray(idrid.read_image(tmp_path / "photo8.png")))
+    np.testing.assert_array_equal(np.asarray(read_image(tmp_path / "photo16.png")),
+                                  np.asarray(read_image(tmp_path / "photo8.png")))
     results = {}
     for name in ("photo8.png", "photo16.png"):
         out = tmp_path / name.replace(".png", "_out")

@@ -22,6 +22,7 @@ from codebase.runtime import distributed
 from codebase.runtime.device import (
     make_grad_scaler,
 )
+from codebase.runtime.progress import progress
 from codebase.training.loop import (
     LossSums,
     NonFiniteLossError,
@@ -30,7 +31,6 @@ from codebase.training.loop import (
     resume_command,
     summary_line,
 )
-from codebase.runtime.progress import progress
 from codebase.training.run_folder import CheckpointError, Run, load_checkpoint
 
 pytestmark = pytest.mark.slow  # trains models or runs scripts in subprocesses
