@@ -16,10 +16,10 @@ from codebase.evaluation.evaluate import (
     evaluate_grading,
     evaluate_segmentation,
 )
-from codebase.tasks import on_side
 from codebase.runtime import distributed
 from codebase.runtime.device import autocast
-from codebase.training.loop import check_finite, run_steps, step_optimizer
+from codebase.tasks import on_side
+from codebase.training.loop import run_steps, step_optimizer
 from codebase.training.losses import (
     gate_balanced_assignment,
     gate_entropy,
@@ -27,6 +27,7 @@ from codebase.training.losses import (
     gate_sparsity,
     gate_switch_balance,
 )
+from codebase.training.stopping import check_finite
 
 GATE_REGULARISERS = {  # name -> (Routing -> scalar)
     "sparsity": lambda routing: gate_sparsity(routing.weights),

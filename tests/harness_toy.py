@@ -24,9 +24,10 @@ from codebase.data.loaders import EpochLoader
 from codebase.runtime import distributed
 from codebase.runtime.device import autocast, make_grad_scaler
 from codebase.runtime.progress import progress
-from codebase.training.loop import check_finite, fit, record_step, should_stop
+from codebase.training.loop import fit, record_step
 from codebase.training.run_folder import Run  # noqa: E402
 from codebase.training.selection import make_selection  # noqa: E402
+from codebase.training.stopping import check_finite, should_stop
 
 CONFIG = {
     "seed": 0,

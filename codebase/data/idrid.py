@@ -16,7 +16,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from codebase.data.images import ImageFileError, read_mask_image, read_size, verify_image
+from codebase.data.images import (
+    ImageFileError,
+    read_mask_image,
+    read_size,
+    verify_image,
+)
 
 LESIONS = ("MA", "HE", "EX", "SE", "OD")
 LESION_NAMES = {

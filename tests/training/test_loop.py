@@ -23,15 +23,9 @@ from codebase.runtime.device import (
     make_grad_scaler,
 )
 from codebase.runtime.progress import progress
-from codebase.training.loop import (
-    LossSums,
-    NonFiniteLossError,
-    check_finite,
-    optimizer_step,
-    resume_command,
-    summary_line,
-)
+from codebase.training.loop import LossSums, optimizer_step, summary_line
 from codebase.training.run_folder import CheckpointError, Run, load_checkpoint
+from codebase.training.stopping import NonFiniteLossError, check_finite, resume_command
 
 pytestmark = pytest.mark.slow  # trains models or runs scripts in subprocesses
 
