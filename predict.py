@@ -52,6 +52,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from codebase.data.images import ImageFileError, read_image, read_size
+from codebase.data.patches import WINDOW_OVERLAP
 from codebase.evaluation.visualize import LESION_COLOURS, lesion_legend, overlay
 from codebase.runtime.atomic import atomic_write, atomic_write_text
 from codebase.runtime.device import resolve_device
@@ -198,7 +199,8 @@ def main(argv=None):
     parser.add_argument("--scale", type=float, default=DEFAULT_SCALE,
                         help=f"--sliding auto, whole-image runs: tile inputs at least this many times the trained "
                              f"size, resized to it (default {DEFAULT_SCALE:g})")
-    parser.add_argument("--overlap", type=float, default=0.25, help="sliding windows' overlap in [0, 1) (default 0.25)")
+    parser.add_argument("--overlap", type=float, default=WINDOW_OVERLAP,
+                        help=f"sliding windows' overlap in [0, 1) (default {WINDOW_OVERLAP})")
     parser.add_argument("--flip-tta", action="store_true", help="lesion maps averaged with horizontally flipped input")
     args = parser.parse_args(argv)
     if not 0 < args.threshold < 1:

@@ -35,9 +35,9 @@ from codebase.data.synthetic import ensure_dataset
 from codebase.errors import run_main
 from codebase.evaluation.cost import count_parameters
 from codebase.evaluation.previews import PredictionPreview
-from codebase.settings import COMMON_RULES
 from codebase.runtime import distributed
 from codebase.runtime.device import make_grad_scaler
+from codebase.settings import COMMON_RULES
 from codebase.training.loop import fit
 from codebase.training.losses import CLASSIFICATION_LOSSES
 from codebase.training.optim import make_optimizer, make_scheduler

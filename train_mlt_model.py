@@ -24,8 +24,6 @@ from codebase.config import (
     require,
     size_hw,
 )
-from codebase.data.idrid import LESIONS
-from codebase.data.loaders import EpochLoader
 from codebase.data.patches import (
     patch_defaults,
     patch_setting_rules,
@@ -33,7 +31,7 @@ from codebase.data.patches import (
 )
 from codebase.data.splits import SPLITS_FILE, describe, split_records
 from codebase.data.synthetic import ensure_dataset
-from codebase.dataset import BatchStream, build_datasets
+from codebase.dataset import build_loaders
 from codebase.engine import (
     MultiTaskLoss,
     MultiTaskTraining,
@@ -42,19 +40,13 @@ from codebase.engine import (
     gate_weights,
 )
 from codebase.errors import run_main
-from codebase.evaluation.evaluate import evaluate_segmentation
-from codebase.evaluation.fullres import (
-    FULLRES_EVAL,
-    fullres_metrics,
-    sliding_window_logits,
-    with_fullres,
-)
+from codebase.evaluation.fullres import FULLRES_EVAL, run_window
 from codebase.evaluation.previews import PredictionPreview
 from codebase.model import build_model, predict
-from codebase.settings import COMMON_RULES
-from codebase.tasks import on_side, parse_tasks
 from codebase.runtime import distributed
 from codebase.runtime.device import make_grad_scaler
+from codebase.settings import COMMON_RULES
+from codebase.tasks import parse_tasks
 from codebase.training.loop import fit
 from codebase.training.losses import CLASSIFICATION_LOSSES
 from codebase.training.optim import make_optimizer, make_scheduler
@@ -80,7 +72,7 @@ CONFIG = {
         "pin_memory": True,
         "persistent_workers": False,       # True: faster epochs; augmentations then differ after a resume
         "patches": patch_defaults(),       # lesion-aware crops at a working resolution for the segmentation side
-                                           # (README "Lesions at full resolution"); enabled: training crops of
+                                           # (docs/full_resolution.md); enabled: training crops of
                                            # images kept at patches.working_size (None: native), validation and
                                            # test by sliding patches.crop_size windows over the working-size image
                                            # (segmentation_size and crop_size then unused); grading unchanged
@@ -114,7 +106,7 @@ CONFIG = {
                                            # (pushing its every pixel to 0); false: its false positives are
                                            # left to the focal term (patch training: most crops lack most lesions)
         "weighting": "fixed",              # a method of the codebase.training.weighting package, one module
-                                           # each (README "Loss weightings"); fixed: the weighted sum
+                                           # each (docs/multitask_model.md); fixed: the weighted sum
         **weighting_defaults(),            # each method's settings, loss.<method>_<setting> (fixed's
                                            # task_weights: {task: weight}, unlisted tasks weigh 1)
         "gate_sparsity": 0.01,
@@ -229,21 +221,8 @@ def main(config):
         distributed.barrier()
         splits = split_records(data["root"], data["validation"], config["seed"])
         run.save_json(SPLITS_FILE, describe(splits))
-        patches = data["patches"] if data["patches"]["enabled"] else None
-        lesions = [task.key for task in on_side(parse_tasks(config["model"]["task_specs"]), "segmentation")
-                   if task.key in LESIONS]  # IDRiD's own lesions (a derived target has no mask file)
-        datasets = build_datasets(data["root"], data["grading_size"], data["segmentation_size"],
-                                  data["crop_size"], data["cache_dir"], splits, patches, lesions or LESIONS)
-        loader_options = {"num_workers": data["num_workers"], "pin_memory": data["pin_memory"] and device.type == "cuda"}
-        persistent = data["persistent_workers"] and data["num_workers"] > 0
-        streams = {side: BatchStream(datasets[side]["train"], train["batch_size"], config["seed"],
-                                     distributed.rank(), distributed.world_size(), persistent_workers=persistent,
-                                     **loader_options)
-                   for side in ("grading", "segmentation")}
-        eval_loaders = {split: {side: EpochLoader(datasets[side][split], train["eval_batch_size"], train=False,
-                                                  seed=config["seed"], **loader_options)
-                                for side in ("grading", "segmentation") if split in datasets[side]}
-                        for split in ("validation", "test")}
+        datasets, streams, eval_loaders = build_loaders(config, splits, device, distributed.rank(),
+                                                        distributed.world_size())
 
         model = build_model(config).to(device)
         if train["channels_last"]:
@@ -276,40 +255,12 @@ def main(config):
             model.set_routing(dense)
             return training.train_one_epoch(streams, epoch, train["iterations"], dense)
 
-        segmentation_tasks = on_side(model.tasks, "segmentation")
-        lesion_tasks = [task for task in segmentation_tasks if task.key in lesions]  # scored at full resolution
-        window = patches["crop_size"] if patches else None
-        overlap = patches["overlap"] if patches else 0.25
-
-        def segmentation_logits(images, tasks=segmentation_tasks):  # [N, 3, h, w] -> [N, len(tasks), h, w]
-            logits = model(images, side="segmentation")["logits"]
-            return torch.cat([logits[task.name] for task in tasks], dim=1)
+        _, window, overlap = run_window(config)
 
         def evaluate_split(split, full_resolution):
             model.set_routing(False)  # evaluated as the model will be used: top-p
-            loaders = eval_loaders[split]
-            if window is None:
-                results = evaluate(model, loaders, device, train["amp"])
-            else:  # the lesions by sliding windows over the working-size image (no routing statistics)
-                results = evaluate(model, {"grading": loaders.get("grading")}, device, train["amp"])
-                if "segmentation" in loaders and segmentation_tasks:
-                    windows = sliding_window_logits(segmentation_logits, window, overlap)
-                    results["segmentation"] = evaluate_segmentation(
-                        lambda images: {"logits": {task.name: logits for task, logits in zip(
-                            segmentation_tasks, windows(images).split(1, dim=1))}},
-                        loaders["segmentation"], segmentation_tasks, device, train["amp"])
-            if "segmentation" in results:
-                height, width = loaders["segmentation"].dataset.image_size
-                results["segmentation"]["resolution"] = (
-                    f"sliding window {window[0]}x{window[1]} over {height}x{width}" if window
-                    else f"resized {height}x{width}")
-                if full_resolution and lesion_tasks:
-                    fullres = fullres_metrics(lambda images: segmentation_logits(images, lesion_tasks),
-                                              loaders["segmentation"].dataset, split,
-                                              window=window, overlap=overlap, lesions=lesions, device=device,
-                                              amp=train["amp"], cache_masks=train["fullres_eval"] == "every")
-                    results["segmentation"] = with_fullres(results["segmentation"], fullres)
-            return results
+            return evaluate(model, eval_loaders[split], device, train["amp"], split, window, overlap, full_resolution,
+                            cache_masks=train["fullres_eval"] == "every")
 
         evaluate_epoch, eval_split, _ = evaluation_plan(
             train, lambda split: evaluate_split(split, train["fullres_eval"] == "every"),

@@ -38,15 +38,15 @@ from codebase.data.splits import SPLITS_FILE, describe, split_records
 from codebase.data.synthetic import ensure_dataset
 from codebase.errors import run_main
 from codebase.evaluation.cost import count_parameters
-from codebase.evaluation.fullres import FULLRES_EVAL, fullres_metrics, with_fullres
+from codebase.evaluation.fullres import FULLRES_EVAL, run_window
 from codebase.evaluation.fullres import SUFFIX as FULLRES_SUFFIX
 from codebase.evaluation.metrics import LESION_METRICS
 from codebase.evaluation.previews import PredictionPreview
 from codebase.evaluation.visualize import lesion_metrics_table
 from codebase.networks.backbones import BACKBONES
-from codebase.settings import COMMON_RULES
 from codebase.runtime import distributed
 from codebase.runtime.device import make_grad_scaler
+from codebase.settings import COMMON_RULES
 from codebase.training.loop import fit
 from codebase.training.losses import SegmentationLoss
 from codebase.training.optim import make_optimizer, make_scheduler
@@ -70,8 +70,8 @@ CONFIG = {
         "validation": 0.2,                 # carved from the training split by the seed: fraction, image count, or 0
         "num_workers": 4,
         "pin_memory": True,
-        "patches": patch_defaults(),       # lesion-aware crops at a working resolution (README "Lesions at full
-                                           # resolution"); enabled: training crops of images kept at
+        "patches": patch_defaults(),       # lesion-aware crops at a working resolution
+                                           # (docs/full_resolution.md); enabled: training crops of images kept at
                                            # patches.working_size (None: native), validation and test by sliding
                                            # patches.crop_size windows over the working-size image (image_size
                                            # and crop_size above then unused)
@@ -202,23 +202,13 @@ def main(config):
             return train_one_epoch(wrapped, criterion, optimizer, loaders["train"], epoch, device, train["amp"],
                                    scaler, train["channels_last"])
 
-        patches = data["patches"] if data["patches"]["enabled"] else None
-        window = patches["crop_size"] if patches else None
-        overlap = patches["overlap"] if patches else 0.25
-        height, width = loaders["test"].dataset.image_size
-        resolution = (f"sliding window {window[0]}x{window[1]} over {height}x{width}" if patches
-                      else f"resized {height}x{width}")
+        _, window, overlap = run_window(config)
 
         def evaluate_split(split, full_resolution):
-            metrics = evaluate(model, loaders[split], device, train["amp"], train["threshold"], window=window,
-                               overlap=overlap)
-            metrics["resolution"] = resolution
-            if full_resolution:
-                fullres = fullres_metrics(model, loaders[split].dataset, split, window=window, overlap=overlap,
-                                          threshold=train["threshold"], device=device, amp=train["amp"],
-                                          cache_masks=train["fullres_eval"] == "every")
-                metrics = with_fullres(metrics, fullres)
-            return {"segmentation": metrics}
+            return {"segmentation": evaluate(model, loaders[split], device, train["amp"], train["threshold"],
+                                             window=window, overlap=overlap, split=split,
+                                             full_resolution=full_resolution,
+                                             cache_masks=train["fullres_eval"] == "every")}
 
         evaluate_epoch, eval_split, _ = evaluation_plan(
             train, lambda split: evaluate_split(split, train["fullres_eval"] == "every"), "validation" in loaders)

@@ -43,7 +43,11 @@ from benchmarks.common import print_table, ratio
 from codebase.data import idrid
 from codebase.data.image_datasets import SegmentationDataset
 from codebase.data.loaders import seed_everything
-from codebase.data.patches import LESION_POSITIONS, PatchSegmentationDataset
+from codebase.data.patches import (
+    LESION_POSITIONS,
+    WINDOW_OVERLAP,
+    PatchSegmentationDataset,
+)
 from codebase.data.synthetic import ensure_dataset
 from codebase.evaluation.cost import machine
 from codebase.evaluation.fullres import evaluate_full_resolution
@@ -229,7 +233,7 @@ def parse(argv):
     parser.add_argument("--time-matched", action="store_true",
                         help="also train a third model on patches for as many steps as fit in the resized arm's "
                              "training time (its own cosine schedule over those steps; scored after the last)")
-    parser.add_argument("--overlap", type=float, default=0.25)
+    parser.add_argument("--overlap", type=float, default=WINDOW_OVERLAP)
     parser.add_argument("--windows-per-batch", type=int, default=4)
     parser.add_argument("--inference-sizes", type=int, nargs="+", default=(1424, 2144, 2848, 4288),
                         metavar="HEIGHT WIDTH", help="pairs: one sliding-window inference per size")

@@ -22,10 +22,9 @@ from PIL import Image, ImageFilter
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from codebase.evaluation.fundus_check import check_fundus  # noqa: E402
-
 from codebase.data import idrid  # noqa: E402
 from codebase.data.synthetic import generate  # noqa: E402
+from codebase.evaluation.fundus_check import check_fundus  # noqa: E402
 
 SHOWN = ("field_fraction", "disc_iou", "surround_fraction", "surround_ratio", "red_over_green",
          "luminance", "clipped_fraction", "sharpness")

@@ -20,8 +20,7 @@ import torch
 from codebase.errors import ProjectError
 
 # Keys every run has; a script's CONFIG may override any of them.
-# Keys every run has; a script's CONFIG may override any of them.
-HARNESS_DEFAULTS = {
+RUN_DEFAULTS = {
     "seed": 0,
     "device": "auto",
     "deterministic": False,  # True: cudnn picks deterministic kernels instead of benchmarking the fastest
@@ -38,15 +37,11 @@ def is_number(value) -> bool:
     """A real number that is not a bool (config floats, history values)."""
     return isinstance(value, Real) and not isinstance(value, bool)
 
-# ---------------------------------------------------------------------------------------------
-# Configuration
-
-
 def parse_cli(config: dict, argv: list[str] | None = None, demo_overrides: dict | None = None,
               description: str = "", validate: Callable[[dict], None] | None = None) -> dict:
     """The script's CONFIG with the command line applied, as a new plain dict.
 
-    Order: harness defaults < CONFIG < demo overrides (with --demo) < --data-root, --device,
+    Order: RUN_DEFAULTS < CONFIG < demo overrides (with --demo) < --data-root, --device,
     --run-name, --resume/--no-resume < --set (left to right). `validate(config)` runs last and
     may raise ConfigError (see `require`).
     """
@@ -54,7 +49,7 @@ def parse_cli(config: dict, argv: list[str] | None = None, demo_overrides: dict 
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, nested keys with dots "
-                             "(e.g. --set optim.lr=3e-4 --set data.image_size=128,192); repeatable")
+                             "(e.g. --set optim.lr=3e-4 --set train.epochs=30); repeatable")
     parser.add_argument("--data-root", help="dataset folder (data.root)")
     parser.add_argument("--device", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
     parser.add_argument("--run-name", help="run folder name under run.save_dir (run.name)")
@@ -83,8 +78,8 @@ def parse_cli(config: dict, argv: list[str] | None = None, demo_overrides: dict 
 
 
 def with_defaults(config: dict) -> dict:
-    """A deep, JSON-plain copy of `config` with the harness's keys filled in where absent."""
-    merged = copy.deepcopy(HARNESS_DEFAULTS)
+    """A deep, JSON-plain copy of `config` with RUN_DEFAULTS' keys filled in where absent."""
+    merged = copy.deepcopy(RUN_DEFAULTS)
     _merge_into(merged, _config_data(config, "config"))
     return merged
 

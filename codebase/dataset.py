@@ -9,8 +9,9 @@ from torch.utils.data import DataLoader, Sampler
 from codebase.config import ConfigError
 from codebase.data.idrid import LESIONS, segmentation_records
 from codebase.data.image_datasets import GradingDataset, SegmentationDataset
-from codebase.data.loaders import derive_seed, seed_worker
+from codebase.data.loaders import EpochLoader, derive_seed, seed_worker
 from codebase.data.patches import patch_dataset, working_resolution
+from codebase.tasks import on_side, parse_tasks
 
 
 def build_datasets(root, grading_size, segmentation_size, crop_size=None, cache_dir=None, splits=None,
@@ -45,6 +46,29 @@ def build_datasets(root, grading_size, segmentation_size, crop_size=None, cache_
         "segmentation": {split: segmentation_dataset(split, records)
                          for split, records in segmentation.items() if records},
     }
+
+
+def build_loaders(config, splits, device, rank=0, world_size=1):
+    """(datasets, streams, eval_loaders) of a multi-task run from its config and splits
+    (codebase.data.splits): `build_datasets`; {half: BatchStream} of the training sets (this
+    process's share of each batch); {"validation"|"test": {half: EpochLoader}} of the splits a half
+    has images in."""
+    data, train = config["data"], config["train"]
+    patches = data["patches"] if data["patches"]["enabled"] else None
+    lesions = [task.key for task in on_side(parse_tasks(config["model"]["task_specs"]), "segmentation")
+               if task.key in LESIONS]  # IDRiD's own lesions (a derived target has no mask file)
+    datasets = build_datasets(data["root"], data["grading_size"], data["segmentation_size"], data["crop_size"],
+                              data["cache_dir"], splits, patches, lesions or LESIONS)
+    options = {"num_workers": data["num_workers"], "pin_memory": data["pin_memory"] and device.type == "cuda"}
+    persistent = data["persistent_workers"] and data["num_workers"] > 0
+    streams = {half: BatchStream(datasets[half]["train"], train["batch_size"], config["seed"], rank, world_size,
+                                 persistent_workers=persistent, **options)
+               for half in ("grading", "segmentation")}
+    eval_loaders = {split: {half: EpochLoader(datasets[half][split], train["eval_batch_size"], train=False,
+                                              seed=config["seed"], **options)
+                            for half in ("grading", "segmentation") if split in datasets[half]}
+                    for split in ("validation", "test")}
+    return datasets, streams, eval_loaders
 
 
 class StreamSampler(Sampler):

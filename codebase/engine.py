@@ -11,11 +11,12 @@ through the side it has labels for only.
 import torch
 from torch import nn
 
+from codebase.data.patches import WINDOW_OVERLAP
 from codebase.evaluation.evaluate import (
     RoutingMeter,
     evaluate_grading,
-    evaluate_segmentation,
 )
+from codebase.evaluation.lesions import lesion_metrics
 from codebase.runtime import distributed
 from codebase.runtime.device import autocast
 from codebase.tasks import on_side
@@ -175,10 +176,13 @@ class MultiTaskTraining:
                 "routing": routing.compute(), "dense_routing": float(dense)}
 
 
-def evaluate(model, loaders, device, amp="off"):
-    """Test metrics: {"grading": {...}, "segmentation": {...}, "routing": {task: ...}}.
+def evaluate(model, loaders, device, amp="off", split="test", window=None, overlap=WINDOW_OVERLAP,
+             full_resolution=False, cache_masks=False):
+    """Metrics of a split: {"grading": {...}, "segmentation": {...}, "routing": {task: ...}}.
 
-    loaders: {"grading": loader, "segmentation": loader}; either may be None to skip that side.
+    loaders: {"grading": loader, "segmentation": loader}; either may be None to skip that side. The
+    lesions are scored by codebase.evaluation.lesions.lesion_metrics (window, overlap,
+    full_resolution and cache_masks as there; a sliding window gives no segmentation routing).
     """
     model = distributed.unwrap(model)
     model.eval()
@@ -189,8 +193,9 @@ def evaluate(model, loaders, device, amp="off"):
         routing.update(grading.pop("routing", {}))
         results["grading"] = grading
     if loaders.get("segmentation") is not None and model.segmentation_tasks:
-        segmentation = evaluate_segmentation(lambda x: model(x, side="segmentation"), loaders["segmentation"],
-                                             on_side(model.tasks, "segmentation"), device, amp)
+        segmentation = lesion_metrics(lambda x: model(x, side="segmentation"), loaders["segmentation"],
+                                      on_side(model.tasks, "segmentation"), split, window, overlap, device=device,
+                                      amp=amp, full_resolution=full_resolution, cache_masks=cache_masks)
         routing.update(segmentation.pop("routing", {}))
         results["segmentation"] = segmentation
     results["routing"] = routing

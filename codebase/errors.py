@@ -51,6 +51,3 @@ def _unwrap_worker_message(error: Exception) -> str:
     if text.startswith("Caught ") and raised_as in text:
         text = text[text.rindex(raised_as) + len(raised_as):]
     return text.strip()
-
-
-# ---------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """A grid's budget as each train script's overrides, and the checks a grid must pass before training.
 
-The keys a script accepts are those of its ``CONFIG`` (plus the harness's own keys), read by
+The keys a script accepts are those of its ``CONFIG`` (plus the keys every run has, RUN_DEFAULTS), read by
 importing the script (a train script imports without side effects; it trains only when run), so
 a grid naming a key that does not exist fails before anything is trained.
 
@@ -18,7 +18,7 @@ import importlib
 import sys
 from pathlib import Path
 
-from codebase.config import HARNESS_DEFAULTS
+from codebase.config import RUN_DEFAULTS
 from codebase.data.idrid import grading_records, segmentation_records
 from codebase.data.splits import validation_count
 from experiments.grids import CLASSIFIER, MULTITASK, SEGMENTATION
@@ -57,8 +57,8 @@ def script_settings(script, name):
 
 
 def config_keys(script):
-    """Every dotted key `script`'s CONFIG (and the harness) accepts, sections included."""
-    return _dict_keys(script_settings(script, "CONFIG")) | _dict_keys(HARNESS_DEFAULTS)
+    """Every dotted key `script`'s CONFIG (and RUN_DEFAULTS) accepts, sections included."""
+    return _dict_keys(script_settings(script, "CONFIG")) | _dict_keys(RUN_DEFAULTS)
 
 
 def override_key(assignment, where):
@@ -155,7 +155,7 @@ def check_grid(name, grid, common=()):
 
 
 def cli_text(value):
-    """A Python value as --set text the harness parses back to it."""
+    """A Python value as --set text that parse_cli parses back to it."""
     if value is None:
         return "null"
     if isinstance(value, bool):

@@ -92,7 +92,7 @@ SMOKE = Grid(
 WEIGHTING_METHODS = ("fixed",) + tuple(method for method in WEIGHTINGS if method != "fixed")  # every registered one
 
 WEIGHTING = Grid(
-    description="Loss weightings of the multi-task model (README \"Loss weightings\"): the equal-weight sum "
+    description="Loss weightings of the multi-task model (docs/multitask_model.md): the equal-weight sum "
                 f"(fixed, the reference) against {', '.join(WEIGHTING_METHODS[1:])}, each with its default "
                 "settings, at a reduced demo scale.",
     configurations={method: Configuration(MULTITASK, (f"loss.weighting={method}",)) for method in WEIGHTING_METHODS},

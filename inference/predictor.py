@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from codebase.data.cache import load_resized_image
 from codebase.data.images import read_image, read_size
+from codebase.data.patches import WINDOW_OVERLAP
 from codebase.data.transforms import eval_transforms, to_tv_tensors
 from codebase.evaluation.fundus_check import WORK_SIDE, check_fundus
 from codebase.evaluation.sliding_window import predict_sliding_window
@@ -74,7 +75,7 @@ class SegmentationPlan:
     mode: str
     working_size: tuple  # (height, width) the image is resized to
     window: tuple  # (height, width): the run's trained segmentation size
-    overlap: float = 0.25
+    overlap: float = WINDOW_OVERLAP
     flip_tta: bool = False
 
     def as_dict(self):
@@ -88,7 +89,7 @@ def trained_working_size(run):
     return tuple(size) if size else None
 
 
-def segmentation_plan(run, input_size, sliding="auto", scale=DEFAULT_SCALE, overlap=0.25, flip_tta=False):
+def segmentation_plan(run, input_size, sliding="auto", scale=DEFAULT_SCALE, overlap=WINDOW_OVERLAP, flip_tta=False):
     """The SegmentationPlan for an input of input_size (height, width).
 
     sliding "off": the whole image at S, as the run was evaluated. (height, width): windows of S over the
@@ -142,7 +143,7 @@ def _windows_experts(routings):
     return summary
 
 
-def predict_image(run, path, device, dense, threshold, sliding="off", scale=DEFAULT_SCALE, overlap=0.25,
+def predict_image(run, path, device, dense, threshold, sliding="off", scale=DEFAULT_SCALE, overlap=WINDOW_OVERLAP,
                   flip_tta=False):
     """One image -> (record for predictions.json, {lesion: bool [H, W] mask at the input's resolution}).
 

@@ -7,8 +7,8 @@ routine (codebase.evaluation.evaluate) and reports the same numbers under the sa
 import torch
 
 from codebase.data.idrid import LESIONS
-from codebase.evaluation.evaluate import evaluate_segmentation
-from codebase.evaluation.fullres import sliding_window_logits
+from codebase.data.patches import WINDOW_OVERLAP
+from codebase.evaluation.lesions import lesion_metrics
 from codebase.runtime import distributed
 from codebase.training.loop import train_steps
 from segmentation.model import TASKS
@@ -34,16 +34,18 @@ def train_one_epoch(model, criterion, optimizer, loader, epoch, device, amp="off
             "lesions": {k: {"loss_focal": means[f"focal_{k}"], "loss_dice": means[f"dice_{k}"]} for k in LESIONS}}
 
 
-def evaluate(model, loader, device, amp="off", threshold=0.5, keep_meter=False, window=None, overlap=0.25):
-    """Per-lesion IoU, Dice, sensitivity, precision (at ``threshold``) and AUPR over ``loader``,
-    and their means; with ``keep_meter`` also the SegmentationMeter (for precision-recall curves).
-    window=(h, w): each image is predicted by sliding windows of that size (a patch-trained model)."""
+def evaluate(model, loader, device, amp="off", threshold=0.5, keep_meter=False, window=None, overlap=WINDOW_OVERLAP,
+             split="test", full_resolution=False, cache_masks=False):
+    """Per-lesion IoU, Dice, sensitivity, precision (at ``threshold``) and AUPR over ``loader``, their
+    means and the resolution (codebase.evaluation.lesions.lesion_metrics, as for the multi-task
+    model); with ``keep_meter`` also the SegmentationMeter (for precision-recall curves).
+    window=(h, w): each image is predicted by sliding windows of that size (a patch-trained model);
+    full_resolution: also against the original-size masks of ``split``."""
     model = distributed.unwrap(model)
     model.eval()
-    logits_of = model if window is None else sliding_window_logits(model, window, overlap)
 
-    def predict_tasks(images):
-        logits = logits_of(images)  # [B, 5, H, W]
-        return {"logits": {task.name: logits[:, i:i + 1] for i, task in enumerate(TASKS)}}
+    def segment(images):  # [B, 3, h, w] -> {"logits": {task: [B, 1, h, w]}}
+        return {"logits": dict(zip((task.name for task in TASKS), model(images).split(1, dim=1)))}
 
-    return evaluate_segmentation(predict_tasks, loader, TASKS, device, amp, threshold, keep_meter=keep_meter)
+    return lesion_metrics(segment, loader, TASKS, split, window, overlap, threshold, device, amp, full_resolution,
+                          cache_masks, keep_meter)

@@ -122,8 +122,8 @@ def test_run_writes_its_folder_and_routes_sparsely_after_warm_up(tiny_run):
 def test_training_evaluates_validation_only_and_the_test_split_once(synthetic_root, tmp_path, monkeypatch):
     seen = []
     original = train_mlt_model.evaluate
-    monkeypatch.setattr(train_mlt_model, "evaluate", lambda model, loaders, *args: seen.append(
-        {side: loader.dataset.split for side, loader in loaders.items()}) or original(model, loaders, *args))
+    monkeypatch.setattr(train_mlt_model, "evaluate", lambda model, loaders, *args, **kwargs: seen.append(
+        {side: loader.dataset.split for side, loader in loaders.items()}) or original(model, loaders, *args, **kwargs))
     history = train_mlt_model.main(tiny_config(synthetic_root, tmp_path, "train.epochs=3", "train.evaluate_every=1"))
     validation, test = {"grading": "validation", "segmentation": "validation"}, {"grading": "test", "segmentation": "test"}
     best = json.loads((tmp_path / "mlt_demo" / "test_metrics.json").read_text())["best"]["epoch"]

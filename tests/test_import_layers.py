@@ -11,8 +11,8 @@ LAYERS = [
     {"data", "networks"},
     {"evaluation"},
     {"training"},
-    {"tasks", "dataset", "settings"},
-    {"model"},
+    {"tasks", "settings"},
+    {"dataset", "model"},
     {"engine"},
 ]
 LAYER = {unit: number for number, units in enumerate(LAYERS) for unit in units}

@@ -222,6 +222,11 @@ class PatchSegmentationDataset(Dataset):
 # ---------------------------------------------------------------------------------------------
 # The ``data.patches`` section of the segmentation and multi-task train scripts
 
+# Sliding windows, wherever an image is predicted window by window (patch evaluation, the full-
+# resolution metrics, predict.py): the overlap of neighbouring windows, and windows per forward.
+WINDOW_OVERLAP = 0.25
+WINDOWS_PER_BATCH = 4
+
 PATCH_SETTINGS = {
     "enabled": False,           # True: train the lesions on crops of images kept at working_size
     "working_size": None,       # [height, width] the images are kept at; None: each image's native size
@@ -230,7 +235,7 @@ PATCH_SETTINGS = {
     "centre_weights": {lesion: 1.0 for lesion in idrid.LESIONS},  # relative chance of each kind to be drawn
     "lesion_position": "centre",  # where the drawn lesion pixel lies in its crop: centre, or anywhere
     "crops_per_image": 8,       # crops of each training image per epoch
-    "overlap": 0.25,            # overlap of neighbouring sliding windows in evaluation
+    "overlap": WINDOW_OVERLAP,  # overlap of neighbouring sliding windows in evaluation
 }
 
 

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from codebase.data import idrid
 from codebase.data.cache import ResizedCache
 from codebase.data.images import read_mask, read_size
+from codebase.data.patches import WINDOW_OVERLAP, WINDOWS_PER_BATCH
 from codebase.data.transforms import eval_transforms, to_tv_tensors
 from codebase.evaluation.metrics import SegmentationMeter
 from codebase.evaluation.sliding_window import flip_averaged, predict_sliding_window
@@ -109,7 +110,7 @@ def _records_and_cache(data, split: str, cache_dir):
 
 @torch.no_grad()
 def evaluate_full_resolution(predict_fn: Callable, data, split: str = "test", image_size=None, window=None,
-                             overlap: float = 0.25, windows_per_batch: int = 4, blend: str = "gaussian",
+                             overlap: float = WINDOW_OVERLAP, windows_per_batch: int = WINDOWS_PER_BATCH, blend: str = "gaussian",
                              flip_tta: bool = False, lesions: Sequence[str] = idrid.LESIONS, threshold: float = 0.5,
                              device="cpu", amp: str = "off", cache_dir=None, cache_masks: bool = False,
                              keep_meter: bool = False,
@@ -165,7 +166,7 @@ def evaluate_full_resolution(predict_fn: Callable, data, split: str = "test", im
 FULLRES_EVAL = ("off", "final", "every")  # train.fullres_eval: never, the final test evaluation, every evaluation
 
 
-def sliding_window_logits(predict_fn: Callable, window, overlap: float = 0.25, windows_per_batch: int = 4,
+def sliding_window_logits(predict_fn: Callable, window, overlap: float = WINDOW_OVERLAP, windows_per_batch: int = WINDOWS_PER_BATCH,
                           eps: float = 1e-6) -> Callable:
     """images [N, 3, H, W] -> logits [N, L, H, W] of the probabilities blended over sliding ``window``s
     of the images (predict_fn: windows -> logits), so routines that take logits (evaluate_segmentation)
@@ -179,9 +180,9 @@ def sliding_window_logits(predict_fn: Callable, window, overlap: float = 0.25, w
 
 
 def fullres_metrics(predict_fn: Callable, data, split: str = "test", image_size=None, window=None,
-                    overlap: float = 0.25, lesions: Sequence[str] = idrid.LESIONS, threshold: float = 0.5,
+                    overlap: float = WINDOW_OVERLAP, lesions: Sequence[str] = idrid.LESIONS, threshold: float = 0.5,
                     device="cpu", amp: str = "off", cache_dir=None, cache_masks: bool = False,
-                    windows_per_batch: int = 4, desc: str = "eval full resolution") -> dict:
+                    windows_per_batch: int = WINDOWS_PER_BATCH, desc: str = "eval full resolution") -> dict:
     """`evaluate_full_resolution` sharded over the processes of a distributed run (each scores every
     world_size-th image, the histograms are summed), so every rank returns the single-process result.
 
@@ -225,9 +226,9 @@ def run_window(config: dict) -> tuple[tuple[int, int] | None, tuple[int, int] | 
     patches = data.get("patches") or {}
     if patches.get("enabled"):
         working = patches.get("working_size")
-        return (tuple(working) if working else None), tuple(patches["crop_size"]), patches.get("overlap", 0.25)
+        return (tuple(working) if working else None), tuple(patches["crop_size"]), patches.get("overlap", WINDOW_OVERLAP)
     size = data.get("segmentation_size", data.get("image_size"))
-    return tuple(size), None, 0.25
+    return tuple(size), None, WINDOW_OVERLAP
 
 
 def run_fullres_metrics(run, root, split: str = "test", device="cpu", threshold: float | None = None,

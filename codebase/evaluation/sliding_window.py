@@ -13,6 +13,7 @@ from collections.abc import Callable
 import torch
 
 from codebase.data.image_datasets import parse_size_hw
+from codebase.data.patches import WINDOW_OVERLAP, WINDOWS_PER_BATCH
 
 BLENDS = ("gaussian", "constant")
 
@@ -32,8 +33,8 @@ def flip_averaged(predict: Callable, vertical: bool = False) -> Callable:
 
 
 @torch.no_grad()
-def predict_sliding_window(predict_fn: Callable, image: torch.Tensor, window, overlap: float = 0.25,
-                           windows_per_batch: int = 4, blend: str = "gaussian", flip_tta: bool = False,
+def predict_sliding_window(predict_fn: Callable, image: torch.Tensor, window, overlap: float = WINDOW_OVERLAP,
+                           windows_per_batch: int = WINDOWS_PER_BATCH, blend: str = "gaussian", flip_tta: bool = False,
                            vertical_flip: bool = False, activation: Callable | None = torch.sigmoid,
                            sigma_scale: float = 0.125, output_device=None) -> torch.Tensor:
     """Blend ``activation(predict_fn(windows))`` over overlapping windows of ``image``.

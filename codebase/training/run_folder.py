@@ -334,6 +334,3 @@ def _check_compatible(folder: Path, old: dict, new: dict, must_match: list[str])
             "model's parameters:\n  " + "\n  ".join(blocking) +
             "\nUse the checkpoint's values, or start a new run with --no-resume or --run-name NAME.")
     return [f"setting changed since the checkpoint: {lines[key]}" for key in changed]
-
-
-# ---------------------------------------------------------------------------------------------
