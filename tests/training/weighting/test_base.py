@@ -114,6 +114,7 @@ def test_a_task_that_misses_the_shared_parameters_counts_as_zero():
     torch.testing.assert_close(own.grad, torch.tensor(6.0))
 
 
+@pytest.mark.slow  # a two-process torchrun job
 def test_gradient_method_under_two_process_ddp_equals_one_process(tmp_path):
     """PCGrad (a non-linear combination) under DDP with an all-reduce-mean ``reduce``: the same
     gradients on both ranks, equal to one process's step on the whole batch."""
