@@ -90,10 +90,10 @@ def evaluate_run(run, root, device):
     sizes, amp = run.input_sizes(), run.config["train"]["amp"]
     batch = run.config["train"]["eval_batch_size"]
     results, pr_curves = {}, {}
-    if "classification" in sizes:
-        dataset = GradingDataset(root, "test", sizes["classification"])
-        tasks = run.tasks("classification")
-        results["grading"] = evaluate_grading(lambda images: run.predict(images, side="classification"),
+    if "grading" in sizes:
+        dataset = GradingDataset(root, "test", sizes["grading"])
+        tasks = run.tasks("grading")
+        results["grading"] = evaluate_grading(lambda images: run.predict(images, side="grading"),
                                               EpochLoader(dataset, batch, train=False, seed=0), tasks,
                                               device, amp)
     if "segmentation" in sizes:
@@ -184,8 +184,7 @@ def _sizes_cell(sizes):
     text = {side: f"{h}x{w}" for side, (h, w) in sizes.items()}
     if len(set(text.values())) == 1:
         return next(iter(text.values()))
-    names = {"classification": "grading", "segmentation": "segmentation"}
-    return ", ".join(f"{names[side]} {value}" for side, value in text.items())
+    return ", ".join(f"{side} {value}" for side, value in text.items())
 
 
 def _table(header, rows):

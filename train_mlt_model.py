@@ -242,7 +242,7 @@ def main(config):
         scaler = make_grad_scaler(device, train["amp"])
         warmup_epochs = round(config["routing"]["warmup_fraction"] * train["epochs"])
         run.log("images (train / validation / test): " + "; ".join(
-            f"{half} {' / '.join(str(len(records)) for records in parts.values())}" for half, parts in splits.items()))
+            f"{side} {' / '.join(str(len(records)) for records in parts.values())}" for side, parts in splits.items()))
         run.log(f"multi-task model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, "
                 f"{len(model.task_specs)} tasks x {model.num_experts} experts; dense routing for the first "
                 f"{warmup_epochs} epochs, then top-p with p={model.top_p}")

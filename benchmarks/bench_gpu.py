@@ -86,7 +86,7 @@ def multitask_row(label, device, size, batch, backbone, experts, tuned, top_p, r
         train_step()
         synchronize(device)
         peak_memory = torch.cuda.max_memory_allocated(device) / 2**30
-    flops = forward_flops(model, lambda: (model(grading, side="classification", dense=dense),
+    flops = forward_flops(model, lambda: (model(grading, side="grading", dense=dense),
                                           model(segmentation, side="segmentation", dense=dense)))["total"]
     images_per_second = 2 * batch / seconds
     mfu = 3 * flops / seconds / peak if peak else None

@@ -18,7 +18,7 @@ def build_datasets(root, grading_size, segmentation_size, crop_size=None, cache_
                    patches=None, lesions=LESIONS):
     """{"grading": {split: dataset}, "segmentation": {split: dataset}}.
 
-    splits: {half: {"train"|"validation"|"test": [record]}} (codebase.data.splits); a split without
+    splits: {side: {"train"|"validation"|"test": [record]}} (codebase.data.splits); a split without
     images is left out. None: IDRiD's train and test splits as distributed.
     patches: an enabled ``data.patches`` section (codebase.data.patches): the segmentation training
     set is then lesion-aware crops (centred on ``lesions``) of images kept at its working resolution,
@@ -26,7 +26,7 @@ def build_datasets(root, grading_size, segmentation_size, crop_size=None, cache_
     crop_size are unused); grading keeps whole resized images either way.
     """
     if splits is None:
-        splits = {half: {"train": None, "test": None} for half in ("grading", "segmentation")}
+        splits = {side: {"train": None, "test": None} for side in ("grading", "segmentation")}
     segmentation = {split: records if records is not None else segmentation_records(root, split)
                     for split, records in splits["segmentation"].items()}
     if patches:
@@ -50,8 +50,8 @@ def build_datasets(root, grading_size, segmentation_size, crop_size=None, cache_
 
 def build_loaders(config, splits, device, rank=0, world_size=1):
     """(datasets, streams, eval_loaders) of a multi-task run from its config and splits
-    (codebase.data.splits): `build_datasets`; {half: BatchStream} of the training sets (this
-    process's share of each batch); {"validation"|"test": {half: EpochLoader}} of the splits a half
+    (codebase.data.splits): `build_datasets`; {side: BatchStream} of the training sets (this
+    process's share of each batch); {"validation"|"test": {side: EpochLoader}} of the splits a side
     has images in."""
     data, train = config["data"], config["train"]
     patches = data["patches"] if data["patches"]["enabled"] else None
@@ -61,12 +61,12 @@ def build_loaders(config, splits, device, rank=0, world_size=1):
                               data["cache_dir"], splits, patches, lesions or LESIONS)
     options = {"num_workers": data["num_workers"], "pin_memory": data["pin_memory"] and device.type == "cuda"}
     persistent = data["persistent_workers"] and data["num_workers"] > 0
-    streams = {half: BatchStream(datasets[half]["train"], train["batch_size"], config["seed"], rank, world_size,
+    streams = {side: BatchStream(datasets[side]["train"], train["batch_size"], config["seed"], rank, world_size,
                                  persistent_workers=persistent, **options)
-               for half in ("grading", "segmentation")}
-    eval_loaders = {split: {half: EpochLoader(datasets[half][split], train["eval_batch_size"], train=False,
+               for side in ("grading", "segmentation")}
+    eval_loaders = {split: {side: EpochLoader(datasets[side][split], train["eval_batch_size"], train=False,
                                               seed=config["seed"], **options)
-                            for half in ("grading", "segmentation") if split in datasets[half]}
+                            for side in ("grading", "segmentation") if split in datasets[side]}
                     for split in ("validation", "test")}
     return datasets, streams, eval_loaders
 

@@ -1,7 +1,7 @@
 """Training and evaluation of the multi-task model.
 
 One optimizer step (`MultiTaskTraining.train_step`) sees one grading batch (through the
-classification side) and one segmentation batch (through the segmentation side). The loss
+grading side) and one segmentation batch (through the segmentation side). The loss
 weighting (``loss.weighting``, a codebase.training.weighting entry: a weighted sum, or a method
 that balances the per-task gradients of the shared backbone and ASPP) writes the step's gradients
 in one call, ``weighting.backward``; the gate regularisers are added with their own fixed weights.
@@ -85,7 +85,7 @@ class TrainStep(nn.Module):
         self.model, self.criterion = model, criterion
 
     def forward(self, grading_images, grading_targets, segmentation_images, segmentation_targets, dense):
-        graded = self.model(grading_images, side="classification", dense=dense)
+        graded = self.model(grading_images, side="grading", dense=dense)
         segmented = self.model(segmentation_images, side="segmentation", dense=dense)
         logits = {**graded["logits"], **segmented["logits"]}
         routings = {**graded["routing"], **segmented["routing"]}
@@ -117,7 +117,7 @@ class MultiTaskTraining:
         unwrapped = distributed.unwrap(step)
         self.model = unwrapped.model
         self.tasks = unwrapped.criterion.tasks
-        self.classification, self.segmentation = on_side(self.tasks, "classification"), on_side(self.tasks, "segmentation")
+        self.grading, self.segmentation = on_side(self.tasks, "grading"), on_side(self.tasks, "segmentation")
         self.shared = shared_parameters(self.model)
         weighting.reduce = distributed.all_reduce_mean if distributed.is_distributed() else None
 
@@ -132,10 +132,10 @@ class MultiTaskTraining:
         segmentation_images = segmented["image"].to(self.device, non_blocking=True, memory_format=self.memory_format)
         grades = {key: graded[key].to(self.device, non_blocking=True) for key in ("rg", "mer")}  # {key: [B]}
         masks = {"masks": segmented["masks"].to(self.device, non_blocking=True)}  # [B, 5 lesions, H, W]
-        inputs = (grading_images, {task.name: task.target_of(grades) for task in self.classification},
+        inputs = (grading_images, {task.name: task.target_of(grades) for task in self.grading},
                   segmentation_images, {task.name: task.target_of(masks) for task in self.segmentation}, dense)
 
-        with autocast(self.device, self.amp):  # both halves forward, per-task losses, gate regularisers
+        with autocast(self.device, self.amp):  # both sides forward, per-task losses, gate regularisers
             task_losses, gate, components, routings = self.step(*inputs)
         self.optimizer.zero_grad(set_to_none=True)
         loss = self.weighting.backward(task_losses, gate, self.shared, self.scaler)  # writes every .grad
@@ -187,9 +187,9 @@ def evaluate(model, loaders, device, amp="off", split="test", window=None, overl
     model = distributed.unwrap(model)
     model.eval()
     results, routing = {}, {}
-    if loaders.get("grading") is not None and model.classification_tasks:
-        grading = evaluate_grading(lambda x: model(x, side="classification"), loaders["grading"],
-                                   on_side(model.tasks, "classification"), device, amp)
+    if loaders.get("grading") is not None and model.grading_tasks:
+        grading = evaluate_grading(lambda x: model(x, side="grading"), loaders["grading"],
+                                   on_side(model.tasks, "grading"), device, amp)
         routing.update(grading.pop("routing", {}))
         results["grading"] = grading
     if loaders.get("segmentation") is not None and model.segmentation_tasks:

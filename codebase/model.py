@@ -1,7 +1,7 @@
 """The Mixture-of-Experts multi-task model: one backbone, per-task gates and experts.
 
 Tasks come only from ``task_specs`` (name -> number of outputs), parsed by codebase/tasks.py. A
-task on the classification side gets pooled classification experts; one on the segmentation side
+task on the grading side gets pooled classification experts; one on the segmentation side
 gets DeepLabV3+ decoder experts fed by the shared ASPP. Adding a task is one entry in the dict.
 
 Routing (see codebase/networks/routing.py): in dense mode every expert runs on every image and outputs are
@@ -33,7 +33,7 @@ class MultiTaskModel(nn.Module):
             raise ValueError(f"num_experts must be at least 1, got {num_experts}")
         self.tasks = parse_tasks(task_specs)
         self.task_specs = {task.name: task.outputs for task in self.tasks}
-        self.classification_tasks = [task.name for task in on_side(self.tasks, "classification")]
+        self.grading_tasks = [task.name for task in on_side(self.tasks, "grading")]
         self.segmentation_tasks = [task.name for task in on_side(self.tasks, "segmentation")]
         self.num_experts = num_experts
         self.top_p = top_p
@@ -46,7 +46,7 @@ class MultiTaskModel(nn.Module):
         self.gates = nn.ModuleDict({task: Gate(high, num_experts, gate_hidden, gate_noise) for task in self.task_specs})
         self.experts = nn.ModuleDict()
         for task in self.tasks:
-            if task.side == "classification":
+            if task.side == "grading":
                 experts = [ClassificationHead(high, task.outputs, head_hidden, conv=True) for _ in range(num_experts)]
             else:
                 experts = [DeepLabDecoder(low, task.outputs, aspp_channels, channels=decoder_channels, separable=True)
@@ -76,7 +76,7 @@ class MultiTaskModel(nn.Module):
     def forward(self, images, side="all", dense=None):
         """images [B, 3, H, W] -> {"logits": {task: ...}, "routing": {task: Routing}}.
 
-        side: "all" tasks, or only the "classification" or "segmentation" ones (the other side's
+        side: "all" tasks, or only the "grading" or "segmentation" ones (the other side's
         heads, and for classification the ASPP, are not run). Classification logits are
         [B, classes]; segmentation logits [B, outputs, H, W]. dense: None follows set_routing.
         """
@@ -95,16 +95,16 @@ class MultiTaskModel(nn.Module):
         logits.update(self._segment(low_level, high_level, routings, plan, images.shape[-2:]))
         return {"logits": logits, "routing": routings}
 
-    def forward_classification(self, images, dense=None):
+    def forward_grading(self, images, dense=None):
         """Grading tasks only: {"logits": {task: [B, classes]}, "routing": {task: Routing}}."""
-        return self(images, "classification", dense)
+        return self(images, "grading", dense)
 
     def forward_segmentation(self, images, dense=None):
         """Segmentation tasks only: {"logits": {task: [B, outputs, H, W]}, "routing": {task: Routing}}."""
         return self(images, "segmentation", dense)
 
     def _classify(self, high_level, routings, plan):
-        tasks = [t for t in self.classification_tasks if t in routings]
+        tasks = [t for t in self.grading_tasks if t in routings]
         return {t: self.experts[t].mix((high_level,), routings[t].mixture, plan[t]) for t in tasks}
 
     def _segment(self, low_level, high_level, routings, plan, size):

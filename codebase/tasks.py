@@ -1,7 +1,7 @@
 """Tasks: each ``task_specs`` entry parsed once into a `Task` that knows its kind, target and outputs.
 
 A task is named ``<kind>_<target>`` (``classification_rg``, ``segmentation_ma``). Its kind is an
-entry of the registry `TASK_KINDS`; the kind says which half of a training step the task reads
+entry of the registry `TASK_KINDS`; the kind says which side of a training step the task reads
 (``side``: the grading batch through pooled heads, or the segmentation batch through decoder
 heads), which targets it knows, how its target is taken from a batch, and its loss. Nothing
 else in the code looks at a task's name.
@@ -26,7 +26,7 @@ from codebase.data.idrid import LESIONS, NUM_MER_CLASSES, NUM_RG_CLASSES
 from codebase.evaluation.metrics import ClassificationMeter
 from codebase.training.losses import SegmentationLoss, classification_loss
 
-SIDES = ("classification", "segmentation")
+SIDES = ("grading", "segmentation")
 
 
 @dataclass(frozen=True)
@@ -156,7 +156,7 @@ def _lesion_union(codes):
 
 
 register_task_kind(TaskKind(
-    name="classification", side="classification",
+    name="classification", side="grading",
     targets={"rg": Target(lambda batch: batch["rg"], NUM_RG_CLASSES),
              "mer": Target(lambda batch: batch["mer"], NUM_MER_CLASSES),
              "referable": Target(lambda batch: (batch["rg"] >= 2).long(), 2)},

@@ -84,8 +84,8 @@ def training_images(root, validation=0):
     """(grading, segmentation) training image counts of the data root once ``validation`` images are
     carved from each (codebase.data.splits; no image is decoded)."""
     counts = len(grading_records(root, "train")), len(segmentation_records(root, "train"))
-    return tuple(count - validation_count(validation, count, half)
-                 for count, half in zip(counts, ("grading", "segmentation")))
+    return tuple(count - validation_count(validation, count, side)
+                 for count, side in zip(counts, ("grading", "segmentation")))
 
 
 def steps_per_epoch(script, batch_size, grading_images, segmentation_images):

@@ -37,13 +37,13 @@ def file_sha256(path):
 @torch.no_grad()
 def grading_records(run, root, size, device):
     """{"names": [N], "<task>_true": int64 [N], "<task>_predicted": int64 [N]} for the run's grading tasks."""
-    tasks = run.tasks("classification")
+    tasks = run.tasks("grading")
     dataset = GradingDataset(root, "test", size)
     loader = EpochLoader(dataset, run.config["train"]["eval_batch_size"], train=False, seed=0)
     true, predicted = {t: [] for t in tasks}, {t: [] for t in tasks}
     for batch in progress(loader, "records grading", total=len(loader)):
         with autocast(device, run.config["train"]["amp"]):
-            logits = run.predict(batch["image"].to(device), side="classification")["logits"]
+            logits = run.predict(batch["image"].to(device), side="grading")["logits"]
         grades = {key: batch[key] for key in ("rg", "mer")}
         for task in tasks:
             true[task].append(task.target_of(grades).numpy())
@@ -102,7 +102,7 @@ def run_records(folder, root, size, device, cache_file, threshold=0.5):
             if json.loads(str(cached["key"])) == key:
                 return _unpack(cached)
     run = load_run(folder, device)
-    records = {"grading": grading_records(run, root, size, device) if run.tasks("classification") else None,
+    records = {"grading": grading_records(run, root, size, device) if run.tasks("grading") else None,
                "segmentation": segmentation_records(run, root, size, device, threshold)
                if run.tasks("segmentation") else None}
     arrays = {"key": np.array(json.dumps(key))}

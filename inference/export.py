@@ -63,7 +63,7 @@ class MixtureOfExpertsExport(nn.Module):
         model = self.model
         low_level, high_level = model.backbone(images)  # [B, Cl, H/4, W/4], [B, Ch, H/16, W/16]
         pooled = high_level.mean(dim=(2, 3))            # [B, Ch]
-        logits = {task: self.mix(task, (high_level,), pooled) for task in model.classification_tasks}
+        logits = {task: self.mix(task, (high_level,), pooled) for task in model.grading_tasks}
         if model.segmentation_tasks:
             context = model.aspp(high_level)  # [B, A, H/16, W/16]
             context = F.interpolate(context, size=low_level.shape[-2:], mode="bilinear", align_corners=False)
@@ -95,7 +95,7 @@ def exportable(run, dense=False):
 def input_size(run):
     """(height, width) of the exported input: the trained size (multi-task: the segmentation size)."""
     sizes = run.input_sizes()
-    return tuple(sizes.get("segmentation", sizes.get("classification")))
+    return tuple(sizes.get("segmentation", sizes.get("grading")))
 
 
 def trained_sizes(run):
@@ -107,9 +107,9 @@ def description(run, module, size, fmt, dense, model_file):
     specs = run.task_specs
     sides = {task.name: task.side for task in run.all_tasks}
     height, width = size
-    outputs = {task: {"shape": ["batch", specs[task]] if sides[task] == "classification"
+    outputs = {task: {"shape": ["batch", specs[task]] if sides[task] == "grading"
                       else ["batch", specs[task], height, width],
-                      "meaning": "class logits (softmax for probabilities)" if sides[task] == "classification"
+                      "meaning": "class logits (softmax for probabilities)" if sides[task] == "grading"
                       else "lesion logits (sigmoid for probabilities)"} for task in module.tasks}
     routing = None
     if run.kind == "multitask":

@@ -31,7 +31,7 @@ def forward_passes(run, size=None):
     """
     sizes = run.input_sizes() if size is None else dict.fromkeys(run.input_sizes(), tuple(size))
     if len(sizes) == 2 and len(set(sizes.values())) == 1:
-        return {"all": sizes["classification"]}
+        return {"all": sizes["grading"]}
     return sizes
 
 
@@ -157,7 +157,7 @@ def predict_image(run, path, device, dense, threshold, sliding="off", scale=DEFA
     if "segmentation" in run.input_sizes():
         plan = segmentation_plan(run, (height, width), sliding, scale, overlap, flip_tta)
         if plan.mode == "sliding":  # grading still sees the whole image; lesions come from the windows
-            passes = {side: size for side, size in run.input_sizes().items() if side == "classification"}
+            passes = {side: size for side, size in run.input_sizes().items() if side == "grading"}
     images = {side: load_input(path, size).to(device) for side, size in passes.items()}
     with autocast(device, run.config["train"]["amp"]):
         out = forward(run, images, dense)
@@ -167,7 +167,7 @@ def predict_image(run, path, device, dense, threshold, sliding="off", scale=DEFA
     logits = out["logits"]
     record = {"input": str(path), "size": [height, width], "grades": {}, "lesions": {}, "experts": {},
               "segmentation": plan.as_dict() if plan is not None else None}
-    for task in run.tasks("classification"):
+    for task in run.tasks("grading"):
         class_probabilities = torch.softmax(logits[task.name][0].float(), dim=0)  # [classes]
         record["grades"][task.key] = {"grade": int(class_probabilities.argmax()),
                                       "probabilities": [round(p, 4) for p in class_probabilities.tolist()]}

@@ -150,7 +150,7 @@ def example_figure(run, examples, device, threshold=0.5):
             grades = "  ".join(f"{key.upper()} {grade['grade']}" for key, grade in result["grades"].items())
             rows.append([(overlay(picture, truth), f"{record.name}: true lesions"),
                          (overlay(picture, predicted), f"predicted lesions {grades}".strip())])
-    if run.tasks("classification"):
+    if run.tasks("grading"):
         for record in examples.get("grading", []):
             result, _ = predict_image(run, record.image_path, device, None, threshold)
             truth = {"rg": record.retinopathy_grade, "mer": record.macular_edema_risk}

@@ -42,13 +42,13 @@ class ModelKind:
 MODEL_KINDS = {
     "classifier": ModelKind(classifier.model.build_model, classifier.model.predict,
                             lambda config: classifier.model.TASKS,
-                            lambda config: {"classification": tuple(config["data"]["image_size"])}, "train_classifier.py"),
+                            lambda config: {"grading": tuple(config["data"]["image_size"])}, "train_classifier.py"),
     "segmentation": ModelKind(segmentation.model.build_model, segmentation.model.predict,
                               lambda config: segmentation.model.TASKS,
                               lambda config: {"segmentation": tuple(config["data"]["image_size"])}, "train_segmentation.py"),
     "multitask": ModelKind(codebase.model.build_model, codebase.model.predict,
                            lambda config: parse_tasks(config["model"]["task_specs"]),
-                           lambda config: {"classification": tuple(config["data"]["grading_size"]),
+                           lambda config: {"grading": tuple(config["data"]["grading_size"]),
                                            "segmentation": tuple(config["data"]["segmentation_size"])},
                            "train_mlt_model.py"),
 }
@@ -94,7 +94,7 @@ class TrainedRun:
         return {task.name: task.outputs for task in self.all_tasks}
 
     def tasks(self, side):
-        """This run's Tasks on one side ("classification" or "segmentation")."""
+        """This run's Tasks on one side ("grading" or "segmentation")."""
         return on_side(self.all_tasks, side)
 
     def input_sizes(self):

@@ -45,7 +45,7 @@ def build_model(config):
 
 def predict(model, images, side="all", dense=None):
     """The uniform prediction format: {"logits": {"segmentation_ma": [B, 1, H, W], ...}}."""
-    if side == "classification":
+    if side == "grading":
         return {"logits": {}}
     logits = model(images)  # [B, 5, H, W]
     return {"logits": {task.name: logits[:, i:i + 1] for i, task in enumerate(TASKS)}}

@@ -126,7 +126,7 @@ def test_each_image_gets_exactly_its_own_mixture():
     logits = torch.tensor([[5.0, 0.0, 0.0], [0.0, 5.0, 0.0], [0.0, 0.0, 5.0], [2.0, 2.0, -5.0]])
     fix_gate(model, "classification_rg", logits)
     with torch.no_grad():
-        out = model.forward_classification(images)["logits"]["classification_rg"]
+        out = model.forward_grading(images)["logits"]["classification_rg"]
         high = model.backbone(images)[1]
         bank = model.experts["classification_rg"]
         each = torch.stack([bank[e](high) for e in range(3)], dim=1)  # [B, E, 5]
@@ -173,7 +173,7 @@ def test_gradients_reach_gates_backbone_and_selected_experts_only():
 @pytest.mark.parametrize("detach", [True, False])
 def test_gate_losses_reach_the_backbone_only_when_the_gate_input_is_attached(detach):
     model = small_model(gate_detach=detach).train()
-    out = model(torch.randn(4, 3, 64, 96), side="classification", dense=True)
+    out = model(torch.randn(4, 3, 64, 96), side="grading", dense=True)
     sum(gate_balanced_assignment(r.weights) for r in out["routing"].values()).backward()
     backbone_grads = [p.grad for p in model.backbone.parameters()]
     assert all(p.grad is not None for p in model.gates["classification_rg"].parameters())  # the gate still learns
@@ -208,7 +208,7 @@ def test_a_new_task_is_one_entry_in_task_specs():
     assert out["logits"]["segmentation_red"].shape == (2, 1, 64, 96)
     assert out["logits"]["classification_referable"].shape == (2, 2)
     assert set(out["routing"]) == set(specs)
-    only_grading = model.forward_classification(torch.randn(2, 3, 64, 96))
+    only_grading = model.forward_grading(torch.randn(2, 3, 64, 96))
     assert set(only_grading["logits"]) == {"classification_rg", "classification_mer", "classification_referable"}
 
 

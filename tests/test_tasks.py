@@ -19,7 +19,7 @@ from codebase.tasks import (
 
 def test_parse_knows_kind_side_target_outputs_and_metric_key():
     rg, referable, red = parse_tasks({"classification_rg": 5, "classification_referable": 2, "segmentation_red": 1})
-    assert (rg.side, rg.target, rg.outputs, rg.key) == ("classification", "rg", 5, "rg")
+    assert (rg.side, rg.target, rg.outputs, rg.key) == ("grading", "rg", 5, "rg")
     assert (red.side, red.key) == ("segmentation", "RED")
     batch = {"rg": torch.tensor([0, 1, 2, 4]), "mer": torch.tensor([0, 0, 1, 2])}
     assert referable.target_of(batch).tolist() == [0, 0, 1, 1]
@@ -67,7 +67,7 @@ def regression_kind(monkeypatch):
     """A new kind of task, added by one registry entry: the grade as a number, learned by squared error."""
     monkeypatch.setattr("codebase.tasks.TASK_KINDS", dict(TASK_KINDS))
     return register_task_kind(TaskKind(
-        name="regression", side="classification",
+        name="regression", side="grading",
         targets={"rg": Target(lambda batch: batch["rg"].float(), 1)},
         make_loss=lambda task, config: SquaredError(), make_meter=lambda task: MeanAbsoluteError()))
 
@@ -76,10 +76,10 @@ def test_a_new_task_kind_is_one_registry_entry(regression_kind):
     specs = {"classification_rg": 5, "regression_rg": 1, "segmentation_od": 1}
     model = MultiTaskModel(specs, "resnet18", num_experts=2, aspp_channels=16, decoder_channels=8, head_hidden=8)
     images, grades = torch.randn(4, 3, 64, 96), {"rg": torch.tensor([0, 1, 3, 4]), "mer": torch.zeros(4, dtype=torch.long)}
-    out = model(images, side="classification", dense=True)
+    out = model(images, side="grading", dense=True)
     assert out["logits"]["regression_rg"].shape == (4, 1)
 
-    tasks = on_side(model.tasks, "classification")
+    tasks = on_side(model.tasks, "grading")
     criterion = MultiTaskLoss(model.tasks)
     targets = {task.name: task.target_of(grades) for task in tasks}
     task_losses, _, components = criterion(out["logits"], targets, out["routing"])
@@ -90,8 +90,8 @@ def test_a_new_task_kind_is_one_registry_entry(regression_kind):
 
     loader = [{"image": images, **grades}]
     model.eval()
-    metrics = evaluate_grading(lambda x: model(x, side="classification"), loader, tasks, torch.device("cpu"))
-    predicted = model(images, side="classification")["logits"]["regression_rg"][:, 0]
+    metrics = evaluate_grading(lambda x: model(x, side="grading"), loader, tasks, torch.device("cpu"))
+    predicted = model(images, side="grading")["logits"]["regression_rg"][:, 0]
     assert metrics["rg_mae"] == pytest.approx(float((predicted - grades["rg"].float()).abs().mean()), rel=1e-5)
 
 

@@ -127,7 +127,7 @@ def grading_image_name(number: int) -> str:
 
 
 def tree_present(root) -> bool:
-    """True when both halves of the IDRiD tree exist under `root` (contents not checked)."""
+    """True when both sides (segmentation and grading) of the IDRiD tree exist under `root` (contents not checked)."""
     return (Path(root) / SEGMENTATION_DIR).is_dir() and (Path(root) / GRADING_DIR).is_dir()
 
 

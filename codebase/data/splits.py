@@ -2,8 +2,8 @@
 
 IDRiD ships a training and a test split. Every evaluation during training (model selection, early
 stopping) runs on a validation split carved deterministically, by the run's seed, from the
-training split of each half: grading images stratified by retinopathy grade, segmentation images
-by image. ``data.validation`` sets its size per half: a fraction in (0, 1), a whole number of
+training split of each side: grading images stratified by retinopathy grade, segmentation images
+by image. ``data.validation`` sets its size per side: a fraction in (0, 1), a whole number of
 images (>= 1), or 0 for none. The test split is evaluated once, at the end. The images of each
 split are recorded in the run folder (splits.json).
 """
@@ -19,7 +19,7 @@ from codebase.data import idrid
 from codebase.data.loaders import derive_seed
 
 SPLITS_FILE = "splits.json"
-_HALF_TAGS = {"grading": 1, "segmentation": 2}  # separate random streams for the two halves
+_SIDE_TAGS = {"grading": 1, "segmentation": 2}  # separate random streams for the two sides
 
 
 def validation_count(size, total: int, what: str) -> int:
@@ -58,26 +58,26 @@ def carve(strata: list, size, seed: int, what: str) -> tuple[list[int], list[int
     return [index for index in range(len(strata)) if index not in chosen], validation
 
 
-def split_records(root, size, seed: int, halves=("grading", "segmentation")) -> dict:
-    """{half: {"train": [record], "validation": [record], "test": [record]}} for the halves asked."""
+def split_records(root, size, seed: int, sides=("grading", "segmentation")) -> dict:
+    """{side: {"train": [record], "validation": [record], "test": [record]}} for the sides asked."""
     root = Path(root)
     splits = {}
-    for half in halves:
-        read = idrid.grading_records if half == "grading" else idrid.segmentation_records
+    for side in sides:
+        read = idrid.grading_records if side == "grading" else idrid.segmentation_records
         training = read(root, "train")
         testing = read(root, "test")
         idrid.check_files(training + testing)  # bad files found before training, not when first read
-        strata = ([record.retinopathy_grade for record in training] if half == "grading"
+        strata = ([record.retinopathy_grade for record in training] if side == "grading"
                   else [0] * len(training))
-        train, validation = carve(strata, size, derive_seed(seed, _HALF_TAGS[half]), f"{half}")
-        splits[half] = {"train": [training[i] for i in train], "validation": [training[i] for i in validation],
+        train, validation = carve(strata, size, derive_seed(seed, _SIDE_TAGS[side]), f"{side}")
+        splits[side] = {"train": [training[i] for i in train], "validation": [training[i] for i in validation],
                         "test": testing}
     return splits
 
 
 def describe(splits: dict) -> dict:
     """The image names of each split, for splits.json."""
-    return {half: {split: [record.name for record in records] for split, records in parts.items()}
-            for half, parts in splits.items()}
+    return {side: {split: [record.name for record in records] for split, records in parts.items()}
+            for side, parts in splits.items()}
 
 

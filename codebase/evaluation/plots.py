@@ -19,7 +19,7 @@ nesting of dicts, with numbers or lists of numbers at the leaves. Curves are fou
 at any depth and in any section, so nothing here depends on a particular model:
 
 - loss.png: leaves named "loss"; loss_components.png: leaves "loss_*" or "*_loss";
-- classification.png: leaves ending in "accuracy" or "kappa";
+- grading.png: leaves ending in "accuracy" or "kappa";
 - segmentation.png: leaves "iou", "dice", "aupr" (one line per parent key, e.g. per lesion)
   and "mean_iou", "mean_dice", "mean_aupr";
 - router_usage.png: "usage" lists under "routing" -> {task}: one line per expert, one small panel
@@ -71,7 +71,7 @@ def history_figures(history: list[dict]) -> dict[str, Figure]:
     figures = {
         "loss": _panels({"loss": _select(scalars, lambda leaf: leaf == "loss")}),
         "loss_components": _panels({"loss components": _select(scalars, _is_loss_component)}),
-        "classification": _panels({
+        "grading": _panels({
             "accuracy": _select(scalars, lambda leaf: leaf.endswith("accuracy")),
             "kappa": _select(scalars, lambda leaf: leaf.endswith("kappa")),
         }),

@@ -74,7 +74,7 @@ class PredictionPreview:
                 panels.append(("true", overlay(picture, truth, colours=colours)))
         grades = []
         for task in self.tasks:
-            if task.side != "classification" or task.name not in logits:
+            if task.side != "grading" or task.name not in logits:
                 continue
             text = f"{task.key.upper()} {int(logits[task.name][0].argmax())}"
             target = _target(task, batch)

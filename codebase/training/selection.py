@@ -22,7 +22,7 @@ def primary_score(metrics: dict, task) -> float | None:
     metric = task.kind.primary_metric
     if metric is None:
         return None
-    if task.side == "classification":
+    if task.side == "grading":
         section = metrics.get("grading", metrics)
         value = section.get(f"{task.key}_{metric}") if isinstance(section, dict) else None
     else:

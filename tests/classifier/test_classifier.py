@@ -62,7 +62,7 @@ def test_run_folder_holds_every_output(tiny_run):
     assert {p.name for p in folder.iterdir()} >= {"config.json", "checkpoint.pth", "model.pth", "best.pth",
                                                   "history.json", "train_log.txt", "plots", "splits.json",
                                                   "test_metrics.json"}
-    assert {"loss.png", "loss_components.png", "classification.png"} <= {p.name for p in (folder / "plots").iterdir()}
+    assert {"loss.png", "loss_components.png", "grading.png"} <= {p.name for p in (folder / "plots").iterdir()}
     assert json.loads((folder / "history.json").read_text()) == history
     assert json.loads((folder / "config.json").read_text())["model"]["backbone"] == "resnet18"
     assert set(history[0]["train"]) == {"loss", "loss_rg", "loss_mer"}

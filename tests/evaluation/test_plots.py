@@ -25,7 +25,7 @@ def _entry(epoch: int) -> dict:
 def test_plot_history_draws_every_kind_of_curve(tmp_path):
     written = plots.plot_history([_entry(1), _entry(2), _entry(3)], tmp_path / "plots")
     names = {path.name for path in written}
-    assert names == {"loss.png", "loss_components.png", "classification.png", "segmentation.png",
+    assert names == {"loss.png", "loss_components.png", "grading.png", "segmentation.png",
                      "router_usage.png", "router_experts.png", "task_weights.png", "learning_rate.png"}
     for path in written:
         assert path.read_bytes().startswith(b"\x89PNG")
@@ -64,7 +64,7 @@ def test_missing_or_odd_entries_never_fail(tmp_path):
     odd = [{"epoch": 1}, "not a dict", {"train": None, "eval": {"loss": None, "routing": {"x": {"usage": []}}}},
            {"eval": {"grading": {"rg_accuracy": float("nan")}, "segmentation": {"mean_aupr": 0.5}}}]
     names = {path.name for path in plots.plot_history(odd, tmp_path)}
-    assert names == {"classification.png", "segmentation.png"}
+    assert names == {"grading.png", "segmentation.png"}
 
 
 def test_drawing_leaves_the_matplotlib_backend_alone():

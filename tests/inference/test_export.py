@@ -145,7 +145,7 @@ def test_multitask_run_with_two_trained_sizes_exports_at_the_segmentation_size(r
     assert input_size(run) == SIZE
     record = description(run, exportable(run), input_size(run), "onnx", False, tmp_path / "m.onnx")
     assert record["input_size"] == list(SIZE)
-    assert record["trained_sizes"] == {"classification": [32, 48], "segmentation": list(SIZE)}
+    assert record["trained_sizes"] == {"grading": [32, 48], "segmentation": list(SIZE)}
     assert "64x96 for every task" in record["note"]
 
 

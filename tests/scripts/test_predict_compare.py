@@ -140,7 +140,7 @@ def test_cost_size_measures_every_model_at_one_resolution(tiny_runs, synthetic_r
         assert 3.5 < large / small <= 4.0, (kind, large / small)
     run = open_run(tiny_runs["multitask"], cpu)
     assert forward_passes(run, (64, 96)) == {"all": (64, 96)}
-    assert set(forward_passes(run)) == {"classification", "segmentation"}
+    assert set(forward_passes(run)) == {"grading", "segmentation"}
 
 
 def test_cost_size_argument_is_checked():

@@ -65,7 +65,7 @@ def task_losses_and_rg_accuracy(step, batches, amp="off"):
     step.train()
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp == "bf16"):
         task_losses, _, _, _ = step(grading["image"], targets, segmentation["image"], masks, True)
-        rg_logits = step.model(grading["image"], side="classification", dense=True)["logits"]["classification_rg"]
+        rg_logits = step.model(grading["image"], side="grading", dense=True)["logits"]["classification_rg"]
     accuracy = (rg_logits.argmax(dim=1) == grading["rg"]).float().mean().item()
     return sum(float(loss) for loss in task_losses.values()), accuracy
 
