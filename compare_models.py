@@ -107,7 +107,7 @@ def evaluate_run(run, root, device):
     return results, pr_curves
 
 
-def measure_cost(run, paths, device, repeats, dense=None, size=None):
+def measure_cost(run, paths, device, repeats, dense=False, size=None):
     """{"flops", "latency_s", "peak_memory_bytes"} per image (batch 1) over the images at paths.
 
     The images are resized to the run's trained sizes, or to size (height, width) when given.

@@ -220,7 +220,7 @@ def main(argv=None):
     except (RunError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    dense = True if args.dense else None
+    dense = args.dense
     routing = ("dense" if args.dense else f"top-p (p={run.model.top_p})") if run.kind == "multitask" else None
     results = {"run": str(args.run), "kind": run.kind, "weights": run.weights_file, "routing": routing,
                "threshold": args.threshold, "strict": args.strict,

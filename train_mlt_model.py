@@ -251,14 +251,11 @@ def main(config):
                                      config["routing"]["balance_rate"])
 
         def train_epoch(epoch):
-            dense = epoch <= warmup_epochs
-            model.set_routing(dense)
-            return training.train_one_epoch(streams, epoch, train["iterations"], dense)
+            return training.train_one_epoch(streams, epoch, train["iterations"], dense=epoch <= warmup_epochs)
 
         _, window, overlap = run_window(config)
 
-        def evaluate_split(split, full_resolution):
-            model.set_routing(False)  # evaluated as the model will be used: top-p
+        def evaluate_split(split, full_resolution):  # top-p routing, as the model will be used
             return evaluate(model, eval_loaders[split], device, train["amp"], split, window, overlap, full_resolution,
                             cache_masks=train["fullres_eval"] == "every")
 

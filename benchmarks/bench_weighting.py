@@ -80,7 +80,6 @@ def measure(method, config, warmup, steps):
     device = torch.device(config["device"])
     torch.manual_seed(config["seed"])
     model = build_model(config).to(device)
-    model.set_routing(True)
     loss_config = config["loss"]
     criterion = MultiTaskLoss(model.tasks, loss_config, gate_weights(loss_config))
     weighting = weighting_from_config({**loss_config, "weighting": method}, list(model.task_specs)).to(device)

@@ -33,6 +33,6 @@ def build_model(config):
                              dropout=model["dropout"])
 
 
-def predict(model, images, side="all", dense=None):
+def predict(model, images, side="all", dense=False):
     """The uniform prediction format: {"logits": {task: [B, classes]}} (nothing on the segmentation side)."""
     return {"logits": {} if side == "segmentation" else model(images)}

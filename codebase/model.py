@@ -37,7 +37,6 @@ class MultiTaskModel(nn.Module):
         self.segmentation_tasks = [task.name for task in on_side(self.tasks, "segmentation")]
         self.num_experts = num_experts
         self.top_p = top_p
-        self.dense = False
         self.gate_detach = gate_detach  # the gates read the pooled features without sending gradients back
 
         self.backbone = make_backbone(backbone, 16, pretrained)
@@ -52,10 +51,6 @@ class MultiTaskModel(nn.Module):
                 experts = [DeepLabDecoder(low, task.outputs, aspp_channels, channels=decoder_channels, separable=True)
                            for _ in range(num_experts)]
             self.experts[task.name] = ExpertBank(experts)
-
-    def set_routing(self, dense):
-        """Dense (every expert, warm-up) or top-p routing for the following forwards."""
-        self.dense = bool(dense)
 
     def update_selection_biases(self, routings, rate, reduce=None):
         """Loss-free load balancing after an optimizer step: move each routed task's selection bias
@@ -73,12 +68,13 @@ class MultiTaskModel(nn.Module):
         for bank in self.experts.values():
             bank.keep_skipped_in_graph = keep
 
-    def forward(self, images, side="all", dense=None):
+    def forward(self, images, side="all", dense=False):
         """images [B, 3, H, W] -> {"logits": {task: ...}, "routing": {task: Routing}}.
 
         side: "all" tasks, or only the "grading" or "segmentation" ones (the other side's
         heads, and for classification the ASPP, are not run). Classification logits are
-        [B, classes]; segmentation logits [B, outputs, H, W]. dense: None follows set_routing.
+        [B, classes]; segmentation logits [B, outputs, H, W]. dense: every expert runs on every
+        image (warm-up), instead of top-p routing (after warm-up, and at inference).
         """
         if side not in SIDES:
             raise ValueError(f"side must be one of {SIDES}, got {side!r}")
@@ -87,19 +83,18 @@ class MultiTaskModel(nn.Module):
         pooled = high_level.mean(dim=(2, 3))           # [B, Ch]
         if self.gate_detach:
             pooled = pooled.detach()
-        dense = self.dense if dense is None else dense
-        p = None if dense else self.top_p
-        routings = {task: route(self.gates[task](pooled), p, self.gates[task].selection_bias) for task in tasks}
+        routings = {task: route(self.gates[task](pooled), self.top_p, self.gates[task].selection_bias, dense)
+                    for task in tasks}
         plan = dispatch_plan(routings)  # one host read for all tasks
         logits = self._classify(high_level, routings, plan)
         logits.update(self._segment(low_level, high_level, routings, plan, images.shape[-2:]))
         return {"logits": logits, "routing": routings}
 
-    def forward_grading(self, images, dense=None):
+    def forward_grading(self, images, dense=False):
         """Grading tasks only: {"logits": {task: [B, classes]}, "routing": {task: Routing}}."""
         return self(images, "grading", dense)
 
-    def forward_segmentation(self, images, dense=None):
+    def forward_segmentation(self, images, dense=False):
         """Segmentation tasks only: {"logits": {task: [B, outputs, H, W]}, "routing": {task: Routing}}."""
         return self(images, "segmentation", dense)
 
@@ -129,6 +124,6 @@ def build_model(config):
                           gate_detach=config["routing"].get("detach_gate_input", False))
 
 
-def predict(model, images, side="all", dense=None):
+def predict(model, images, side="all", dense=False):
     """The uniform prediction format: {"logits": {task: ...}, "routing": {task: Routing}}."""
     return model(images, side=side, dense=dense)

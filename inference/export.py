@@ -40,19 +40,19 @@ class ExportError(ProjectError):
 class MixtureOfExpertsExport(nn.Module):
     """MultiTaskModel's forward with every expert computed and mixed by ``route(...).mixture``.
 
-    top_p None mixes with the dense routing weights; a float, with the renormalised top-p weights
+    dense mixes with the dense routing weights; otherwise with the renormalised top-p weights
     (unselected experts weigh 0), equal to the model's own top-p forward. Returns logits per task
     as a tuple in ``model.task_specs`` order.
     """
 
-    def __init__(self, model, top_p):
+    def __init__(self, model, dense=False):
         super().__init__()
-        self.model, self.top_p = model, top_p
+        self.model, self.dense = model, dense
         self.tasks = list(model.task_specs)
 
     def mix(self, task, inputs, pooled):
         gate = self.model.gates[task]
-        mixture = route(gate(pooled), self.top_p, gate.selection_bias).mixture  # [B, E]
+        mixture = route(gate(pooled), self.model.top_p, gate.selection_bias, self.dense).mixture  # [B, E]
         outputs = torch.stack([expert(*inputs) for expert in self.model.experts[task].experts], dim=1)  # [B, E, ...]
         weights = mixture.to(outputs.dtype)
         while weights.dim() < outputs.dim():
@@ -88,7 +88,7 @@ class SingleTaskExport(nn.Module):
 def exportable(run, dense=False):
     """The run's model as a module images [B, 3, H, W] -> tuple of logits, one per task of run.task_specs."""
     if run.kind == "multitask":
-        return MixtureOfExpertsExport(run.model, None if dense else run.model.top_p).eval()
+        return MixtureOfExpertsExport(run.model, dense).eval()
     return SingleTaskExport(run.model, MODEL_KINDS[run.kind].predict, run.task_specs).eval()
 
 

@@ -42,7 +42,7 @@ def load_input(path, size):
 
 
 @torch.no_grad()
-def forward(run, images, dense=None):
+def forward(run, images, dense=False):
     """images {side: [B, 3, H, W]} (see forward_passes) -> {"logits": {task: ...}, "routing": {task: Routing}}."""
     logits, routing = {}, {}
     for side, batch in images.items():
@@ -112,7 +112,7 @@ def segmentation_plan(run, input_size, sliding="auto", scale=DEFAULT_SCALE, over
     return SegmentationPlan(mode, working, window, overlap, flip_tta)
 
 
-def sliding_probabilities(run, image, plan, dense=None):
+def sliding_probabilities(run, image, plan, dense=False):
     """image [1, 3, h, w] at plan.working_size -> (probabilities [1, T, h, w] in run.tasks("segmentation")
     order, [routing of each window forward])."""
     tasks = run.tasks("segmentation")

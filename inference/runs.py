@@ -101,7 +101,7 @@ class TrainedRun:
         """{side: (height, width)} the run's images were trained at, for the sides it predicts."""
         return MODEL_KINDS[self.kind].input_sizes(self.config)
 
-    def predict(self, images, side="all", dense=None):
+    def predict(self, images, side="all", dense=False):
         """images [B, 3, H, W] -> {"logits": {task: ...}, "routing": {...}} for the tasks on ``side``."""
         return MODEL_KINDS[self.kind].predict(self.model, images, side, dense)
 
@@ -131,8 +131,6 @@ def load_run(folder, device="cpu", weights="best"):
     state = read_weights(path)
     check_weights_match(path, state, kind)
     model.load_state_dict(state)
-    if kind == "multitask":
-        model.set_routing(False)
     return TrainedRun(folder, kind, config, model.to(device).eval(), path.name)
 
 

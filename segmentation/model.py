@@ -43,7 +43,7 @@ def build_model(config):
     return DeepLabV3Plus(**model)
 
 
-def predict(model, images, side="all", dense=None):
+def predict(model, images, side="all", dense=False):
     """The uniform prediction format: {"logits": {"segmentation_ma": [B, 1, H, W], ...}}."""
     if side == "grading":
         return {"logits": {}}

@@ -43,7 +43,6 @@ def evaluate_saved(folder):
     config = json.loads((folder / "config.json").read_text())
     model = train_mlt_model.build_model(config)
     model.load_state_dict(torch.load(folder / "model.pth", weights_only=True))
-    model.set_routing(False)
     data = config["data"]
     datasets = build_datasets(data["root"], data["grading_size"], data["segmentation_size"])
     loaders = {side: EpochLoader(datasets[side]["test"], 1, train=False, seed=0)

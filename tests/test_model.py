@@ -78,7 +78,7 @@ def test_top_p_outside_unit_interval_is_refused(p):
 
 def test_dispatch_plan_lists_the_selecting_images_per_expert():
     logits = torch.tensor([[4.0, 0.0, -4.0], [-4.0, 4.0, 0.0], [4.0, 3.9, -9.0]])
-    plan = dispatch_plan({"t": route(logits, p=0.6)})["t"]
+    plan = dispatch_plan({"t": route(logits, top_p=0.6)})["t"]
     assert plan[0].tolist() == [0, 2]
     assert plan[1].tolist() == [1, 2]
     assert plan[2] is None

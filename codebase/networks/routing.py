@@ -14,17 +14,17 @@ def routing_weights(gate_logits):
     return torch.softmax(gate_logits.float(), dim=-1)
 
 
-def top_p_mask(weights, p):
-    """Per image, the fewest experts whose weights reach ``p`` (always at least one).
+def top_p_mask(weights, top_p):
+    """Per image, the fewest experts whose weights reach ``top_p`` (always at least one).
 
     weights [B, E] (rows sum to 1) -> bool mask [B, E]. Experts are taken in descending weight;
-    an expert is kept while the weight taken before it is still below ``p``.
+    an expert is kept while the weight taken before it is still below ``top_p``.
     """
-    if not 0.0 < p <= 1.0:
-        raise ValueError(f"routing top_p must be in (0, 1], got {p}")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"routing top_p must be in (0, 1], got {top_p}")
     sorted_weights, order = weights.sort(dim=-1, descending=True)
     mass_before = sorted_weights.cumsum(dim=-1) - sorted_weights  # [B, E]
-    keep_sorted = mass_before < p
+    keep_sorted = mass_before < top_p
     keep_sorted[:, 0] = True
     return torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
 
@@ -50,8 +50,8 @@ class Routing:
         return self.mask.sum(dim=-1).float()  # [B]
 
 
-def route(gate_logits, p=None, bias=None):
-    """Dense routing (``p`` None: every expert, softmax weights) or top-p routing.
+def route(gate_logits, top_p, bias=None, dense=False):
+    """Top-p routing, or with ``dense`` every expert with the softmax weights (warm-up).
 
     bias [E] (optional): the selection bias of auxiliary-loss-free load balancing (Wang et al.
     2024, as in DeepSeek-V3). It is added to the logits for choosing the experts only: top-p runs
@@ -61,9 +61,9 @@ def route(gate_logits, p=None, bias=None):
     weights = routing_weights(gate_logits)
     selection = weights if bias is None else routing_weights(gate_logits.detach() + bias)
     choice = selection.detach().argmax(dim=-1)
-    if p is None:
+    if dense:
         return Routing(weights, weights, torch.ones_like(weights, dtype=torch.bool), dense=True, choice=choice)
-    mask = top_p_mask(selection.detach(), p)
+    mask = top_p_mask(selection.detach(), top_p)
     return Routing(weights, renormalise(weights, mask), mask, choice=choice)
 
 

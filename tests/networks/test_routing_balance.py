@@ -53,7 +53,7 @@ def test_switch_balance_on_hand_worked_dispatches():
 def test_switch_balance_regulariser_reads_the_routing():
     logits = torch.tensor([[2.0, 0.0, 0.0], [2.0, 1.5, 0.0], [0.0, 3.0, 0.0], [0.0, 0.0, 1.0]])
     regulariser = GATE_REGULARISERS["switch_balance"]
-    dense, sparse = route(logits), route(logits, 0.8)
+    dense, sparse = route(logits, 0.8, dense=True), route(logits, 0.8)
     assert dense.mask.all()
     # Dense routing runs everything: the regulariser balances the top-1 choices [0, 0, 1, 2].
     assert close(regulariser(dense), gate_switch_balance(dense.weights, torch.eye(3, dtype=torch.bool)[[0, 0, 1, 2]]))
@@ -149,7 +149,7 @@ def test_selection_bias_chooses_but_does_not_mix():
     biased.mixture.sum().backward()
     assert logits.grad is not None  # the mixture still carries the gate's gradient; the bias none
     # Dense routing runs every expert; the choice (what the bias balances) is still the biased one.
-    assert route(logits, None, bias).mask.all() and route(logits, None, bias).choice.tolist() == [1, 1, 2]
+    assert route(logits, 0.6, bias, dense=True).mask.all() and route(logits, 0.6, bias, dense=True).choice.tolist() == [1, 1, 2]
 
 
 def test_selection_bias_update_by_hand():

@@ -45,7 +45,6 @@ def tiny_training(method, seed=0):
     torch.manual_seed(seed)
     model = MultiTaskModel(TASK_SPECS, "resnet18", 2, pretrained="none", aspp_channels=32, decoder_channels=16,
                            head_hidden=32)
-    model.set_routing(True)
     criterion = MultiTaskLoss(model.tasks, {"classification": "ce"}, GATES)
     weighting = make_weighting(method, list(TASK_SPECS), {})
     optimizer = make_optimizer([model], 3e-3, 1e-3, 0.0, "cpu", undecayed=weighting.extra_parameters())
