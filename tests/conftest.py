@@ -4,6 +4,7 @@ import os
 
 import pytest
 import torch
+from synthetic_tree import SYNTHETIC_TREE
 
 from codebase.data.synthetic import generate
 
@@ -13,8 +14,6 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
 
-# Size is (W, H); counts per split. Grading train quotas give every RG and MER class at least once.
-SYNTHETIC_TREE = {"seed": 0, "size": (192, 128), "seg_train": 4, "seg_test": 2, "grade_train": 10, "grade_test": 5}
 
 
 @pytest.fixture(scope="session")

@@ -30,7 +30,7 @@ def lesion_metrics(segment: Callable, loader, tasks: Sequence, split: str, windo
     ``split`` of the loader's dataset; cache_masks keeps those masks in the decoded-image cache).
     With ``keep_meter`` the SegmentationMeter comes back as well (precision-recall curves).
     """
-    names = [task.name for task in tasks]
+    names, device = [task.name for task in tasks], torch.device(device)
 
     def logits_of(images, subset=names):  # [N, 3, h, w] -> [N, len(subset), h, w]
         logits = segment(images)["logits"]

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SYNTHETIC_TREE
 from PIL import Image
+from synthetic_tree import SYNTHETIC_TREE
 
 from codebase.data import idrid
 from codebase.data.idrid import IDRiDError

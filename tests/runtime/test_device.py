@@ -1,8 +1,6 @@
 """Device choice and mixed precision."""
 
-from pathlib import Path
 
-import harness_toy
 import pytest
 import torch
 
@@ -15,9 +13,6 @@ from codebase.runtime.device import (
     make_grad_scaler,
     resolve_device,
 )
-
-TOY_SCRIPT = Path(harness_toy.__file__)
-REPO = TOY_SCRIPT.parents[1]
 
 
 def test_resolve_device_on_this_machine():

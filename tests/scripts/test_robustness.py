@@ -596,20 +596,6 @@ def test_a_run_folder_in_use_is_refused_with_its_holder(tree, saved, capsys):
     saved.freeze()  # the lock file is gone again
 
 
-def test_lock_file_protocol(tmp_path):
-    first, second = FolderLock(tmp_path), FolderLock(tmp_path)
-    first.acquire()
-    with pytest.raises(Exception, match=f"in use by process {os.getpid()}"):
-        second.acquire()
-    first.release()
-    assert not (tmp_path / LOCK_FILE).exists()
-    (tmp_path / LOCK_FILE).write_text("process 999999 on host gone (since 2020-01-01 00:00:00)\n")
-    second.acquire()  # nobody holds the flock: the writer has ended
-    assert second.stale == "process 999999 on host gone (since 2020-01-01 00:00:00)"
-    assert f"process {os.getpid()}" in (tmp_path / LOCK_FILE).read_text()
-    second.release()
-
-
 def test_stale_lock_of_a_killed_run_is_taken_over(tree, saved, capsys):
     (saved.run / LOCK_FILE).write_text("process 999999 on host gone (since 2020-01-01 00:00:00)\n")
     code, stderr = call("train_classifier", train_argv("train_classifier", tree, saved.folder, "train.epochs=2"),

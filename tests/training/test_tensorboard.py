@@ -8,8 +8,8 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+from toy_runs import toy_config
 
-from codebase.config import set_value, with_defaults
 from codebase.training.loop import fit, train_steps
 from codebase.training.run_folder import Run
 from codebase.training.tensorboard import (
@@ -28,14 +28,6 @@ EPOCH_TAGS = {
     "validation/segmentation/MA/aupr", "validation/segmentation/mean_iou",
     "validation/routing/segmentation_ma/experts_per_image", "validation/routing/segmentation_ma/usage/expert_0",
     "validation/routing/segmentation_ma/usage/expert_1"}
-
-
-def toy_config(save_dir, **settings) -> dict:
-    config = with_defaults(harness_toy.CONFIG)
-    config["run"]["save_dir"] = str(save_dir)
-    for key, value in settings.items():
-        set_value(config, key.replace("__", "."), value)
-    return config
 
 
 def read_events(folder: Path) -> EventAccumulator:
