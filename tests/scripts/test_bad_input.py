@@ -1,31 +1,752 @@
-"""Bad input through the real train scripts: one `error:` line, exit code 2, earlier runs untouched.
+"""Bad input and faults, the one suite: what real users feed the tools, and faults of the machines they run on.
 
-Every case starts a train script as a subprocess next to the folder of a finished earlier run
-(saved/mlt_demo, the multi-task demo's run name) and checks that the script names the file or
-the setting and what was expected, and that the earlier run's folder is exactly as it was with
-nothing new beside it. Multi-task cases with bad data continue the earlier run for a second
-epoch, so the run resumes, rewrites config.json and appends to its log before the bad file is
-read: the failed start must undo that. The last tests check the entry point and the undo in-process.
+The matrix: every case runs one tool (`check`, the three train scripts, predict.py,
+compare_models.py, the notebooks' run loader) on one bad input and checks the exit code, the
+`error:` line (the file or key, and what was expected) and that the earlier run folders are
+byte-for-byte as they were with nothing new beside them. Cases run in-process through each
+tool's own entry point (`main(argv)`, or `run_main` as the train scripts' `__main__` does);
+a representative few run as real subprocesses. Later tests: files other tools write read
+correctly, locking of run folders, storage limits, and torchrun's restarts and several nodes.
 """
 import csv
+import errno
+import io
+import json
 import os
+import resource
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
+import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+import compare_models
+import predict
+import train_classifier
+import train_mlt_model
+import train_segmentation
+from codebase.config import parse_cli
 from codebase.data import idrid
-from codebase.training.run_folder import Run
+from codebase.data.images import read_image, read_mask
+from codebase.errors import run_main
+from codebase.runtime.atomic import StorageError, atomic_write
+from codebase.runtime.device import make_grad_scaler
+from codebase.runtime.lock import LOCK_FILE, FolderLock
+from codebase.training.run_folder import Run, load_checkpoint
+from inference.runs import RunError, build_model, load_run, open_run
 
-pytestmark = pytest.mark.slow  # trains models or runs scripts in subprocesses
+pytestmark = pytest.mark.slow  # trains tiny models, runs scripts
 
 REPO = Path(__file__).resolve().parents[2]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
-RUN = "mlt_demo"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}"}
+SCRIPTS = {"train_classifier": train_classifier, "train_segmentation": train_segmentation,
+           "train_mlt_model": train_mlt_model}
+COMMON = ["model.backbone=resnet18", "model.pretrained=none", "train.epochs=1", "train.eval_batch_size=8",
+          "run.plots=false", "data.num_workers=0"]
 TINY = {
+    "train_classifier": ["data.image_size=64,96", "model.head_hidden=8", "train.batch_size=4"],
+    "train_segmentation": ["data.image_size=64,96", "data.crop_size=64,96", "model.aspp_channels=8",
+                           "model.decoder_channels=8", "train.batch_size=2"],
+    "train_mlt_model": ["data.grading_size=64,96", "data.segmentation_size=64,96", "model.aspp_channels=8",
+                        "model.decoder_channels=8", "model.head_hidden=8", "train.iterations=1", "train.batch_size=2"],
+}
+EARLIER = "earlier"  # the name of the earlier (classifier) run every train case starts next to
+
+
+def train_argv(script, root, save_dir, *sets, name=EARLIER):
+    argv = ["--device", "cpu", "--data-root", str(root), "--run-name", name, "--set", f"run.save_dir={save_dir}"]
+    return argv + [arg for item in [*COMMON, *TINY[script], *sets] for arg in ("--set", item)]
+
+
+def call(tool, argv, capsys):
+    """(exit code, stderr) of one tool run in-process through its command-line entry point."""
+    capsys.readouterr()
+    if tool == "check":
+        code = idrid.main(["check", *argv])
+    elif tool == "predict":
+        code = predict.main(argv)
+    elif tool == "compare":
+        code = compare_models.main(argv)
+    else:
+        script = SCRIPTS[tool]
+        try:
+            run_main(script.main, lambda: parse_cli(script.CONFIG, argv, script.DEMO, validate=script.validate))
+            code = 0
+        except SystemExit as stop:
+            code = stop.code
+    return code, capsys.readouterr().err
+
+
+def error_line(stderr):
+    lines = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert lines, stderr
+    return lines[-1]
+
+
+def state(folder: Path) -> dict:
+    """Every file under `folder` and its bytes."""
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+# ----------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def earlier(synthetic_root, tmp_path_factory):
+    """A finished one-epoch classifier run (resumable: checkpoint.pth)."""
+    save_dir = tmp_path_factory.mktemp("earlier")
+    script = train_classifier
+    script.main(parse_cli(script.CONFIG, train_argv("train_classifier", synthetic_root, save_dir), script.DEMO,
+                          validate=script.validate))
+    return save_dir / EARLIER
+
+
+class Saved:
+    """A save_dir holding a copy of the earlier run; `freeze()` records that run's files."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.run = folder / EARLIER
+        self.frozen = state(self.run)
+
+    def freeze(self):
+        self.frozen = state(self.run)
+
+
+@pytest.fixture
+def saved(earlier, tmp_path):
+    """save_dir with a copy of the earlier run. A case that breaks the run calls freeze() after; at
+    the end the run must be byte-for-byte as frozen, with nothing new beside it."""
+    shutil.copytree(earlier, tmp_path / "saved" / EARLIER)
+    folder = Saved(tmp_path / "saved")
+    yield folder
+    assert state(folder.run) == folder.frozen, "the earlier run's files changed"
+    assert sorted(os.listdir(folder.folder)) == [EARLIER], "the failed command left files behind"
+
+
+@pytest.fixture
+def tree(synthetic_root, tmp_path):
+    """A private copy of the synthetic tree that a case may break."""
+    return Path(shutil.copytree(synthetic_root, tmp_path / "data", ignore=shutil.ignore_patterns(".cache")))
+
+
+SMALL = {"classifier": (train_classifier, ["model.head_hidden=8", "data.image_size=64,96"]),
+         "segmentation": (train_segmentation, ["model.output_stride=16", "model.aspp_channels=8",
+                                               "model.decoder_channels=8", "data.image_size=64,96",
+                                               "data.crop_size=64,96"]),
+         "multitask": (train_mlt_model, ["model.aspp_channels=8", "model.decoder_channels=8", "model.head_hidden=8",
+                                         "data.grading_size=64,96", "data.segmentation_size=64,96"])}
+
+
+def write_run(folder: Path, kind: str, root) -> Path:
+    """A finished run folder of `kind` with untrained weights (only loading matters here)."""
+    script, settings = SMALL[kind]
+    argv = ["--data-root", str(root)] + [arg for item in ["model.backbone=resnet18", "model.pretrained=none", *settings]
+                                         for arg in ("--set", item)]
+    config = parse_cli(script.CONFIG, argv)
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(config))
+    torch.manual_seed(0)
+    torch.save(build_model(config).state_dict(), folder / "model.pth")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def run_folders(synthetic_root, tmp_path_factory):
+    """{kind: a finished run folder} for the three kinds (untrained weights: only loading matters)."""
+    base = tmp_path_factory.mktemp("runs")
+    return {kind: write_run(base / kind, kind, synthetic_root) for kind in SMALL}
+
+
+class PrivateRuns(dict):
+    """{kind: a private copy of that run folder}, each copied on first use: a case damages one or two
+    of the three, and each holds ~45 MB of weights (copying all three for every case wrote ~10 GB)."""
+
+    def __init__(self, sources: dict, folder: Path):
+        super().__init__()
+        self.sources, self.folder = sources, folder
+
+    def __missing__(self, kind):
+        self[kind] = Path(shutil.copytree(self.sources[kind], self.folder / kind))
+        return self[kind]
+
+
+@pytest.fixture
+def runs(run_folders, tmp_path):
+    """Private copies of the run folders, for a case to damage."""
+    return PrivateRuns(run_folders, tmp_path / "runs")
+
+
+# ----------------------------------------------------------------------------- breaking a tree
+def edit_csv(root, split, edit):
+    path = idrid.grading_labels_path(root, split)
+    with open(path, newline="") as file:
+        rows = [row for row in csv.reader(file) if any(cell.strip() for cell in row)]
+    with open(path, "w", newline="") as file:
+        csv.writer(file).writerows(edit(rows))
+    return path
+
+
+def header_only_test_csv(root):
+    path = edit_csv(root, "test", lambda rows: rows[:1])
+    return [path, "no images listed (only a header)"]
+
+
+def bomb_jpeg(path: Path, side: int = 20000) -> None:
+    """A JPEG whose header claims side x side pixels (400 million at 20000): a decompression bomb."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (96, 64)).save(buffer, "JPEG")
+    data = bytearray(buffer.getvalue())
+    start = data.find(b"\xff\xc0")  # baseline frame header: length, precision, height, width
+    data[start + 5:start + 7] = side.to_bytes(2, "big")
+    data[start + 7:start + 9] = side.to_bytes(2, "big")
+    path.write_bytes(bytes(data))
+
+
+def huge_grading_image(root):
+    path = idrid.grading_image_path(root, "train", "IDRiD_002")
+    bomb_jpeg(path)
+    return [path, "image too large to decode safely"]
+
+
+def huge_segmentation_image(root):
+    path = idrid.segmentation_image_path(root, "test", "IDRiD_05")
+    bomb_jpeg(path)
+    return [path, "image too large to decode safely"]
+
+
+def broken_link_mask(root):
+    path = idrid.segmentation_mask_path(root, "train", "IDRiD_01", "EX")
+    path.unlink(missing_ok=True)
+    path.symlink_to(path.parent / "gone.tif")
+    return [path, "broken link", "expected the Hard Exudates mask of IDRiD_01"]
+
+
+def broken_link_image(root):
+    path = idrid.grading_image_path(root, "test", "IDRiD_003")
+    path.unlink()
+    path.symlink_to(path.parent / "gone.jpg")
+    return [path, "broken link", "expected an image"]
+
+
+def too_few_for_a_batch(root):
+    return ["train.batch_size", "fewer than one batch"]
+
+
+@dataclass
+class Case:
+    id: str
+    tool: str
+    args: Callable  # (tree, saved, runs) -> (argv, expected fragments)
+    code: int = 2
+
+
+def settings_case(script, *sets, fragments, name=EARLIER, flags=()):
+    def args(tree, saved, runs):
+        return [*train_argv(script, tree, saved.folder, *sets, name=name), *flags], fragments
+    return args
+
+
+def data_case(script, break_tree, *sets, name=EARLIER):
+    def args(tree, saved, runs):
+        fragments = break_tree(tree)
+        saved.freeze()
+        return train_argv(script, tree, saved.folder, *sets, name=name), fragments
+    return args
+
+
+def check_case(break_tree):
+    def args(tree, saved, runs):
+        return [str(tree)], break_tree(tree)
+    return args
+
+
+def damage_run(kind, damage, tool):
+    """A case that damages the `kind` run folder with damage(folder) -> fragments and gives it to `tool`."""
+    def args(tree, saved, runs):
+        folder = runs[kind]
+        fragments = damage(folder, runs)
+        if tool == "predict":
+            image = idrid.grading_image_path(tree, "test", "IDRiD_001")
+            return ["--run", str(folder), str(image), "--device", "cpu", "--out", str(saved.folder / "predictions")], fragments
+        return ["--runs", str(folder), "--device", "cpu", "--out", str(saved.folder / "comparison"),
+                "--data-root", str(tree)], fragments
+    return args
+
+
+def config_a_list(folder, runs):
+    (folder / "config.json").write_text("[1, 2]")
+    return [folder / "config.json", "holds list, expected the JSON object of a run's settings"]
+
+
+def config_not_json(folder, runs):
+    (folder / "config.json").write_text('{"model": ')
+    return [folder / "config.json", "not valid JSON"]
+
+
+def config_without_model(folder, runs):
+    (folder / "config.json").write_text('{"kind": "classifier"}')
+    return [folder / "config.json", "without a 'model' section"]
+
+
+def empty_weights(folder, runs):
+    (folder / "model.pth").write_bytes(b"")
+    return [folder / "model.pth", "empty file (0 bytes), expected the model's weights"]
+
+
+def truncated_weights(folder, runs):
+    path = folder / "model.pth"
+    path.write_bytes(path.read_bytes()[:4000])
+    return [path, "not a readable weights file"]
+
+
+def classifier_weights(folder, runs):
+    shutil.copy(runs["classifier"] / "model.pth", folder / "model.pth")
+    return [folder / "model.pth", "the weights of a classifier run (train_classifier.py)",
+            f"describes a {folder.name} run"]
+
+
+def segmentation_weights(folder, runs):
+    shutil.copy(runs["segmentation"] / "model.pth", folder / "model.pth")
+    return [folder / "model.pth", "the weights of a segmentation run (train_segmentation.py)"]
+
+
+def checkpoint_as_weights(folder, runs):
+    state = {"epoch": 1, "model": torch.load(folder / "model.pth", weights_only=True), "config": {}, "history": []}
+    torch.save(state, folder / "model.pth")
+    return [folder / "model.pth", "a training checkpoint, not a model's weights"]
+
+
+def missing_weights(folder, runs):
+    (folder / "model.pth").unlink()
+    return [folder / "model.pth", "not found", "expected a finished run folder"]
+
+
+def resume_args(script, damage, *sets):
+    def args(tree, saved, runs):
+        fragments = damage(saved.run)
+        saved.freeze()
+        return train_argv(script, tree, saved.folder, "train.epochs=2", *sets) + ["--resume"], fragments
+    return args
+
+
+def empty_checkpoint(folder):
+    (folder / "checkpoint.pth").write_bytes(b"")
+    return [folder / "checkpoint.pth", "cannot be loaded safely", "--no-resume"]
+
+
+def truncated_checkpoint(folder):
+    path = folder / "checkpoint.pth"
+    path.write_bytes(path.read_bytes()[:100000])
+    return [path, "cannot be loaded safely"]
+
+
+def weights_as_checkpoint(folder):
+    shutil.copy(folder / "model.pth", folder / "checkpoint.pth")
+    return [folder / "checkpoint.pth", "not a run checkpoint (it needs epoch, model, config and history)"]
+
+
+def unchanged(folder):
+    return [f"cannot resume {folder}", "change the model's parameters"]
+
+
+def no_checkpoint(folder):
+    (folder / "checkpoint.pth").unlink()
+    return ["--resume: there is no checkpoint to resume at", folder / "checkpoint.pth"]
+
+
+RUN_NAME = "expected a folder name (not empty, '.' or '..', without / or \\)"
+CASES = [
+    # settings, through every train script's command line
+    Case("mlt grading_size 0,0", "train_mlt_model", settings_case(
+        "train_mlt_model", "data.grading_size=0,0", fragments=["data.grading_size=[0, 0]: expected [height, width]"])),
+    Case("mlt segmentation_size 0,0", "train_mlt_model", settings_case(
+        "train_mlt_model", "data.segmentation_size=0,0", fragments=["data.segmentation_size=[0, 0]: expected"])),
+    Case("classifier image_size 0,0", "train_classifier", settings_case(
+        "train_classifier", "data.image_size=0,0", fragments=["data.image_size=[0, 0]: expected [height, width]"])),
+    Case("segmentation image_size 0,0", "train_segmentation", settings_case(
+        "train_segmentation", "data.image_size=0,0", fragments=["data.image_size=[0, 0]: expected"])),
+    Case("segmentation crop_size 0,0", "train_segmentation", settings_case(
+        "train_segmentation", "data.crop_size=0,0", fragments=["data.crop_size=[0, 0]: expected"])),
+    Case("mlt lr nan", "train_mlt_model", settings_case(
+        "train_mlt_model", "optim.lr=nan", fragments=["optim.lr=nan: expected a number > 0"])),
+    Case("classifier lr nan", "train_classifier", settings_case(
+        "train_classifier", "optim.lr=nan", fragments=["optim.lr=nan: expected a number > 0"])),
+    Case("segmentation lr inf", "train_segmentation", settings_case(
+        "train_segmentation", "optim.lr=inf", fragments=["optim.lr=inf: expected a number > 0"])),
+    Case("mlt task_specs 5.0 classes", "train_mlt_model", settings_case(
+        "train_mlt_model", 'model.task_specs={"classification_rg": 5.0}',
+        fragments=["model.task_specs.classification_rg=5.0: expected a whole number of outputs >= 1"])),
+    Case("mlt task_specs 4 RG classes", "train_mlt_model", settings_case(
+        "train_mlt_model", 'model.task_specs={"classification_rg": 4}',
+        fragments=["model.task_specs.classification_rg=4: the rg target needs 5 output(s)"])),
+    Case("mlt task_specs unknown target", "train_mlt_model", settings_case(
+        "train_mlt_model", 'model.task_specs={"segmentation_xx": 1}',
+        fragments=["model.task_specs.segmentation_xx: no segmentation target named 'xx'"])),
+    Case("mlt run-name ''", "train_mlt_model", settings_case(
+        "train_mlt_model", fragments=[f"run.name='': {RUN_NAME}"], name="")),
+    Case("classifier run-name ''", "train_classifier", settings_case(
+        "train_classifier", fragments=[f"run.name='': {RUN_NAME}"], name="")),
+    Case("segmentation run-name ..", "train_segmentation", settings_case(
+        "train_segmentation", fragments=[f"run.name='..': {RUN_NAME}"], name="..")),
+    Case("classifier run-name a/b", "train_classifier", settings_case(
+        "train_classifier", fragments=[f"run.name='a/b': {RUN_NAME}"], name="a/b")),
+    Case("mlt validation 1.5", "train_mlt_model", settings_case(
+        "train_mlt_model", "data.validation=1.5", fragments=["data.validation=1.5: expected a fraction in [0, 1)"])),
+    Case("classifier seed -1", "train_classifier", settings_case(
+        "train_classifier", "seed=-1", fragments=["seed=-1: expected an integer >= 0"])),
+    Case("segmentation amp fp8", "train_segmentation", settings_case(
+        "train_segmentation", "train.amp=fp8", fragments=["train.amp='fp8': expected one of 'auto'"])),
+    Case("segmentation weight_decay -1", "train_segmentation", settings_case(
+        "train_segmentation", "optim.weight_decay=-1", fragments=["optim.weight_decay=-1.0: expected a number >= 0"])),
+    Case("classifier device tpu", "train_classifier", settings_case(
+        "train_classifier", fragments=["device='tpu': expected auto, cpu, cuda, cuda:N or mps"], flags=["--device", "tpu"])),
+    # data as other tools write it, and degenerate splits
+    Case("check: 20000x20000 image", "check", check_case(huge_grading_image), code=1),
+    Case("check: broken link mask", "check", check_case(broken_link_mask), code=1),
+    Case("check: broken link image", "check", check_case(broken_link_image), code=1),
+    Case("check: header-only test CSV", "check", check_case(header_only_test_csv), code=1),
+    Case("classifier: 20000x20000 image", "train_classifier", data_case("train_classifier", huge_grading_image,
+                                                                        name="new")),
+    Case("segmentation: 20000x20000 image", "train_segmentation", data_case(
+        "train_segmentation", huge_segmentation_image, name="new")),
+    Case("segmentation: broken link mask", "train_segmentation", data_case(
+        "train_segmentation", broken_link_mask, name="new")),
+    Case("classifier: header-only test CSV, resumed run", "train_classifier", data_case(
+        "train_classifier", header_only_test_csv, "train.epochs=2")),
+    Case("mlt: header-only test CSV", "train_mlt_model", data_case("train_mlt_model", header_only_test_csv,
+                                                                   name="new")),
+    Case("classifier: validation leaves < 1 batch", "train_classifier", data_case(
+        "train_classifier", too_few_for_a_batch, "data.validation=7", name="new")),
+    Case("mlt: validation leaves < 1 batch", "train_mlt_model", data_case(
+        "train_mlt_model", lambda root: ["train.batch_size=2", "fewer than one batch"], "data.validation=3",
+        name="new")),
+    # damaged or foreign run folders
+    Case("predict: config.json a list", "predict", damage_run("classifier", config_a_list, "predict")),
+    Case("predict: config.json not JSON", "predict", damage_run("multitask", config_not_json, "predict")),
+    Case("predict: config.json without model", "predict", damage_run("segmentation", config_without_model, "predict")),
+    Case("predict: zero-byte model.pth", "predict", damage_run("multitask", empty_weights, "predict")),
+    Case("predict: truncated model.pth", "predict", damage_run("classifier", truncated_weights, "predict")),
+    Case("predict: classifier weights in a segmentation run", "predict",
+         damage_run("segmentation", classifier_weights, "predict")),
+    Case("predict: classifier weights in a multitask run", "predict",
+         damage_run("multitask", classifier_weights, "predict")),
+    Case("predict: checkpoint as model.pth", "predict", damage_run("classifier", checkpoint_as_weights, "predict")),
+    Case("compare: config.json a list", "compare", damage_run("segmentation", config_a_list, "compare")),
+    Case("compare: zero-byte model.pth", "compare", damage_run("classifier", empty_weights, "compare")),
+    Case("compare: segmentation weights in a multitask run", "compare",
+         damage_run("multitask", segmentation_weights, "compare")),
+    Case("compare: missing model.pth", "compare", damage_run("segmentation", missing_weights, "compare")),
+    Case("resume: zero-byte checkpoint.pth", "train_classifier", resume_args("train_classifier", empty_checkpoint)),
+    Case("resume: truncated checkpoint.pth", "train_classifier", resume_args("train_classifier", truncated_checkpoint)),
+    Case("resume: weights as checkpoint.pth", "train_classifier", resume_args("train_classifier",
+                                                                              weights_as_checkpoint)),
+    Case("resume: a classifier run with the segmentation script", "train_segmentation",
+         resume_args("train_segmentation", unchanged)),
+    Case("resume: a classifier run with the multitask script", "train_mlt_model",
+         resume_args("train_mlt_model", unchanged)),
+    Case("resume: no checkpoint", "train_classifier", resume_args("train_classifier", no_checkpoint)),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
+def test_bad_input_matrix(case, tree, saved, runs, capsys):
+    argv, fragments = case.args(tree, saved, runs)
+    code, stderr = call(case.tool, argv, capsys)
+    assert code == case.code, stderr
+    assert "Traceback" not in stderr, stderr
+    if case.tool == "check":
+        text = stderr  # check lists every problem, one per line
+        assert "problem(s) in" in text, text
+    else:
+        text = error_line(stderr)
+    for fragment in fragments:
+        assert str(fragment) in text, text
+
+
+def test_matrix_covers_every_tool():
+    assert {case.tool for case in CASES} == {"check", "predict", "compare", *SCRIPTS}
+    assert len(CASES) >= 40
+
+
+# ----------------------------------------------------------------------------- the notebooks' run loader
+@pytest.mark.parametrize("damage", [config_a_list, config_not_json, empty_weights, truncated_weights,
+                                    classifier_weights, checkpoint_as_weights, missing_weights])
+@pytest.mark.parametrize("loader", [load_run, open_run])
+def test_run_loader_names_the_damage(runs, damage, loader):
+    folder = runs["segmentation"] if damage is classifier_weights else runs["multitask"]
+    fragments = damage(folder, runs)
+    with pytest.raises(RunError) as raised:
+        loader(folder, "cpu")
+    for fragment in fragments:
+        assert str(fragment) in str(raised.value)
+
+
+# ----------------------------------------------------------------------------- subprocesses (as users run them)
+def test_subprocess_cases(tree, saved, runs):
+    """A few matrix cases as real command lines: exit code 2 and the `error:` line, for each kind of tool."""
+    commands = [
+        ([sys.executable, "train_mlt_model.py", *train_argv("train_mlt_model", tree, saved.folder,
+                                                             "optim.lr=nan")], 2, "optim.lr=nan: expected"),
+        ([sys.executable, "predict.py", *damage_run("multitask", classifier_weights, "predict")(tree, saved, runs)[0]],
+         2, "the weights of a classifier run"),
+    ]
+    for command, code, fragment in commands:
+        result = subprocess.run(command, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+        assert result.returncode == code, result.stderr
+        assert "Traceback" not in result.stderr
+        assert result.stderr.strip().splitlines()[-1].startswith("error: ") and fragment in result.stderr
+    result = subprocess.run([sys.executable, "-m", "codebase.data.idrid", "check", str(tree)], cwd=REPO, env=ENV,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    path = huge_grading_image(tree)[0]
+    result = subprocess.run([sys.executable, "-m", "codebase.data.idrid", "check", str(tree)], cwd=REPO, env=ENV,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and f"{path}: image too large to decode safely" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# ----------------------------------------------------------------------------- files as other tools write them
+def test_upper_case_suffixes_are_found_and_read(tree, capsys):
+    image = idrid.grading_image_path(tree, "train", "IDRiD_004")
+    image.rename(image.with_suffix(".JPG"))
+    segmentation = idrid.segmentation_image_path(tree, "train", "IDRiD_02")
+    segmentation.rename(segmentation.with_suffix(".JPG"))
+    mask = idrid.segmentation_mask_path(tree, "train", "IDRiD_02", "OD")
+    mask.rename(mask.with_suffix(".TIF"))
+    assert call("check", [str(tree)], capsys)[0] == 0
+    grading = {record.name: record for record in idrid.grading_records(tree, "train")}
+    assert grading["IDRiD_004"].image_path == image.with_suffix(".JPG")
+    record = {r.name: r for r in idrid.segmentation_records(tree, "train")}["IDRiD_02"]
+    assert record.image_path == segmentation.with_suffix(".JPG")
+    assert record.mask_paths["OD"] == mask.with_suffix(".TIF")
+    assert read_mask(record.mask_paths["OD"]).any()
+
+
+def test_rgba_mask_with_an_opaque_alpha_reads_its_colour(tree, capsys):
+    path = idrid.segmentation_mask_path(tree, "train", "IDRiD_01", "OD")
+    truth = read_mask(path)
+    assert 0 < truth.mean() < 0.5
+    rgba = np.zeros((*truth.shape, 4), np.uint8)
+    rgba[..., 0] = truth * 255  # lesion in red, as an image editor saves it
+    rgba[..., 3] = 255  # opaque everywhere
+    Image.fromarray(rgba, "RGBA").save(path)
+    np.testing.assert_array_equal(read_mask(path), truth)
+    transparent = rgba.copy()
+    transparent[..., 3] = truth * 255  # lesion drawn on a transparent background
+    Image.fromarray(transparent, "RGBA").save(path)
+    np.testing.assert_array_equal(read_mask(path), truth)
+    assert call("check", [str(tree)], capsys)[0] == 0
+
+
+def test_16_bit_png_is_scaled_not_clipped(tmp_path, run_folders, synthetic_root, capsys):
+    eight = np.asarray(read_image(idrid.grading_image_path(synthetic_root, "test", "IDRiD_001")).convert("L"))
+    sixteen = eight.astype(np.uint16) * 257  # the same picture, 16 bits per pixel
+    Image.fromarray(sixteen).save(tmp_path / "photo16.png")
+    Image.fromarray(eight).save(tmp_path / "photo8.png")
+    with Image.open(tmp_path / "photo16.png") as image:
+        assert image.mode.startswith("I")
+    np.testing.assert_array_equal(np.asarray(read_image(tmp_path / "photo16.png")),
+                                  np.asarray(read_image(tmp_path / "photo8.png")))
+    results = {}
+    for name in ("photo8.png", "photo16.png"):
+        out = tmp_path / name.replace(".png", "_out")
+        code = predict.main(["--run", str(run_folders["classifier"]), str(tmp_path / name), "--device", "cpu",
+                             "--out", str(out)])
+        assert code == 0, capsys.readouterr().err
+        results[name] = json.loads((out / "predictions.json").read_text())["images"][0]["grades"]
+    assert results["photo8.png"] == results["photo16.png"]
+
+
+def test_float_and_huge_images_given_to_predict_are_named(tmp_path, run_folders, capsys):
+    Image.fromarray(np.random.rand(64, 64).astype(np.float32), "F").save(tmp_path / "float.tif")
+    bomb_jpeg(tmp_path / "huge.jpg")
+    code, stderr = call("predict", ["--run", str(run_folders["classifier"]), str(tmp_path / "float.tif"),
+                                    str(tmp_path / "huge.jpg"), "--device", "cpu", "--out", str(tmp_path / "out")],
+                        capsys)
+    assert code == 1 and "Traceback" not in stderr
+    assert f"error: {tmp_path / 'float.tif'}: floating-point image, expected 8- or 16-bit pixels" in stderr
+    assert f"error: {tmp_path / 'huge.jpg'}: image too large to decode safely" in stderr
+
+
+# ----------------------------------------------------------------------------- two processes on one run folder
+def test_a_run_folder_in_use_is_refused_with_its_holder(tree, saved, capsys):
+    lock = FolderLock(saved.run)
+    lock.acquire()
+    saved.freeze()
+    try:
+        for script in SCRIPTS:
+            code, stderr = call(script, train_argv(script, tree, saved.folder, "train.epochs=2"), capsys)
+            assert code == 2, stderr
+            assert error_line(stderr).startswith(f"error: {saved.run}: run folder in use by process {os.getpid()} "
+                                                 f"on host {socket.gethostname()}")
+        result = subprocess.run([sys.executable, "train_classifier.py", *train_argv(
+            "train_classifier", tree, saved.folder, "train.epochs=2")], cwd=REPO, env=ENV, capture_output=True,
+            text=True, timeout=300)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert f"{saved.run}: run folder in use by process {os.getpid()}" in result.stderr.splitlines()[-1]
+    finally:
+        lock.release()
+    saved.freeze()  # the lock file is gone again
+
+
+def test_stale_lock_of_a_killed_run_is_taken_over(tree, saved, capsys):
+    (saved.run / LOCK_FILE).write_text("process 999999 on host gone (since 2020-01-01 00:00:00)\n")
+    code, stderr = call("train_classifier", train_argv("train_classifier", tree, saved.folder, "train.epochs=2"),
+                        capsys)
+    assert code == 0, stderr
+    log = (saved.run / "train_log.txt").read_text()
+    assert "took over the lock left by process 999999 on host gone" in log
+    assert "epoch 2/2" in log and not (saved.run / LOCK_FILE).exists()
+    saved.freeze()
+
+
+def test_two_trainings_with_one_run_name(tmp_path):
+    """The toy run trains; a second one with the same folder exits 2 naming the folder and the first's PID."""
+    toy = [sys.executable, "-c", "import sys, harness_toy; from codebase.errors import run_main; "
+           "from codebase.config import parse_cli; sys.argv[0] = 'harness_toy.py'; "
+           "run_main(harness_toy.main, lambda: parse_cli(harness_toy.CONFIG, sys.argv[1:]))",
+           "--set", f"run.save_dir={tmp_path}", "--set", "train.epochs=500", "--set", "toy.print_steps=true"]
+    first = subprocess.Popen(toy, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        for line in first.stdout:
+            if line.startswith("step 1 "):
+                break
+        second = subprocess.run(toy, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+        assert first.poll() is None, "the first run ended before the second started"
+        assert second.returncode == 2, second.stderr
+        assert second.stderr.strip().splitlines()[-1].startswith(
+            f"error: {tmp_path / 'toy'}: run folder in use by process {first.pid} on host")
+    finally:
+        first.send_signal(signal.SIGINT)
+        first.communicate(timeout=120)
+    assert first.returncode == 130
+    assert not (tmp_path / "toy" / LOCK_FILE).exists()
+
+
+# ----------------------------------------------------------------------------- resource limits
+def test_file_size_limit_while_writing_a_checkpoint(tree, saved):
+    """Resume for a second epoch under a 1 MB file-size limit: best.pth / checkpoint.pth cannot be
+    written; one `error:` line says so and how to resume, and the earlier run is as it was."""
+    saved.freeze()
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, resource.RLIM_INFINITY))
+
+    result = subprocess.run([sys.executable, "train_classifier.py", *train_argv(
+        "train_classifier", tree, saved.folder, "train.epochs=2")],
+        cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300, preexec_fn=limit)
+    assert result.returncode == 2, result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in result.stderr
+    assert line.startswith(f"error: {saved.run}/") and "could not be written: the file-size limit was reached" in line
+    assert "checkpoint.pth keeps epoch 1" in line and "--resume" in line
+    assert load_checkpoint(saved.run / "checkpoint.pth")["epoch"] == 1
+
+
+def test_full_disk_keeps_the_previous_file(tmp_path):
+    path = tmp_path / "checkpoint.pth"
+    path.write_bytes(b"previous")
+
+    def write(file):
+        file.write(b"half")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with pytest.raises(StorageError, match="no space left on the device .* its previous version is intact"):
+        atomic_write(path, write)
+    assert path.read_bytes() == b"previous" and os.listdir(tmp_path) == ["checkpoint.pth"]
+
+
+def test_fp16_on_the_cpu_warns(capsys):
+    make_grad_scaler(torch.device("cpu"), "fp16")
+    assert "warning: train.amp='fp16' on the CPU" in capsys.readouterr().err
+    make_grad_scaler(torch.device("cpu"), "auto")
+    assert capsys.readouterr().err == ""
+
+
+# ----------------------------------------------------------------------------- machine faults under torchrun
+TOY = str(REPO / "tests" / "harness_toy.py")
+
+
+def torchrun(*arguments):
+    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", *arguments], cwd=REPO, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finished(process, timeout=300):
+    output, _ = process.communicate(timeout=timeout)
+    assert process.returncode == 0, output[-4000:]
+    return output
+
+
+def outcome(folder: Path):
+    weights = torch.load(folder / "model.pth", weights_only=True)
+    history = [{key: value for key, value in entry.items() if key != "time"}
+               for entry in json.loads((folder / "history.json").read_text())]
+    return weights, history, json.loads((folder / "test_metrics.json").read_text())
+
+
+def assert_same_outcome(folder, reference):
+    weights, history, tested = outcome(folder)
+    assert history == reference[1] and tested == reference[2]
+    assert all(torch.equal(weights[name], reference[0][name]) for name in reference[0])
+
+
+@pytest.fixture(scope="module")
+def two_process_reference(tmp_path_factory):
+    save_dir = tmp_path_factory.mktemp("reference")
+    finished(torchrun("--standalone", "--nproc_per_node=2", TOY, "--set", f"run.save_dir={save_dir}"))
+    return outcome(save_dir / "toy")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_killed_worker_is_restarted_and_continues_exactly(tmp_path, two_process_reference):
+    """Rank 1 is SIGKILLed once in epoch 2; torchrun restarts the group (--max-restarts=1), which
+    resumes from the checkpoint of epoch 1 and ends with the uninterrupted run's weights and metrics."""
+    marker = tmp_path / "killed"
+    output = finished(torchrun("--standalone", "--nproc_per_node=2", "--max-restarts=1", TOY,
+                               "--set", f"run.save_dir={tmp_path}", "--set", "toy.kill_rank_at=[1,2,1]",
+                               "--set", f"toy.kill_marker={marker}"))
+    assert marker.read_text() == "killed at epoch 2 step 1\n"
+    log = (tmp_path / "toy" / "train_log.txt").read_text()
+    assert log.count("2 process(es)") == 2 and "resumed from" in log and "after epoch 1" in log, output[-3000:]
+    assert_same_outcome(tmp_path / "toy", two_process_reference)
+    assert not (tmp_path / "toy" / LOCK_FILE).exists()
+
+
+def test_two_nodes_equal_one_node_with_two_processes(tmp_path, two_process_reference):
+    """Two torchrun agents as two nodes of one process each (c10d rendezvous), as the README shows."""
+    port = free_port()
+    agents = [torchrun("--nnodes=2", "--nproc_per_node=1", "--rdzv_backend=c10d",
+                       f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=toy", TOY, "--set", f"run.save_dir={tmp_path}")
+              for _ in range(2)]
+    for agent in agents:
+        finished(agent)
+    assert "2 process(es)" in (tmp_path / "toy" / "train_log.txt").read_text()
+    assert_same_outcome(tmp_path / "toy", two_process_reference)
+
+
+# ----------------------------------------------------------------------------- a failed resume, as users run it
+# Every case below starts a train script as a subprocess next to the folder of a finished earlier
+# multi-task run (saved/mlt_demo, the multi-task demo's run name) and checks that the script names
+# the file or the setting and what was expected, and that the earlier run's folder is exactly as it
+# was with nothing new beside it. Multi-task cases with bad data continue the earlier run for a
+# second epoch, so the run resumes, rewrites config.json and appends to its log before the bad file
+# is read: the failed start must undo that.
+
+RUN = "mlt_demo"
+SUBPROCESS_TINY = {
     "train_mlt_model.py": ["data.grading_size=64,96", "data.segmentation_size=64,96", "model.aspp_channels=16",
                            "model.decoder_channels=16", "model.head_hidden=16", "train.epochs=1",
                            "train.iterations=1", "train.batch_size=2", "train.eval_batch_size=8", "run.plots=false"],
@@ -41,12 +762,12 @@ LINKED = ("checkpoint.pth", "model.pth")
 
 def run_script(script, data_root, save_dir, *sets):
     """`python <script> --demo` on `data_root` into `save_dir` with the tiny settings and `sets`."""
-    overrides = [arg for item in [f"run.save_dir={save_dir}", *TINY[script], *sets] for arg in ("--set", item)]
+    overrides = [arg for item in [f"run.save_dir={save_dir}", *SUBPROCESS_TINY[script], *sets] for arg in ("--set", item)]
     return subprocess.run([sys.executable, str(REPO / script), "--demo", "--data-root", str(data_root), *overrides],
                           cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
 
 
-def state(folder):
+def linked_state(folder):
     """Every file under `folder`: its bytes, or for the hard-linked ones the identity of the file."""
     files = {}
     for path in sorted(folder.rglob("*")):
@@ -67,7 +788,7 @@ def earlier_run(synthetic_root, tmp_path_factory):
 
 
 @pytest.fixture
-def saved(earlier_run, tmp_path):
+def resumed(earlier_run, tmp_path):
     """A save_dir holding a copy of the earlier run; after the test, that copy must be unchanged."""
     save_dir = tmp_path / "saved"
 
@@ -75,16 +796,10 @@ def saved(earlier_run, tmp_path):
         (os.link if Path(source).name in LINKED else shutil.copy2)(source, target)
 
     shutil.copytree(earlier_run, save_dir / RUN, copy_function=copy)
-    before = state(save_dir / RUN)
+    before = linked_state(save_dir / RUN)
     yield save_dir
-    assert state(save_dir / RUN) == before, "the earlier run's files changed"
+    assert linked_state(save_dir / RUN) == before, "the earlier run's files changed"
     assert sorted(os.listdir(save_dir)) == [RUN], "the failed run left files behind"
-
-
-@pytest.fixture
-def tree(synthetic_root, tmp_path):
-    """A private copy of the synthetic tree that a case may break."""
-    return Path(shutil.copytree(synthetic_root, tmp_path / "data", ignore=shutil.ignore_patterns(".cache")))
 
 
 def assert_error(result, *fragments):
@@ -95,17 +810,6 @@ def assert_error(result, *fragments):
     assert line.startswith("error: "), result.stderr
     for fragment in fragments:
         assert str(fragment) in line, line
-
-
-# ----------------------------------------------------------------------------- breaking a tree
-def edit_csv(root, split, edit):
-    """Rewrite a grading CSV as `edit(rows)` returns it (rows as lists of cells, header first)."""
-    path = idrid.grading_labels_path(root, split)
-    with open(path, newline="") as file:
-        rows = [row for row in csv.reader(file) if any(cell.strip() for cell in row)]
-    with open(path, "w", newline="") as file:
-        csv.writer(file).writerows(edit(rows))
-    return path
 
 
 def set_cell(rows, line, column, value):
@@ -170,29 +874,29 @@ def mask_of_wrong_size(root):
 @pytest.mark.parametrize("break_tree", [missing_split, drop_column, grade_out_of_range, grade_not_an_integer,
                                         duplicate_name, absent_image, truncated_jpeg, empty_tiff,
                                         mask_of_wrong_size])
-def test_bad_data_is_named_and_the_resumed_run_is_left_as_it_was(tree, saved, break_tree):
+def test_bad_data_is_named_and_the_resumed_run_is_left_as_it_was(tree, resumed, break_tree):
     fragments = break_tree(tree)
-    assert_error(run_script("train_mlt_model.py", tree, saved, NEXT_EPOCH), *fragments)
+    assert_error(run_script("train_mlt_model.py", tree, resumed, NEXT_EPOCH), *fragments)
 
 
-def test_missing_data_root(saved, tmp_path):
+def test_missing_data_root(resumed, tmp_path):
     root = tmp_path / "nowhere"
     # run.demo=false: the demo's settings, without generating a synthetic tree at the missing root
-    result = run_script("train_mlt_model.py", root, saved, NEXT_EPOCH, "run.demo=false")
+    result = run_script("train_mlt_model.py", root, resumed, NEXT_EPOCH, "run.demo=false")
     assert_error(result, root, "data root not found, expected a folder holding 'A. Segmentation'")
     assert not root.exists()
 
 
-def test_greyscale_and_cmyk_images_are_converted(tree, saved):
+def test_greyscale_and_cmyk_images_are_converted(tree, resumed):
     for path, mode in ((idrid.grading_image_path(tree, "test", "IDRiD_001"), "L"),
                        (idrid.segmentation_image_path(tree, "test", "IDRiD_05"), "CMYK")):
         with Image.open(path) as image:
             image.convert(mode).save(path)
         with Image.open(path) as image:
             assert image.mode == mode
-    result = run_script("train_mlt_model.py", tree, saved, "run.name=converted")
+    result = run_script("train_mlt_model.py", tree, resumed, "run.name=converted")
     assert result.returncode == 0, result.stderr
-    shutil.rmtree(saved / "converted")  # the fixture checks nothing else was written
+    shutil.rmtree(resumed / "converted")  # the fixture checks nothing else was written
 
 
 @pytest.mark.parametrize("script, setting, fragments", [
@@ -207,25 +911,25 @@ def test_greyscale_and_cmyk_images_are_converted(tree, saved):
     ("train_classifier.py", "train.batch_size=-4", ["train.batch_size=-4: expected an integer >= 1"]),
     ("train_segmentation.py", "model.output_stride=32", ["model.output_stride=32: expected one of 8, 16"]),
 ])
-def test_bad_setting_is_named(synthetic_root, saved, script, setting, fragments):
-    assert_error(run_script(script, synthetic_root, saved, setting), *fragments)
+def test_bad_setting_is_named(synthetic_root, resumed, script, setting, fragments):
+    assert_error(run_script(script, synthetic_root, resumed, setting), *fragments)
 
 
-def test_unwritable_output_folder(synthetic_root, saved, tmp_path):
+def test_unwritable_output_folder(synthetic_root, resumed, tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")  # root may write anywhere, but not below a regular file
-    result = run_script("train_mlt_model.py", synthetic_root, saved, f"run.save_dir={blocker / 'sub'}")
+    result = run_script("train_mlt_model.py", synthetic_root, resumed, f"run.save_dir={blocker / 'sub'}")
     assert_error(result, f"cannot write the run folder {blocker / 'sub' / RUN}", "run.save_dir")
 
 
-def test_classifier_names_a_truncated_image_read_by_a_worker(tree, saved):
+def test_classifier_names_a_truncated_image_read_by_a_worker(tree, resumed):
     fragments = truncated_jpeg(tree)
-    assert_error(run_script("train_classifier.py", tree, saved, "data.num_workers=1"), *fragments)
+    assert_error(run_script("train_classifier.py", tree, resumed, "data.num_workers=1"), *fragments)
 
 
-def test_segmentation_names_an_empty_mask(tree, saved):
+def test_segmentation_names_an_empty_mask(tree, resumed):
     fragments = empty_tiff(tree)
-    assert_error(run_script("train_segmentation.py", tree, saved), *fragments)
+    assert_error(run_script("train_segmentation.py", tree, resumed), *fragments)
 
 
 # ----------------------------------------------------------------------------- in-process
