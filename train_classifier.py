@@ -37,7 +37,7 @@ from codebase.evaluation.cost import count_parameters
 from codebase.evaluation.previews import PredictionPreview
 from codebase.runtime import distributed
 from codebase.runtime.device import make_grad_scaler
-from codebase.settings import COMMON_RULES
+from codebase.settings import COMMON_RULES, task_weights_rule
 from codebase.training.loop import fit
 from codebase.training.losses import CLASSIFICATION_LOSSES
 from codebase.training.optim import make_optimizer, make_scheduler
@@ -67,8 +67,7 @@ CONFIG = {
         "classification": "focal",         # "focal" or "ce"
         "focal_gamma": 4.0,
         "class_weights": False,            # weigh classes by inverse training-set frequency
-        "rg_weight": 1.0,
-        "mer_weight": 1.0,
+        "task_weights": {},                # {task: weight}, e.g. {"classification_rg": 2}; unlisted tasks weigh 1
     },
     "optim": {"lr": 1e-3, "backbone_lr": 1e-3, "weight_decay": 1e-4},
     "schedule": {"kind": "step", "step_size": 8, "gamma": 0.2},  # step: lr x gamma every step_size epochs
@@ -111,8 +110,7 @@ RULES = {
     "loss.classification": choice(*CLASSIFICATION_LOSSES),
     "loss.focal_gamma": number(0),
     "loss.class_weights": BOOLEAN,
-    "loss.rg_weight": number(0),
-    "loss.mer_weight": number(0),
+    "loss.task_weights": task_weights_rule(task.name for task in TASKS),
 }
 
 
@@ -145,8 +143,7 @@ def main(config):
         model = build_model(config).to(device)
         loss = config["loss"]
         weights = grading_class_weights(datasets["train"]) if loss["class_weights"] else None
-        criterion = GradingLoss(loss["classification"], loss["focal_gamma"], loss["rg_weight"], loss["mer_weight"],
-                                weights).to(device)
+        criterion = GradingLoss(loss["classification"], loss["focal_gamma"], loss["task_weights"], weights).to(device)
         wrapped = distributed.wrap_model(model, device)
         optimizer = make_optimizer([model], config["optim"]["lr"], config["optim"]["backbone_lr"],
                                    config["optim"]["weight_decay"], device)

@@ -18,7 +18,6 @@ import torch
 
 from codebase.config import (
     BOOLEAN,
-    Rule,
     check_settings,
     choice,
     integer,
@@ -28,7 +27,6 @@ from codebase.config import (
     require,
     size_hw,
 )
-from codebase.data.idrid import LESIONS
 from codebase.data.patches import (
     patch_defaults,
     patch_setting_rules,
@@ -46,7 +44,7 @@ from codebase.evaluation.visualize import lesion_metrics_table
 from codebase.networks.backbones import BACKBONES
 from codebase.runtime import distributed
 from codebase.runtime.device import make_grad_scaler
-from codebase.settings import COMMON_RULES
+from codebase.settings import COMMON_RULES, task_weights_rule
 from codebase.training.loop import fit
 from codebase.training.losses import SegmentationLoss
 from codebase.training.optim import make_optimizer, make_scheduler
@@ -89,7 +87,7 @@ CONFIG = {
         "segmentation_gamma": 4.0,                     # sigmoid focal loss: focusing exponent
         "focal_weight": 1.0,
         "dice_weight": 1.0,
-        "lesion_weights": {lesion: 1.0 for lesion in LESIONS},
+        "task_weights": {},                # {task: weight}, e.g. {"segmentation_ma": 2}; unlisted tasks weigh 1
         "dice_on_absent": True,            # a lesion with no pixel in the batch adds its soft-Dice loss
                                            # (pushing its every pixel to 0); false: its false positives are
                                            # left to the focal term (patch training: most crops lack most lesions)
@@ -147,9 +145,7 @@ RULES = {
     "loss.focal_weight": number(0),
     "loss.dice_weight": number(0),
     "loss.dice_on_absent": BOOLEAN,
-    "loss.lesion_weights": Rule(lambda weights: (isinstance(weights, dict) and set(weights) <= set(LESIONS)
-                                                 and all(number(0).check(w) for w in weights.values())),
-                                f"a mapping from lesions ({', '.join(LESIONS)}) to numbers >= 0"),
+    "loss.task_weights": task_weights_rule(task.name for task in TASKS),
     "train.channels_last": BOOLEAN,
     "train.threshold": number(0, 1),
     "train.evaluate_every": integer(1),
@@ -189,7 +185,8 @@ def main(config):
                 f"{len(splits['segmentation']['validation'])} validation, {len(loaders['test'].dataset)} test images")
         loss = config["loss"]
         criterion = SegmentationLoss(loss["segmentation_alpha"], loss["segmentation_gamma"], loss["focal_weight"], loss["dice_weight"],
-                                     loss["lesion_weights"], dice_on_absent=loss["dice_on_absent"]).to(device)
+                                     {task.key: loss["task_weights"].get(task.name, 1.0) for task in TASKS},
+                                     dice_on_absent=loss["dice_on_absent"]).to(device)
         wrapped = distributed.wrap_model(model, device)
         optim = config["optim"]
         optimizer = make_optimizer([model], optim["lr"], optim["backbone_lr"], optim["weight_decay"], device)

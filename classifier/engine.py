@@ -8,18 +8,19 @@ from codebase.training.losses import classification_loss
 
 
 class GradingLoss(nn.Module):
-    """rg_weight * loss(RG) + mer_weight * loss(MER), each focal or cross-entropy.
+    """sum_t w_t loss(t) over RG and MER (task_weights {task: weight}, unlisted tasks 1), each focal or
+    cross-entropy.
 
     forward(logits {task: [B, C]}, targets {task: [B]}) -> (total, {"loss_rg": t, "loss_mer": t}).
     class_weights: None or {"rg": [5], "mer": [3]}.
     """
 
-    def __init__(self, kind="focal", gamma=2.0, rg_weight=1.0, mer_weight=1.0, class_weights=None):
+    def __init__(self, kind="focal", gamma=2.0, task_weights=None, class_weights=None):
         super().__init__()
         self.losses = nn.ModuleDict({
             task.name: classification_loss(kind, gamma, None if class_weights is None else class_weights[task.key])
             for task in TASKS})
-        self.weights = {"classification_rg": float(rg_weight), "classification_mer": float(mer_weight)}
+        self.weights = {task.name: float((task_weights or {}).get(task.name, 1.0)) for task in TASKS}
 
     def forward(self, logits, targets):
         parts = {task.key: self.losses[task.name](logits[task.name].float(), targets[task.name]) for task in TASKS}

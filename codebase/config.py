@@ -29,6 +29,31 @@ RUN_DEFAULTS = {
 }
 
 
+# Keys earlier releases used -> (what replaced them, how an old value becomes the new setting's
+# entries). A run folder written before is upgraded when it resumes; --set of an old key is an
+# error that says what to write instead.
+RENAMED_KEYS = {
+    "loss.rg_weight": ("loss.task_weights", lambda weight: {"classification_rg": weight}),
+    "loss.mer_weight": ("loss.task_weights", lambda weight: {"classification_mer": weight}),
+    "loss.lesion_weights": ("loss.task_weights", lambda weights: {f"segmentation_{lesion.lower()}": weight
+                                                                  for lesion, weight in weights.items()}),
+}
+
+
+def upgrade_config(config: dict) -> dict:
+    """A copy of a config written by an earlier release with its renamed keys in today's form
+    (RENAMED_KEYS; entries merged into the new setting, which keeps what it already says)."""
+    upgraded = copy.deepcopy(config)
+    for old, (new, convert) in RENAMED_KEYS.items():
+        (section, leaf), (new_section, new_leaf) = old.split("."), new.split(".")
+        holder = upgraded.get(section)
+        if not isinstance(holder, dict) or leaf not in holder:
+            continue
+        target = upgraded.setdefault(new_section, {})
+        target[new_leaf] = {**convert(holder.pop(leaf)), **(target.get(new_leaf) or {})}
+    return upgraded
+
+
 class ConfigError(ProjectError, ValueError):
     """A configuration value or command-line flag is wrong; the message names the key."""
 
@@ -296,6 +321,12 @@ def _locate(config: dict, key: str) -> tuple[dict, str]:
 
 
 def _unknown_key_message(config: dict, key: str, known_prefix: str) -> str:
+    renamed = next((old for old in RENAMED_KEYS if key == old or key.startswith(old + ".")), None)
+    if renamed is not None:
+        new, convert = RENAMED_KEYS[renamed]
+        example = convert({"MA": 2.0}) if renamed == "loss.lesion_weights" else convert(2.0)
+        return (f"config key {key!r} was renamed: set {new} instead, {{task: weight}} for the tasks to weigh "
+                f"(e.g. --set '{new}={json.dumps(example)}')")
     keys = list(flatten(config))
     leaf = key.rsplit(".", 1)[-1]
 

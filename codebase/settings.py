@@ -9,6 +9,15 @@ from codebase.networks.backbones import BACKBONES
 from codebase.runtime.device import AMP_SETTINGS
 from codebase.training.optim import SCHEDULES
 
+
+def task_weights_rule(task_names) -> Rule:
+    """The rule of ``loss.task_weights``, {task: weight} over some of ``task_names`` (unlisted: 1)."""
+    names = tuple(task_names)
+    return Rule(lambda weights: (isinstance(weights, dict) and set(weights) <= set(names)
+                                 and all(number(0).check(weight) for weight in weights.values())),
+                f"a {{task: number >= 0}} mapping over tasks of {', '.join(names)} (unlisted tasks weigh 1)")
+
+
 RUN_NAME = Rule(lambda name: (isinstance(name, str) and name.strip() not in ("", ".", "..")
                               and not any(sep in name for sep in "/\\")),
                 "a folder name (not empty, '.' or '..', without / or \\)")

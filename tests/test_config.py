@@ -122,3 +122,25 @@ def test_validate_hook_with_require():
         parse_cli(CONFIG, ["--set", "model.backbone=vgg"], validate=validate)
 
 
+
+
+def test_a_renamed_key_says_what_to_write_instead():
+    from codebase.config import ConfigError, parse_cli
+    config = {"loss": {"task_weights": {}}}
+    with pytest.raises(ConfigError, match=r"'loss.rg_weight' was renamed: set loss.task_weights instead.*"
+                                          r"loss.task_weights=\{\"classification_rg\": 2.0\}"):
+        parse_cli(config, ["--set", "loss.rg_weight=2"])
+    with pytest.raises(ConfigError, match=r"\{\"segmentation_ma\": 2.0\}"):
+        parse_cli(config, ["--set", "loss.lesion_weights.MA=2"])
+
+
+def test_configs_of_earlier_releases_are_upgraded_to_todays_keys():
+    from codebase.config import upgrade_config
+    classifier = {"loss": {"rg_weight": 2.0, "mer_weight": 1.0, "focal_gamma": 4.0}, "seed": 0}
+    assert upgrade_config(classifier) == {
+        "loss": {"focal_gamma": 4.0, "task_weights": {"classification_rg": 2.0, "classification_mer": 1.0}}, "seed": 0}
+    assert classifier["loss"]["rg_weight"] == 2.0  # the original is left alone
+    segmentation = {"loss": {"lesion_weights": {"MA": 3.0, "OD": 1.0}}}
+    assert upgrade_config(segmentation)["loss"] == {"task_weights": {"segmentation_ma": 3.0, "segmentation_od": 1.0}}
+    today = {"loss": {"task_weights": {"classification_rg": 2.0}}}
+    assert upgrade_config(today) == today

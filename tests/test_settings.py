@@ -64,7 +64,7 @@ def test_bad_values_are_refused_naming_the_key(script, key, value):
     (train_mlt_model, "routing.top_p", 0.0),
     (train_segmentation, "model.output_stride", 32),
     (train_segmentation, "data.crop_size", [4000, 4000]),
-    (train_segmentation, "loss.lesion_weights", {"MA": math.nan}),
+    (train_segmentation, "loss.task_weights", {"segmentation_ma": math.nan}),
     (train_classifier, "model.dropout", 1.0),
 ])
 def test_script_specific_rules(script, key, value):

@@ -19,7 +19,7 @@ from typing import Iterable
 import torch
 from tqdm import tqdm
 
-from codebase.config import ConfigError, flatten, with_defaults
+from codebase.config import ConfigError, flatten, upgrade_config, with_defaults
 from codebase.data.loaders import seed_everything
 from codebase.errors import ProjectError
 from codebase.evaluation import plots
@@ -202,7 +202,7 @@ class Run:
             checkpoint = (load_checkpoint(path) if path.exists() and self.config["run"]["resume"]
                           is not False else None)
             if checkpoint is not None:
-                notes += _check_compatible(folder, checkpoint["config"], self.config, must_match)
+                notes += _check_compatible(folder, upgrade_config(checkpoint["config"]), self.config, must_match)
             return folder, checkpoint, notes, None
         except (ConfigError, CheckpointError, RunFolderInUse) as error:
             if isinstance(error, RunFolderInUse):

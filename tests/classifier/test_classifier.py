@@ -98,7 +98,7 @@ def test_class_weights_majority_and_loss():
     logits = torch.randn(6, 5), torch.randn(6, 3)
     targets = torch.randint(0, 5, (6,)), torch.randint(0, 3, (6,))
     tasks = ("classification_rg", "classification_mer")
-    total, parts = GradingLoss("ce", rg_weight=2.0, mer_weight=0.5)(dict(zip(tasks, logits)), dict(zip(tasks, targets)))
+    total, parts = GradingLoss("ce", task_weights={"classification_rg": 2.0, "classification_mer": 0.5})(dict(zip(tasks, logits)), dict(zip(tasks, targets)))
     rg, mer = (torch.nn.functional.cross_entropy(x, y) for x, y in zip(logits, targets))
     assert torch.allclose(total, 2 * rg + 0.5 * mer) and torch.allclose(parts["loss_rg"], rg)
 

@@ -66,7 +66,7 @@ def test_predict_splits_channels_in_lesion_order():
     ("train.batch_size=0", "train.batch_size"),
     ("data.crop_size=128,128", "data.crop_size"),  # taller than the 96x144 image
     ("loss.segmentation_alpha=1.5", "loss.segmentation_alpha"),
-    ('loss.lesion_weights={"XX": 1}', "loss.lesion_weights"),
+    ('loss.task_weights={"XX": 1}', "loss.task_weights"),
     ("loss.dice_on_absent=3", "loss.dice_on_absent"),
 ])
 def test_bad_settings_are_refused_by_name(tmp_path, assignment, key):

@@ -90,3 +90,17 @@ def test_crafted_checkpoint_is_refused_without_running_code(tmp_path):
     with pytest.raises(CheckpointError, match="cannot be loaded safely"):
         Run(toy_config(tmp_path))
     assert not marker.exists()
+
+
+def test_a_checkpoint_of_an_earlier_release_resumes_with_its_renamed_keys_upgraded(tmp_path):
+    """A classifier checkpoint that still says loss.rg_weight / mer_weight compares equal to today's
+    loss.task_weights holding the same weights; a weight that really changed is still logged."""
+    from codebase.config import upgrade_config
+    from codebase.training.run_folder import _check_compatible
+    old = {"model": {"backbone": "resnet18"}, "loss": {"rg_weight": 2.0, "mer_weight": 1.0}}
+    same = {"model": {"backbone": "resnet18"},
+            "loss": {"task_weights": {"classification_rg": 2.0, "classification_mer": 1.0}}}
+    assert _check_compatible(tmp_path, upgrade_config(old), same, ["model"]) == []
+    changed = {"model": {"backbone": "resnet18"}, "loss": {"task_weights": {"classification_rg": 3.0}}}
+    notes = _check_compatible(tmp_path, upgrade_config(old), changed, ["model"])
+    assert len(notes) == 1 and "loss.task_weights" in notes[0]
