@@ -42,7 +42,8 @@ RENAMED_KEYS = {
 
 def upgrade_config(config: dict) -> dict:
     """A copy of a config written by an earlier release with its renamed keys in today's form
-    (RENAMED_KEYS; entries merged into the new setting, which keeps what it already says)."""
+    (RENAMED_KEYS; entries merged into the new setting, which keeps what it already says; a weight
+    of 1, what an unlisted task weighs, is left out)."""
     upgraded = copy.deepcopy(config)
     for old, (new, convert) in RENAMED_KEYS.items():
         (section, leaf), (new_section, new_leaf) = old.split("."), new.split(".")
@@ -50,7 +51,8 @@ def upgrade_config(config: dict) -> dict:
         if not isinstance(holder, dict) or leaf not in holder:
             continue
         target = upgraded.setdefault(new_section, {})
-        target[new_leaf] = {**convert(holder.pop(leaf)), **(target.get(new_leaf) or {})}
+        entries = {task: weight for task, weight in convert(holder.pop(leaf)).items() if weight != 1.0}
+        target[new_leaf] = {**entries, **(target.get(new_leaf) or {})}
     return upgraded
 
 

@@ -138,9 +138,9 @@ def test_configs_of_earlier_releases_are_upgraded_to_todays_keys():
     from codebase.config import upgrade_config
     classifier = {"loss": {"rg_weight": 2.0, "mer_weight": 1.0, "focal_gamma": 4.0}, "seed": 0}
     assert upgrade_config(classifier) == {
-        "loss": {"focal_gamma": 4.0, "task_weights": {"classification_rg": 2.0, "classification_mer": 1.0}}, "seed": 0}
+        "loss": {"focal_gamma": 4.0, "task_weights": {"classification_rg": 2.0}}, "seed": 0}  # 1: unlisted
     assert classifier["loss"]["rg_weight"] == 2.0  # the original is left alone
     segmentation = {"loss": {"lesion_weights": {"MA": 3.0, "OD": 1.0}}}
-    assert upgrade_config(segmentation)["loss"] == {"task_weights": {"segmentation_ma": 3.0, "segmentation_od": 1.0}}
+    assert upgrade_config(segmentation)["loss"] == {"task_weights": {"segmentation_ma": 3.0}}
     today = {"loss": {"task_weights": {"classification_rg": 2.0}}}
     assert upgrade_config(today) == today

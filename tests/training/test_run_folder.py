@@ -99,7 +99,7 @@ def test_a_checkpoint_of_an_earlier_release_resumes_with_its_renamed_keys_upgrad
     from codebase.training.run_folder import _check_compatible
     old = {"model": {"backbone": "resnet18"}, "loss": {"rg_weight": 2.0, "mer_weight": 1.0}}
     same = {"model": {"backbone": "resnet18"},
-            "loss": {"task_weights": {"classification_rg": 2.0, "classification_mer": 1.0}}}
+            "loss": {"task_weights": {"classification_rg": 2.0}}}  # MER weighs 1 either way
     assert _check_compatible(tmp_path, upgrade_config(old), same, ["model"]) == []
     changed = {"model": {"backbone": "resnet18"}, "loss": {"task_weights": {"classification_rg": 3.0}}}
     notes = _check_compatible(tmp_path, upgrade_config(old), changed, ["model"])
