@@ -45,7 +45,7 @@ from codebase.evaluation.previews import PredictionPreview
 from codebase.model import build_model, predict
 from codebase.runtime import distributed
 from codebase.runtime.device import make_grad_scaler
-from codebase.settings import COMMON_RULES
+from codebase.settings import COMMON_RULES, task_weights_rule
 from codebase.tasks import parse_tasks
 from codebase.training.loop import fit
 from codebase.training.losses import CLASSIFICATION_LOSSES
@@ -203,9 +203,8 @@ def validate(config):
     """ConfigError naming the first setting that breaks its rule (RULES), a wrong task, an unknown
     task in loss.task_weights, or a crop larger than the image."""
     check_settings(config, RULES)
-    names = [task.name for task in parse_tasks(config["model"]["task_specs"])]
-    require(config, "loss.task_weights", lambda weights: set(weights) <= set(names),
-            f"weights only for tasks in model.task_specs ({', '.join(names)})")
+    weights = task_weights_rule(task.name for task in parse_tasks(config["model"]["task_specs"]))
+    require(config, "loss.task_weights", weights.check, weights.expected)
     size = config["data"]["segmentation_size"]
     require(config, "data.crop_size", lambda c: c is None or (c[0] <= size[0] and c[1] <= size[1]),
             f"None or [height, width] no larger than data.segmentation_size={size}")

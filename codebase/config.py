@@ -30,13 +30,14 @@ RUN_DEFAULTS = {
 
 
 # Keys earlier releases used -> (what replaced them, how an old value becomes the new setting's
-# entries). A run folder written before is upgraded when it resumes; --set of an old key is an
-# error that says what to write instead.
+# entries, an old value for the example in the error). A run folder written before is upgraded
+# when it resumes; --set of an old key is an error that says what to write instead.
 RENAMED_KEYS = {
-    "loss.rg_weight": ("loss.task_weights", lambda weight: {"classification_rg": weight}),
-    "loss.mer_weight": ("loss.task_weights", lambda weight: {"classification_mer": weight}),
+    "loss.rg_weight": ("loss.task_weights", lambda weight: {"classification_rg": weight}, 2.0),
+    "loss.mer_weight": ("loss.task_weights", lambda weight: {"classification_mer": weight}, 2.0),
     "loss.lesion_weights": ("loss.task_weights", lambda weights: {f"segmentation_{lesion.lower()}": weight
-                                                                  for lesion, weight in weights.items()}),
+                                                                  for lesion, weight in weights.items()},
+                            {"MA": 2.0}),
 }
 
 
@@ -45,7 +46,7 @@ def upgrade_config(config: dict) -> dict:
     (RENAMED_KEYS; entries merged into the new setting, which keeps what it already says; a weight
     of 1, what an unlisted task weighs, is left out)."""
     upgraded = copy.deepcopy(config)
-    for old, (new, convert) in RENAMED_KEYS.items():
+    for old, (new, convert, _) in RENAMED_KEYS.items():
         (section, leaf), (new_section, new_leaf) = old.split("."), new.split(".")
         holder = upgraded.get(section)
         if not isinstance(holder, dict) or leaf not in holder:
@@ -325,10 +326,9 @@ def _locate(config: dict, key: str) -> tuple[dict, str]:
 def _unknown_key_message(config: dict, key: str, known_prefix: str) -> str:
     renamed = next((old for old in RENAMED_KEYS if key == old or key.startswith(old + ".")), None)
     if renamed is not None:
-        new, convert = RENAMED_KEYS[renamed]
-        example = convert({"MA": 2.0}) if renamed == "loss.lesion_weights" else convert(2.0)
+        new, convert, example = RENAMED_KEYS[renamed]
         return (f"config key {key!r} was renamed: set {new} instead, {{task: weight}} for the tasks to weigh "
-                f"(e.g. --set '{new}={json.dumps(example)}')")
+                f"(e.g. --set '{new}={json.dumps(convert(example))}')")
     keys = list(flatten(config))
     leaf = key.rsplit(".", 1)[-1]
 

@@ -65,3 +65,8 @@ def make_grad_scaler(device: torch.device, setting: str) -> torch.amp.GradScaler
               "float32 and gains nothing; use train.amp=off (or auto, or bf16)", file=sys.stderr)
     return torch.amp.GradScaler(device.type, enabled=enabled)
 
+
+def scaled(loss: torch.Tensor, scaler: torch.amp.GradScaler | None) -> torch.Tensor:
+    """``loss`` times the GradScaler's scale when it is enabled (fp16), else ``loss``."""
+    return scaler.scale(loss) if scaler is not None and scaler.is_enabled() else loss
+

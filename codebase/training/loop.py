@@ -33,7 +33,7 @@ from codebase.data.loaders import (
 )
 from codebase.runtime import distributed
 from codebase.runtime.atomic import StorageError
-from codebase.runtime.device import autocast
+from codebase.runtime.device import autocast, scaled
 from codebase.runtime.progress import progress
 from codebase.training.run_folder import BEST_MODEL_FILE, MODEL_FILE, Run
 from codebase.training.selection import Selection
@@ -52,7 +52,7 @@ def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
                    scaler: torch.amp.GradScaler | None = None) -> None:
     """Zero the gradients, backpropagate the (scaled, with fp16) `loss` and step (`step_optimizer`)."""
     optimizer.zero_grad(set_to_none=True)
-    (scaler.scale(loss) if scaler is not None and scaler.is_enabled() else loss).backward()
+    scaled(loss, scaler).backward()
     step_optimizer(optimizer, scaler)
 
 

@@ -12,6 +12,8 @@ import torch
 from torch import nn
 from torch.optim.adam import adam
 
+from codebase.runtime.device import scaled
+
 
 class Weighting(nn.Module):
     """Base class: combine per-task losses, write the gradients of a step.
@@ -178,11 +180,6 @@ class AdamState(nn.Module):
         adam([value], [grad.to(value)], [self.exp_avg], [self.exp_avg_sq], [], [self.steps], foreach=False,
              amsgrad=False, beta1=self.betas[0], beta2=self.betas[1], lr=self.lr, weight_decay=self.weight_decay,
              eps=self.eps, maximize=False)
-
-
-def scaled(loss: torch.Tensor, scaler: torch.amp.GradScaler | None) -> torch.Tensor:
-    """``loss`` times the GradScaler's scale when it is enabled (fp16), else ``loss``."""
-    return scaler.scale(loss) if scaler is not None and scaler.is_enabled() else loss
 
 
 def _flat_grad(loss: torch.Tensor, shared: list[nn.Parameter]) -> torch.Tensor:
