@@ -13,6 +13,13 @@ def assert_committed_without_outputs(name):
             assert cell.outputs == [] and cell.execution_count is None, name
 
 
+def assert_shows_figures_inline(name):
+    """The first code cell selects the inline backend, so figures show in Jupyter whatever MPLBACKEND
+    the server's environment sets (Agg, common in containers, would show none)."""
+    first = next(cell for cell in nbformat.read(REPO / name, as_version=4).cells if cell.cell_type == "code")
+    assert first.source.startswith("%matplotlib inline\n"), name
+
+
 def execute(name, timeout=300):
     """Run notebook ``name`` from the repository root; -> (printed text, number of figures, all outputs).
 
