@@ -38,7 +38,7 @@ from codebase.evaluation.previews import PredictionPreview
 from codebase.runtime import distributed
 from codebase.runtime.device import make_grad_scaler
 from codebase.settings import COMMON_RULES, task_weights_rule
-from codebase.training.loop import fit
+from codebase.training.loop import EpochPlan, fit
 from codebase.training.losses import CLASSIFICATION_LOSSES
 from codebase.training.optim import make_optimizer, make_scheduler
 from codebase.training.run_folder import TEST_METRICS_FILE, Run
@@ -160,13 +160,13 @@ def main(config):
 
         evaluate_epoch, eval_split, test = evaluation_plan(
             train, lambda split: evaluate(model, loaders[split], device, train["amp"]), "validation" in loaders)
-        history = fit(
-            run, wrapped, optimizer, scheduler,
-            lambda epoch: train_one_epoch(wrapped, criterion, optimizer, loaders["train"], epoch, device,
-                                          train["amp"], scaler),
-            evaluate_epoch, train["epochs"], scaler, loaders=[loaders["train"]], eval_split=eval_split,
-            selection=make_selection(train, TASKS), test=test,
+        plan = EpochPlan(
+            train=lambda epoch: train_one_epoch(wrapped, criterion, optimizer, loaders["train"], epoch, device,
+                                                train["amp"], scaler),
+            evaluate=evaluate_epoch, split=eval_split, selection=make_selection(train, TASKS), test=test,
+            loaders=[loaders["train"]],
             preview=PredictionPreview(model, predict_grades, [datasets.get("validation")], TASKS, device))
+        history = fit(run, wrapped, optimizer, scheduler, plan, train["epochs"], scaler)
         tested = run.folder / TEST_METRICS_FILE
         if run.is_main and tested.is_file():
             results = json.loads(tested.read_text())

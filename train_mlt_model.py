@@ -47,7 +47,7 @@ from codebase.runtime import distributed
 from codebase.runtime.device import make_grad_scaler
 from codebase.settings import COMMON_RULES, task_weights_rule
 from codebase.tasks import parse_tasks
-from codebase.training.loop import fit
+from codebase.training.loop import EpochPlan, fit
 from codebase.training.losses import CLASSIFICATION_LOSSES
 from codebase.training.optim import make_optimizer, make_scheduler
 from codebase.training.run_folder import Run
@@ -265,11 +265,11 @@ def main(config):
         def test():
             return evaluate_split("test", train["fullres_eval"] != "off")
         loaders = [loader for split in eval_loaders.values() for loader in split.values()]
-        return fit(run, model, optimizer, scheduler, train_epoch, evaluate_epoch, train["epochs"], scaler,
-                   loaders=loaders, extra_state={"weighting": weighting}, eval_split=eval_split,
-                   selection=make_selection(train, model.tasks), test=test,
-                   preview=PredictionPreview(model, predict, [datasets[side].get("validation") for side in datasets],
-                                             model.tasks, device))
+        plan = EpochPlan(train=train_epoch, evaluate=evaluate_epoch, split=eval_split,
+                         selection=make_selection(train, model.tasks), test=test, loaders=loaders,
+                         preview=PredictionPreview(model, predict, [datasets[side].get("validation")
+                                                                    for side in datasets], model.tasks, device))
+        return fit(run, model, optimizer, scheduler, plan, train["epochs"], scaler, {"weighting": weighting})
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ from codebase.networks.backbones import BACKBONES
 from codebase.runtime import distributed
 from codebase.runtime.device import make_grad_scaler
 from codebase.settings import COMMON_RULES, task_weights_rule
-from codebase.training.loop import fit
+from codebase.training.loop import EpochPlan, fit
 from codebase.training.losses import SegmentationLoss
 from codebase.training.optim import make_optimizer, make_scheduler
 from codebase.training.run_folder import TEST_METRICS_FILE, Run
@@ -212,11 +212,12 @@ def main(config):
 
         def test():
             return evaluate_split("test", train["fullres_eval"] != "off")
-        history = fit(run, wrapped, optimizer, scheduler, train_epoch, evaluate_epoch, train["epochs"], scaler,
-                      loaders=loaders.values(), eval_split=eval_split, selection=make_selection(train, TASKS),
-                      test=test, preview=PredictionPreview(model, predict_lesions, [
-                          loaders["validation"].dataset if "validation" in loaders else None], TASKS, device,
-                          threshold=train["threshold"]))
+        plan = EpochPlan(train=train_epoch, evaluate=evaluate_epoch, split=eval_split,
+                         selection=make_selection(train, TASKS), test=test, loaders=loaders.values(),
+                         preview=PredictionPreview(model, predict_lesions, [
+                             loaders["validation"].dataset if "validation" in loaders else None], TASKS, device,
+                             threshold=train["threshold"]))
+        history = fit(run, wrapped, optimizer, scheduler, plan, train["epochs"], scaler)
         tested = run.folder / TEST_METRICS_FILE
         if run.is_main and tested.is_file():
             results = json.loads(tested.read_text())

@@ -24,7 +24,7 @@ from codebase.data.loaders import EpochLoader
 from codebase.runtime import distributed
 from codebase.runtime.device import autocast, make_grad_scaler
 from codebase.runtime.progress import progress
-from codebase.training.loop import fit, record_step
+from codebase.training.loop import EpochPlan, fit, record_step
 from codebase.training.run_folder import Run  # noqa: E402
 from codebase.training.selection import make_selection  # noqa: E402
 from codebase.training.stopping import check_finite, should_stop
@@ -150,11 +150,11 @@ def main(config: dict) -> list[dict]:
                 metrics["score"] = toy["scores"][epoch - 1]
             return metrics
 
-        return fit(run, model, optimizer, scheduler, train_one_epoch, evaluate,
-                   config["train"]["epochs"], scaler, loaders=[train_loader],
-                   selection=make_selection(config["train"], tasks=[]),
-                   test=lambda: evaluate_model(distributed.unwrap(model), eval_loader, device),
-                   preview=lambda epoch: {"first_layer": weight_image(distributed.unwrap(model))})
+        plan = EpochPlan(train_one_epoch, evaluate, loaders=[train_loader],
+                         selection=make_selection(config["train"], tasks=[]),
+                         test=lambda: evaluate_model(distributed.unwrap(model), eval_loader, device),
+                         preview=lambda epoch: {"first_layer": weight_image(distributed.unwrap(model))})
+        return fit(run, model, optimizer, scheduler, plan, config["train"]["epochs"], scaler)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,8 @@ A train script reads like an experiment:
         with Run(config) as run:                          # device, process group, seeds, saved/<name>/
             model = distributed.wrap_model(build_model(config).to(run.device), run.device)
             ...
-            fit(run, model, optimizer, scheduler, train_one_epoch, evaluate,
-                epochs=config["train"]["epochs"], scaler=scaler, loaders=[train_loader])
+            plan = EpochPlan(train_one_epoch, evaluate, loaders=[train_loader])
+            fit(run, model, optimizer, scheduler, plan, config["train"]["epochs"], scaler)
 
     if __name__ == "__main__":
         run_main(main, lambda: parse_cli(CONFIG, demo_overrides=DEMO, description=__doc__))
@@ -19,6 +19,7 @@ Interrupts and non-finite losses end a run through codebase.training.stopping.
 """
 import contextlib
 import time
+from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import torch
@@ -136,29 +137,46 @@ def _length(batches) -> int | None:
         return None
 
 
-def fit(run: Run, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler,
-        train_one_epoch: Callable[[int], dict], evaluate: Callable[[int], dict] | None, epochs: int,
-        scaler: torch.amp.GradScaler | None = None, *, loaders: Iterable[EpochLoader] = (),
-        extra_state: dict | None = None, eval_split: str = "validation", selection: Selection | None = None,
-        test: Callable[[], dict] | None = None, preview: Callable[[int], dict] | None = None) -> list[dict]:
+@dataclass
+class EpochPlan:
+    """What `fit` runs in each epoch and at the end of a run.
+
+    train(epoch) -> the epoch's train metrics; evaluate(epoch) -> metrics on `split` (empty on
+    epochs without evaluation; codebase.training.selection.evaluation_plan gives evaluate, split and
+    test); `selection` scores each evaluation (a better score writes best.pth, its patience may stop
+    training early; None: no selection); test() -> metrics of the model's current weights on the
+    test split, once at the end; preview(epoch) -> {name: uint8 [H, W, 3]} images for the event log
+    at each evaluation (e.g. codebase.evaluation.previews.PredictionPreview); `loaders` get
+    ``set_epoch(epoch)`` before each epoch.
+    """
+
+    train: Callable[[int], dict]
+    evaluate: Callable[[int], dict] | None = None
+    split: str = "validation"
+    selection: Selection | None = None
+    test: Callable[[], dict] | None = None
+    preview: Callable[[int], dict] | None = None
+    loaders: Iterable[EpochLoader] = ()
+
+
+def fit(run: Run, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler, plan: EpochPlan,
+        epochs: int, scaler: torch.amp.GradScaler | None = None, extra_state: dict | None = None) -> list[dict]:
     """Train from the run's last complete epoch up to `epochs`; return the history.
 
-    Epochs are numbered from 1. Each epoch: `loader.set_epoch(epoch)` for each of `loaders`,
-    `train_one_epoch(epoch)` -> dict, `evaluate(epoch)` -> dict on `eval_split` (empty on epochs
-    without evaluation), `scheduler.step()` (once per epoch; a per-step scheduler goes in
-    `extra_state` instead, with scheduler=None), then a checkpoint, history.json, plots and one
-    summary line. `extra_state` maps names to other objects with state_dict/load_state_dict to
-    checkpoint (e.g. a learned loss weighting). `selection` (codebase.training.selection) scores
-    each evaluation: a better score writes best.pth, and its patience may stop training early.
-    At the end: model.pth (the last weights) and, with `test` (metrics of the model's current
-    weights on the test split), test_metrics.json with the test metrics of the last and of the
-    best weights. Interrupts and non-finite losses end the process via SystemExit (130/143,
-    resp. 1) after logging, leaving checkpoint.pth at the last complete epoch.
-    Into the run's event log (TensorBoard, see codebase.training.tensorboard) go each step's losses,
-    each history entry and, at each evaluation, the images of `preview(epoch)` -> {name: uint8
-    [H, W, 3]} (e.g. codebase.evaluation.previews.PredictionPreview).
+    Epochs are numbered from 1. Each epoch (see EpochPlan): `loader.set_epoch(epoch)` for each of
+    `plan.loaders`, `plan.train(epoch)`, `plan.evaluate(epoch)` on `plan.split`,
+    `scheduler.step()` (once per epoch; a per-step scheduler goes in `extra_state` instead, with
+    scheduler=None), the model selection, then a checkpoint, history.json, plots and one summary
+    line. The checkpoint holds the model, optimizer, scheduler, scaler and `extra_state` (names
+    mapped to other objects with state_dict/load_state_dict, e.g. a learned loss weighting).
+    At the end: model.pth (the last weights) and, with `plan.test`, test_metrics.json with the test
+    metrics of the last and of the best weights. Interrupts and non-finite losses end the process
+    via SystemExit (130/143, resp. 1) after logging, leaving checkpoint.pth at the last complete
+    epoch. Into the run's event log (TensorBoard, see codebase.training.tensorboard) go each step's
+    losses, each history entry and, at each evaluation, the images of `plan.preview`.
     """
-    selection = selection or Selection()
+    selection = plan.selection or Selection()
+    eval_split = plan.split
     steps = StepCounter()
     tracked = {"model": distributed.unwrap(model), "optimizer": optimizer, "scheduler": scheduler,
                "scaler": scaler, "selection": selection, "step_counter": steps, **(extra_state or {})}
@@ -171,7 +189,7 @@ def fit(run: Run, model: torch.nn.Module, optimizer: torch.optim.Optimizer, sche
         run.save_history()  # history.json may lag the checkpoint if a crash came between the two
         run.plot()
         run.log(f"resumed from {run.checkpoint_path} after epoch {completed}")
-    loaders = list(loaders)
+    loaders = list(plan.loaders)
     try:
         with stop_on_signals(), _recording_steps(run, steps):
             for epoch in range(completed + 1, epochs + 1):
@@ -181,10 +199,10 @@ def fit(run: Run, model: torch.nn.Module, optimizer: torch.optim.Optimizer, sche
                 learning_rate = optimizer.param_groups[0]["lr"]
                 for loader in loaders:
                     loader.set_epoch(epoch)
-                train_metrics = train_one_epoch(epoch)
+                train_metrics = plan.train(epoch)
                 exit_if_stopped(run, epoch, completed)
                 distributed.broadcast_buffers(model)  # evaluate with the statistics that are saved
-                eval_metrics = evaluate(epoch) if evaluate is not None else {}
+                eval_metrics = plan.evaluate(epoch) if plan.evaluate is not None else {}
                 exit_if_stopped(run, epoch, completed)
                 if scheduler is not None:
                     scheduler.step()
@@ -195,7 +213,7 @@ def fit(run: Run, model: torch.nn.Module, optimizer: torch.optim.Optimizer, sche
                 if score is not None:
                     entry["monitor"] = score
                 run.history.append(entry)
-                _write_events(run, entry, steps.end_epoch(), preview if eval_metrics else None)
+                _write_events(run, entry, steps.end_epoch(), plan.preview if eval_metrics else None)
                 if selection.improved:
                     run.save_best(model)
                 _save(run, tracked, epoch)
@@ -218,8 +236,8 @@ def fit(run: Run, model: torch.nn.Module, optimizer: torch.optim.Optimizer, sche
     chosen = (f"; best weights (epoch {selection.best_epoch}, monitored {selection.best_score:.4g}) in "
               f"{run.folder / BEST_MODEL_FILE}" if selection.best_epoch is not None else "")
     run.log(f"done after epoch {completed}; final weights in {run.folder / MODEL_FILE}{chosen}")
-    if test is not None:
-        _test_once(run, model, test, completed, selection)
+    if plan.test is not None:
+        _test_once(run, model, plan.test, completed, selection)
     return run.history
 
 

@@ -10,7 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 from toy_runs import toy_config
 
-from codebase.training.loop import fit, train_steps
+from codebase.training.loop import EpochPlan, fit, train_steps
 from codebase.training.run_folder import Run
 from codebase.training.tensorboard import (
     EVENT_FILE_PREFIX,
@@ -126,7 +126,7 @@ def test_train_steps_logs_each_step_and_fit_each_epoch_at_its_last_step(tmp_path
         return train_steps(batches, loss_of, optimizer, torch.device("cpu"), "off", None, epoch)
 
     with Run(toy_config(tmp_path, run__name="steps", run__plots=False)) as run:
-        history = fit(run, model, optimizer, None, train_one_epoch, None, epochs=2)
+        history = fit(run, model, optimizer, None, EpochPlan(train_one_epoch), epochs=2)
     series = scalar_series(read_events(tmp_path / "steps"))
     assert [step for step, _ in series["train_step/loss"]] == [1, 2, 3, 4, 5, 6]
     assert [value for _, value in series["train_step/constant"]] == [0.5] * 6
