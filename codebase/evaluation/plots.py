@@ -49,12 +49,16 @@ CURVE_METRICS = ("iou", "dice", "aupr")  # per-lesion metrics drawn as curves
 # existed). Curves of the training set, or of the test split when a run evaluated it every epoch on
 # request, say so in their labels: "MA (test)".
 MAIN_SECTIONS = ("validation", "eval")
+# Figures this module drew under another name before: old name -> today's. Drawing today's figure
+# removes the old file, so a run folder plotted before and resumed keeps no stale copy.
+RENAMED_FIGURES = {"classification": "grading"}
 ROUTER_STATISTICS = {"experts_per_image": "experts per image", "busiest_share": "busiest expert's share",
                      "usage_entropy": "usage entropy / log E"}
 
 
 def plot_history(history: list[dict], out_dir: str | Path) -> list[Path]:
-    """Draw every figure the history has data for into out_dir/<name>.png (atomically)."""
+    """Draw every figure the history has data for into out_dir/<name>.png (atomically), removing
+    the file of the figure's earlier name (RENAMED_FIGURES) if there is one."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -62,6 +66,9 @@ def plot_history(history: list[dict], out_dir: str | Path) -> list[Path]:
         path = out_dir / f"{name}.png"
         atomic_write(path, lambda file, figure=figure: figure.savefig(file, format="png", dpi=100))
         written.append(path)
+        for old, new in RENAMED_FIGURES.items():
+            if new == name:
+                (out_dir / f"{old}.png").unlink(missing_ok=True)
     return written
 
 

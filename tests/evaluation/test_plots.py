@@ -71,3 +71,15 @@ def test_drawing_leaves_the_matplotlib_backend_alone():
     backend = matplotlib.get_backend()
     plots.history_figures([_entry(1)])
     assert matplotlib.get_backend() == backend
+
+
+def test_redrawing_removes_the_file_of_a_renamed_figure_only(tmp_path):
+    out = tmp_path / "plots"
+    out.mkdir()
+    (out / "classification.png").write_bytes(b"\x89PNG drawn under the old name")
+    (out / "notes.png").write_bytes(b"the user's own file")
+    plots.plot_history([{"epoch": 1, "train": {"loss": 1.0}}], out)  # no grading curve: nothing replaces it
+    assert (out / "classification.png").exists()
+    plots.plot_history([_entry(1)], out)
+    assert (out / "grading.png").exists() and not (out / "classification.png").exists()
+    assert (out / "notes.png").read_bytes() == b"the user's own file"
