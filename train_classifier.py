@@ -158,8 +158,9 @@ def main(config):
                 f"{'x'.join(map(str, config['data']['image_size']))}; test majority-class accuracy "
                 f"RG {majority['rg']:.3f}, MER {majority['mer']:.3f}")
 
-        evaluate_epoch, eval_split, test = evaluation_plan(
-            train, lambda split: evaluate(model, loaders[split], device, train["amp"]), "validation" in loaders)
+        evaluate_epoch, eval_split, test = evaluation_plan(  # under "grading", as the multi-task model's
+            train, lambda split: {"grading": evaluate(model, loaders[split], device, train["amp"])},
+            "validation" in loaders)
         plan = EpochPlan(
             train=lambda epoch: train_one_epoch(wrapped, criterion, optimizer, loaders["train"], epoch, device,
                                                 train["amp"], scaler),
@@ -171,7 +172,7 @@ def main(config):
         if run.is_main and tested.is_file():
             results = json.loads(tested.read_text())
             chosen = results.get("best", results["last"])
-            run.log(final_line(chosen["metrics"], majority))
+            run.log(final_line(chosen["metrics"]["grading"], majority))
         return history
 
 

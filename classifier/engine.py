@@ -11,7 +11,8 @@ class GradingLoss(nn.Module):
     """sum_t w_t loss(t) over RG and MER (task_weights {task: weight}, unlisted tasks 1), each focal or
     cross-entropy.
 
-    forward(logits {task: [B, C]}, targets {task: [B]}) -> (total, {"loss_rg": t, "loss_mer": t}).
+    forward(logits {task: [B, C]}, targets {task: [B]}) -> (total, {"loss_classification_rg": t,
+    "loss_classification_mer": t}), the components named "loss_<task>" as in the multi-task model.
     class_weights: None or {"rg": [5], "mer": [3]}.
     """
 
@@ -25,11 +26,12 @@ class GradingLoss(nn.Module):
     def forward(self, logits, targets):
         parts = {task.key: self.losses[task.name](logits[task.name].float(), targets[task.name]) for task in TASKS}
         total = sum(self.weights[task.name] * parts[task.key] for task in TASKS)
-        return total, {"loss_" + key: loss.detach() for key, loss in parts.items()}
+        return total, {f"loss_{task.name}": parts[task.key].detach() for task in TASKS}
 
 
 def train_one_epoch(model, criterion, optimizer, loader, epoch, device, amp="off", scaler=None):
-    """One pass over ``loader``; returns the mean {"loss", "loss_rg", "loss_mer"} over its steps.
+    """One pass over ``loader``; returns the means over its steps {"loss", "components":
+    {"loss_classification_rg", "loss_classification_mer"}}.
 
     Stops early (after a step) on SIGINT/SIGTERM; raises NonFiniteLossError on a NaN loss.
     """
@@ -41,11 +43,12 @@ def train_one_epoch(model, criterion, optimizer, loader, epoch, device, amp="off
         targets = {task.name: task.target_of(grades) for task in TASKS}  # {task: [B]}
         return criterion(model(images), targets)
 
-    return train_steps(loader, loss_of, optimizer, device, amp, scaler, epoch, total=len(loader))
+    means = train_steps(loader, loss_of, optimizer, device, amp, scaler, epoch, total=len(loader))
+    return {"loss": means.pop("loss"), "components": means}
 
 
 def evaluate(model, loader, device, amp="off"):
-    """Test metrics of codebase.evaluation.evaluate_grading: rg_/mer_ accuracy, kappa, confusion,
-    recall, and joint_accuracy."""
+    """Metrics of codebase.evaluation.evaluate_grading: rg_/mer_ accuracy, kappa, confusion, recall,
+    and joint_accuracy (train_classifier.py records them under "grading", as the multi-task model does)."""
     model.eval()
     return evaluate_grading(lambda images: {"logits": model(images)}, loader, TASKS, device, amp)

@@ -10,7 +10,7 @@ import torch
 from codebase.data.idrid import grading_records, segmentation_records
 from codebase.evaluation.plots import history_figures
 from codebase.runtime.atomic import atomic_write_text
-from codebase.training.run_folder import HISTORY_FILE, TEST_METRICS_FILE
+from codebase.training.run_folder import TEST_METRICS_FILE, read_history, read_test_metrics
 from experiments.analysis import delta_m, difference, run_metrics, summary
 from experiments.bootstrap import resample_indices, resample_weights, with_full_set
 from experiments.cost import run_cost
@@ -52,7 +52,7 @@ def routing_summary(folders):
         path = Path(folder) / TEST_METRICS_FILE
         if not path.is_file():
             return {}
-        results = json.loads(path.read_text())
+        results = read_test_metrics(folder)
         routing = (results.get("last") or {}).get("metrics", {}).get("routing", {})
         for task, stats in routing.items():
             per_task.setdefault(task, []).append(stats)
@@ -266,7 +266,7 @@ def report_html(results, planned, title):
     for name in dict.fromkeys(run.configuration for run in planned):
         first = next(run for run in planned if run.configuration == name)
         try:
-            history = json.loads((Path(first.folder) / HISTORY_FILE).read_text())
+            history = read_history(first.folder)
         except (OSError, ValueError):
             history = []
         parts.append(f"<h3>{html.escape(name)}</h3>")

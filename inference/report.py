@@ -9,7 +9,6 @@ with no link to anything on disk. Figures use matplotlib's object API (no pyplot
 import base64
 import html
 import io
-import json
 import math
 
 import numpy as np
@@ -22,7 +21,7 @@ from codebase.data.images import read_mask_image, read_size
 from codebase.evaluation.plots import history_figures
 from codebase.evaluation.visualize import LESION_COLOURS, lesion_legend, overlay
 from codebase.tasks import task_label
-from codebase.training.run_folder import HISTORY_FILE
+from codebase.training.run_folder import HISTORY_FILE, read_history
 from inference.predictor import predict_image
 
 SECTIONS = ("Accuracy and cost", "Training curves", "Confusion matrices", "Precision-recall curves",
@@ -56,10 +55,10 @@ def _note(text):
     return f'<p class="note">{html.escape(text)}</p>'
 
 
-def read_history(run):
-    """The run's history.json (a list of epoch dicts), or [] when it has none or it is unreadable."""
+def history_or_empty(run):
+    """The run's history.json (a list of epoch dicts, today's names), or [] when it has none or it is unreadable."""
     try:
-        history = json.loads((run.folder / HISTORY_FILE).read_text())
+        history = read_history(run.folder)
     except (OSError, ValueError):
         return []
     return history if isinstance(history, list) else []
@@ -195,7 +194,7 @@ def comparison_html(report, tables, runs, pr_curves, examples, device, title="Mo
 
     parts.append(f"<h2>{SECTIONS[1]}</h2>")
     for name, run in runs.items():
-        figures = history_figures(read_history(run))
+        figures = history_figures(history_or_empty(run))
         parts.append(f"<h3>{html.escape(name)}</h3>")
         parts += [_image(figure, f"{name} {figure_name}") for figure_name, figure in figures.items()]
         if not figures:

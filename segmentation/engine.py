@@ -6,7 +6,6 @@ routine (codebase.evaluation.evaluate) and reports the same numbers under the sa
 """
 import torch
 
-from codebase.data.idrid import LESIONS
 from codebase.data.patches import WINDOW_OVERLAP
 from codebase.evaluation.lesions import lesion_metrics
 from codebase.runtime import distributed
@@ -15,9 +14,8 @@ from segmentation.model import TASKS
 
 
 def train_one_epoch(model, criterion, optimizer, loader, epoch, device, amp="off", scaler=None, channels_last=False):
-    """One pass over ``loader``; returns batch means {"loss", "loss_focal", "loss_dice",
-    "lesions": {"MA": {"loss_focal", "loss_dice"}, ...}} (focal and Dice before their weights;
-    per lesion one level down, so the epoch's summary line stays short).
+    """One pass over ``loader``; returns batch means {"loss", "components": {...}}, the components
+    named as in the multi-task model (`loss_components`).
 
     criterion: a SegmentationLoss over LESIONS; scaler: make_grad_scaler's (disabled: plain steps).
     """
@@ -27,11 +25,21 @@ def train_one_epoch(model, criterion, optimizer, loader, epoch, device, amp="off
     def loss_of(batch):
         images = batch["image"].to(device, non_blocking=True, memory_format=memory_format)  # [B, 3, h, w]
         masks = batch["masks"].to(device, non_blocking=True)  # uint8 [B, 5, h, w]
-        return criterion(model(images), masks)
+        loss, parts = criterion(model(images), masks)
+        return loss, loss_components(parts)
 
     means = train_steps(loader, loss_of, optimizer, device, amp, scaler, epoch, total=len(loader))
-    return {"loss": means["loss"], "loss_focal": means["focal"], "loss_dice": means["dice"],
-            "lesions": {k: {"loss_focal": means[f"focal_{k}"], "loss_dice": means[f"dice_{k}"]} for k in LESIONS}}
+    return {"loss": means.pop("loss"), "components": means}
+
+
+def loss_components(parts):
+    """A SegmentationLoss's parts under the names every model logs: "loss_segmentation_focal" and
+    "loss_segmentation_dice" (summed over the lesions with their weights, before focal_weight and
+    dice_weight), and per lesion task "loss_segmentation_ma_focal", "loss_segmentation_ma_dice", ..."""
+    named = {f"loss_segmentation_{part}": parts[part] for part in ("focal", "dice")}
+    for task in TASKS:
+        named.update({f"loss_{task.name}_{part}": parts[f"{part}_{task.key}"] for part in ("focal", "dice")})
+    return named
 
 
 def evaluate(model, loader, device, amp="off", threshold=0.5, keep_meter=False, window=None, overlap=WINDOW_OVERLAP,

@@ -6,7 +6,8 @@ completed epoch,
     {"epoch": 3,                      # 1-based, as printed in the summary line
      "lr": 0.001,                     # learning rate of the first parameter group
      "time": 41.7,                    # seconds for the epoch (train + eval)
-     "train": {"loss": 0.52, "loss_focal": 0.31, "loss_dice": 0.21, ...},
+     "train": {"loss": 0.52, "components": {"loss_classification_rg": 0.31, "loss_segmentation_ma_focal": 0.01,
+                                            "loss_segmentation_ma_dice": 0.2, ...}, ...},
      "validation": {                  # "test" instead when train.evaluate_on=test
          "grading": {"rg_accuracy": 0.71, "rg_kappa": 0.55, "rg_confusion": [[...]], ...},
          "segmentation": {"MA": {"iou": 0.2, "dice": 0.3, "aupr": 0.25, ...}, ...,

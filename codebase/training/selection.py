@@ -16,15 +16,14 @@ MEAN_PRIMARY = "mean_primary"
 def primary_score(metrics: dict, task) -> float | None:
     """A task's primary score in an evaluation's metrics, or None when the metrics lack it.
 
-    Grading metrics sit under "grading" (the multi-task model) or at the top level (the
-    classifier) as "<key>_<metric>"; lesion metrics under "segmentation" -> <KEY> -> <metric>.
+    Grading metrics sit under "grading" as "<key>_<metric>" ("rg_kappa"), lesion metrics under
+    "segmentation" -> <KEY> -> <metric>, in every model's evaluation.
     """
     metric = task.kind.primary_metric
     if metric is None:
         return None
     if task.side == "grading":
-        section = metrics.get("grading", metrics)
-        value = section.get(f"{task.key}_{metric}") if isinstance(section, dict) else None
+        value = metrics.get("grading", {}).get(f"{task.key}_{metric}")
     else:
         value = metrics.get("segmentation", {}).get(task.key, {}).get(metric)
     return float(value) if is_number(value) and math.isfinite(value) else None

@@ -6,7 +6,7 @@ Every event is at the run's global optimizer step (`StepCounter`: steps of compl
 steps into the current one, kept in the checkpoint), so all curves share one x axis:
 
 - each optimizer step: ``train_step/loss`` and ``train_step/<component>`` (what the engine's loss
-  returned, e.g. ``train_step/loss_rg``), written by `codebase.training.loop.run_steps`;
+  returned, e.g. ``train_step/loss_classification_rg``), written by `codebase.training.loop.run_steps`;
 - each epoch, at its last step: every number of the history entry that `fit` appends to
   history.json, tagged by its key path (``lr``, ``monitor``, ``epoch``, ``time``, ``train/loss``,
   ``train/task_weights/<task>``, ``validation/grading/rg_kappa``,

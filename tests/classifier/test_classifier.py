@@ -52,7 +52,7 @@ def tiny_run(learning_root, tmp_path_factory):
 def test_learns_the_synthetic_grades(tiny_run):
     folder, history, majority = tiny_run
     tested = json.loads((folder / "test_metrics.json").read_text())
-    final = tested["best"]["metrics"]  # the weights chosen on the validation split, scored on the test split
+    final = tested["best"]["metrics"]["grading"]  # the weights chosen on the validation split, scored on the test split
     assert history[-1]["train"]["loss"] < history[0]["train"]["loss"]
     assert final["rg_accuracy"] > majority["rg"] and final["rg_kappa"] > 0.3, final
 
@@ -65,7 +65,9 @@ def test_run_folder_holds_every_output(tiny_run):
     assert {"loss.png", "loss_components.png", "grading.png"} <= {p.name for p in (folder / "plots").iterdir()}
     assert json.loads((folder / "history.json").read_text()) == history
     assert json.loads((folder / "config.json").read_text())["model"]["backbone"] == "resnet18"
-    assert set(history[0]["train"]) == {"loss", "loss_rg", "loss_mer"}
+    assert history[0]["train"].keys() == {"loss", "components"}
+    assert set(history[0]["train"]["components"]) == {"loss_classification_rg", "loss_classification_mer"}
+    assert {"rg_kappa", "mer_kappa", "joint_accuracy"} <= set(history[0]["validation"]["grading"])
     log = (folder / "train_log.txt").read_text()
     assert "test RG accuracy" in log and "(majority" in log
     assert load_run(folder).kind == "classifier"
@@ -91,6 +93,37 @@ def test_resumed_run_equals_uninterrupted(synthetic_root, tmp_path):
     assert "resumed from" in (tmp_path / "resumed" / "tiny" / "train_log.txt").read_text()
 
 
+def test_a_run_written_with_the_earlier_names_resumes_under_todays(synthetic_root, tmp_path):
+    """A run folder of an earlier release (its history.json and the checkpoint's history with the
+    classifier's loss_rg / loss_mer and top-level grading metrics, plots/classification.png) resumes
+    into the history of an uninterrupted run, under today's names, and the stale figure goes."""
+    def run(save_dir, epochs):
+        config = tiny_config(synthetic_root, save_dir, **{"train.epochs": epochs, "train.batch_size": 4,
+                                                          "schedule.kind": "step"})
+        return train_classifier.main(config)
+
+    def with_earlier_names(entry):
+        components = entry["train"]["components"]
+        return {**entry, "train": {"loss": entry["train"]["loss"], "loss_rg": components["loss_classification_rg"],
+                                   "loss_mer": components["loss_classification_mer"]},
+                "validation": entry["validation"]["grading"]}
+
+    uninterrupted = run(tmp_path / "straight", 2)
+    run(tmp_path / "old", 1)
+    folder = tmp_path / "old" / "tiny"
+    checkpoint = torch.load(folder / "checkpoint.pth", weights_only=True)
+    checkpoint["history"] = [with_earlier_names(entry) for entry in checkpoint["history"]]
+    torch.save(checkpoint, folder / "checkpoint.pth")
+    (folder / "history.json").write_text(json.dumps(checkpoint["history"]))
+    (folder / "plots" / "grading.png").rename(folder / "plots" / "classification.png")
+    resumed = run(tmp_path / "old", 2)
+    same = lambda history: json.dumps([{**e, "time": 0} for e in history])  # NaN-aware comparison
+    assert same(resumed) == same(uninterrupted)
+    assert same(json.loads((folder / "history.json").read_text())) == same(uninterrupted)
+    assert "loss_rg" not in (folder / "history.json").read_text()
+    assert (folder / "plots" / "grading.png").is_file() and not (folder / "plots" / "classification.png").exists()
+
+
 def test_class_weights_majority_and_loss():
     assert class_weights(np.array([0, 0, 0, 1]), 3) == pytest.approx([0.5, 1.5, 0.0])
     labels = np.array([[0, 0], [2, 1], [2, 2], [2, 2]])  # [N, 2]: (rg, mer)
@@ -100,7 +133,7 @@ def test_class_weights_majority_and_loss():
     tasks = ("classification_rg", "classification_mer")
     total, parts = GradingLoss("ce", task_weights={"classification_rg": 2.0, "classification_mer": 0.5})(dict(zip(tasks, logits)), dict(zip(tasks, targets)))
     rg, mer = (torch.nn.functional.cross_entropy(x, y) for x, y in zip(logits, targets))
-    assert torch.allclose(total, 2 * rg + 0.5 * mer) and torch.allclose(parts["loss_rg"], rg)
+    assert torch.allclose(total, 2 * rg + 0.5 * mer) and torch.allclose(parts["loss_classification_rg"], rg)
 
 
 def test_config_is_validated():

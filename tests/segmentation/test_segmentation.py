@@ -103,8 +103,9 @@ def test_run_writes_its_files_and_the_final_table(tiny_run):
     saved = json.loads((folder / "history.json").read_text())
     assert [entry["epoch"] for entry in saved] == [entry["epoch"] for entry in history] == list(range(1, EPOCHS + 1))
     train = history[-1]["train"]
-    assert {"loss", "loss_focal", "loss_dice"} <= set(train)
-    assert set(train["lesions"]) == set(LESIONS) and set(train["lesions"]["MA"]) == {"loss_focal", "loss_dice"}
+    assert train.keys() == {"loss", "components"}
+    assert set(train["components"]) == {"loss_segmentation_focal", "loss_segmentation_dice"} | {
+        f"loss_segmentation_{lesion.lower()}_{part}" for lesion in LESIONS for part in ("focal", "dice")}
     log = (folder / "train_log.txt").read_text()
     assert "test metrics of the best weights" in log and "OD Optic Disc" in log
     run = load_run(folder)
