@@ -1,0 +1,33 @@
+"""IDRiD (codebase.data.idrid) seen as a `LabelledSet`: the in-domain set, its test split scored.
+
+Every task is scored: RG and MER from the grading CSVs, DME derived from MER (`dme_from_mer`, so
+the in-domain row has the counterpart of Messidor-2's DME), and the five lesions from the
+segmentation set (a missing mask file: the lesion is absent from that image, as IDRiD says).
+"""
+from __future__ import annotations
+
+from codebase.data import idrid
+from codebase.data.formats.base import LabelledSet, Record, dme_from_mer, finish
+
+NAME = "idrid"
+TITLE = "IDRiD"
+
+
+def detect(root) -> bool:
+    return idrid.tree_present(root)
+
+
+def read(root) -> LabelledSet:
+    root = idrid._require_root(root)
+    problems: list[str] = []
+    records = []
+    for split in idrid.SPLITS:
+        for record in idrid._scan_grading(root, split, problems):
+            records.append(Record(f"grading/{split}/{record.name}", record.image_path, split,
+                                  record.retinopathy_grade, record.macular_edema_risk,
+                                  dme_from_mer(record.macular_edema_risk)))
+        for record in idrid._scan_segmentation(root, split, problems):
+            records.append(Record(f"segmentation/{split}/{record.name}", record.image_path, split,
+                                  mask_paths=dict(record.mask_paths)))
+    return finish(LabelledSet(NAME, root, records, ("rg", "mer", "dme"), idrid.LESIONS, {}, test_split="test"),
+                  problems)
