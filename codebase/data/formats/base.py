@@ -87,7 +87,7 @@ class LabelledSet:
     """A dataset read as distributed: its records, what was left out, and what it can score.
 
     grades / lesions: the task keys its labels score; absent: {task key: why it cannot be scored};
-    left_out: {reason: images}; test_split: the split evaluated (None: the whole set, having no
+    left_out: {(split, reason): images}; test_split: the split evaluated (None: the whole set, having no
     held-out split of its own)."""
 
     format: str
@@ -104,6 +104,14 @@ class LabelledSet:
         if self.test_split is None:
             return list(self.records)
         return [record for record in self.records if record.split == self.test_split]
+
+    def evaluation_left_out(self) -> dict[str, int]:
+        """{reason: images} left out of the evaluated images (the test split's, or the whole set's)."""
+        counts: Counter = Counter()
+        for (split, reason), count in self.left_out.items():
+            if self.test_split is None or split == self.test_split:
+                counts[reason] += count
+        return dict(counts)
 
     def splits(self) -> list[str]:
         return list(dict.fromkeys(record.split for record in self.records))

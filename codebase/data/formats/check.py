@@ -45,9 +45,9 @@ def summarise(labelled: LabelledSet, problems: list[str], verify: bool = True) -
         for key in labelled.grades:
             splits[split][key] = [sum(record.grade(key) == value for record in graded)
                                   for value in range(GRADE_CLASSES[key])]
+    left_out = [[split, reason, count] for (split, reason), count in labelled.left_out.items()]
     return {"format": labelled.format, "root": str(labelled.root), "splits": splits,
-            "evaluated": labelled.test_split or "all", "left_out": dict(labelled.left_out),
-            "absent": dict(labelled.absent)}
+            "evaluated": labelled.test_split or "all", "left_out": left_out, "absent": dict(labelled.absent)}
 
 
 def format_summary(summary: dict) -> str:
@@ -74,8 +74,8 @@ def format_summary(summary: dict) -> str:
         lines.append("")
     evaluated = summary["evaluated"]
     lines.append("Evaluated: " + ("the whole set (no test split)" if evaluated == "all" else f"the {evaluated} split"))
-    for reason, count in summary["left_out"].items():
-        lines.append(f"Left out: {count} image(s), {reason}")
+    for split, reason, count in summary["left_out"]:
+        lines.append(f"Left out: {count} image(s) of {split}, {reason}")
     reasons: dict = {}
     for task, reason in summary["absent"].items():
         reasons.setdefault(reason, []).append(task)

@@ -63,7 +63,7 @@ def _grading(root, split, problems, left_out, seen) -> list[Record]:
         if name is None or grade is None or duplicate(seen, f"{split}/{name}", where, problems):
             continue
         if grade == UNGRADABLE_GRADE:
-            left_out[UNGRADABLE] += 1
+            left_out[split, UNGRADABLE] += 1
             continue
         path = image_file(folder, name, where, problems)
         if path is not None:

@@ -56,7 +56,7 @@ def read(root) -> LabelledSet:
             if name is None or gradable is None or duplicate(seen, name, where, problems):
                 continue
             if gradable == 0:
-                left_out[UNGRADABLE] += 1
+                left_out["all", UNGRADABLE] += 1
                 continue
             grade = parse_grade(row[dr_column], dr_column, range(5), where, problems)
             dme = parse_grade(row[dme_column], dme_column, range(2), where, problems)
