@@ -26,7 +26,7 @@ import json
 import sys
 from pathlib import Path
 
-from codebase.data.formats import parse_dataset_arg, read_dataset
+from codebase.data.formats import dataset_argument, read_dataset
 from codebase.errors import ProjectError
 from codebase.runtime.atomic import atomic_write_text
 from codebase.runtime.device import resolve_device
@@ -35,19 +35,12 @@ from experiments.generalization import evaluate_datasets, markdown
 from inference.runs import WEIGHTS, open_run
 
 
-def dataset_arg(text):
-    try:
-        return parse_dataset_arg(text)
-    except ProjectError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", required=True, help="a finished run folder, e.g. saved/mlt_demo")
-    parser.add_argument("--data", type=dataset_arg, action="append", required=True, metavar="FORMAT:PATH",
+    parser.add_argument("--data", type=dataset_argument, action="append", required=True, metavar="FORMAT:PATH",
                         help="an external dataset (repeatable)")
-    parser.add_argument("--in-domain", type=dataset_arg, metavar="FORMAT:PATH",
+    parser.add_argument("--in-domain", type=dataset_argument, metavar="FORMAT:PATH",
                         help="the in-domain dataset (default idrid:<the run's data.root>)")
     parser.add_argument("--weights", choices=WEIGHTS, default="best",
                         help="best: best.pth, chosen on the validation split (model.pth where the run has none); "

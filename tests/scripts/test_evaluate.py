@@ -8,6 +8,7 @@ import sys
 import pytest
 from tiny_training import ENV, REPO
 
+import compare_models
 import evaluate
 from codebase.data.idrid import LESIONS
 
@@ -111,3 +112,23 @@ def test_bad_paths_and_unreadable_files_get_one_line_errors(tiny_runs, external_
     with pytest.raises(SystemExit) as caught:
         evaluate.main(["--run", run, "--data", f"kaggle:{aptos}"])
     assert caught.value.code == 2 and "FORMAT:PATH" in capsys.readouterr().err
+
+
+def test_compare_models_external_adds_evaluate_pys_generalization_for_every_run(tiny_runs, external_trees,
+                                                                               synthetic_root, tmp_path):
+    folders = [str(tiny_runs[kind]) for kind in ("classifier", "segmentation", "multitask")]
+    external = [f"ddr:{external_trees['ddr'][0]}", f"messidor2:{external_trees['messidor2'][0]}"]
+    assert compare_models.main(["--runs", *folders, "--data-root", str(synthetic_root), "--device", "cpu",
+                                "--cost-images", "1", "--repeats", "1", "--resamples", "30", "--out",
+                                str(tmp_path / "compare"), *[f"--external={data}" for data in external]]) == 0
+    report = json.loads((tmp_path / "compare" / "comparison.json").read_text())
+    assert evaluate.main(["--run", folders[2], "--in-domain", f"idrid:{synthetic_root}", "--device", "cpu",
+                          "--resamples", "30", "--out", str(tmp_path / "evaluate"),
+                          *[f"--data={data}" for data in external]]) == 0
+    evaluated = json.loads((tmp_path / "evaluate" / "metrics.json").read_text())["datasets"]
+    runs = {entry["kind"]: entry for entry in report["runs"]}
+    assert runs["multitask"]["generalization"] == evaluated
+    assert [d["format"] for d in runs["classifier"]["generalization"]] == ["idrid", "ddr", "messidor2"]
+    text = (tmp_path / "compare" / "comparison.md").read_text()
+    assert "## Generalization" in text and "| DDR: HE AUPR | absent |" in text and "| Messidor-2: DME kappa |" in text
+    assert "Generalization" in (tmp_path / "compare" / "report.html").read_text()

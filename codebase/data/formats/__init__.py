@@ -8,6 +8,7 @@ folder and file names. ``FORMAT:PATH`` arguments (``auto:PATH`` recognises the t
 """
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from codebase.data.formats import aptos, ddr, eyepacs, fgadr, idrid_format, messidor2
@@ -46,3 +47,11 @@ def parse_dataset_arg(text: str) -> tuple[str, Path]:
         raise DatasetError(f"{text!r}: expected FORMAT:PATH with FORMAT one of {', '.join(FORMATS)} or auto "
                            "(e.g. ddr:data/DDR)")
     return format_name, Path(path)
+
+
+def dataset_argument(text: str) -> tuple[str, Path]:
+    """`parse_dataset_arg` as an argparse type: a bad argument is a usage error naming it."""
+    try:
+        return parse_dataset_arg(text)
+    except DatasetError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
