@@ -246,7 +246,8 @@ def main(argv=None) -> int:
     parser.add_argument("format", choices=list(WRITERS))
     parser.add_argument("out", help="output folder, e.g. data/synthetic_ddr")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--count", type=int, default=DEFAULT_COUNT, help=f"images (per split) (default {DEFAULT_COUNT})")
+    parser.add_argument("--count", type=int, default=DEFAULT_COUNT,
+                        help=f"images (per split) (default {DEFAULT_COUNT})")
     parser.add_argument("--size", type=synthetic.parse_size, help="image size WxH (default: the format's own)")
     args = parser.parse_args(argv)
     start = time.perf_counter()

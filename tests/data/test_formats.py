@@ -238,3 +238,5 @@ def test_check_names_every_problem_and_a_corrupt_file(copy_of, capsys):
     assert str(image) in capsys.readouterr().err
     assert main(["check", str(tree), "--format", "aptos"]) == 1
     assert "train.csv" in capsys.readouterr().err
+    assert main(["check", str(tree), "--format", "idrid"]) == 1  # IDRiD's own errors, listed the same way
+    assert "Disease Grading" in capsys.readouterr().err

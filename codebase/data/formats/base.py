@@ -202,7 +202,8 @@ def image_file(folder: Path, name: str, where: str, problems: list[str]) -> Path
     if path.is_file():
         return path
     if os.path.lexists(path):
-        problems.append(f"{where}: {path} is not a readable regular file (a broken link or a folder), expected an image")
+        problems.append(f"{where}: {path} is not a readable regular file (a broken link or a folder), "
+                        "expected an image")
     else:
         problems.append(f"{where}: image {name!r} listed but {path} not found")
     return None

@@ -11,7 +11,7 @@ from collections import Counter
 from tqdm import tqdm
 
 from codebase.data.formats import FORMATS, read_dataset
-from codebase.data.formats.base import GRADE_CLASSES, GRADE_KEYS, DatasetError, LabelledSet
+from codebase.data.formats.base import GRADE_CLASSES, GRADE_KEYS, LabelledSet
 from codebase.data.idrid import LESIONS
 from codebase.data.images import ImageFileError, read_mask, verify_image
 
@@ -88,7 +88,7 @@ def check(root, format_name: str = "auto") -> tuple[dict | None, list[str]]:
     problems: list[str] = []
     try:
         labelled = read_dataset(format_name, root)
-    except DatasetError as error:
+    except ImageFileError as error:  # DatasetError, or IDRiD's IDRiDError
         return None, error.problems
     return summarise(labelled, problems), problems
 

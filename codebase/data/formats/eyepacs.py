@@ -60,7 +60,8 @@ def _read_split(root, split, labels, folder, columns, problems, seen) -> list[Re
 
 
 def read(root) -> LabelledSet:
-    root = require_root(root, TITLE, f"{TRAIN_LABELS} with {TRAIN_DIR}/ (and optionally {TEST_LABELS} with {TEST_DIR}/)")
+    root = require_root(root, TITLE,
+                        f"{TRAIN_LABELS} with {TRAIN_DIR}/ (and optionally {TEST_LABELS} with {TEST_DIR}/)")
     problems: list[str] = []
     seen: dict = {}
     has_test = (root / TEST_LABELS).is_file()

@@ -49,7 +49,8 @@ def read(root) -> LabelledSet:
     seg_set = root / SEG_SET
     images = seg_set / IMAGES_DIR
     found = require_dir(images, "the original images *.png", problems)
-    found &= all([require_dir(seg_set / folder, f"the {lesion} masks", problems) for lesion, folder in MASK_DIRS.items()])
+    found &= all([require_dir(seg_set / folder, f"the {lesion} masks", problems)
+                  for lesion, folder in MASK_DIRS.items()])
     rows = read_table(seg_set / LABELS_FILE, problems, None)
     if not found or rows is None:
         return finish(LabelledSet(NAME, root, [], (), (), {}), problems)  # raises: there are problems
@@ -58,7 +59,8 @@ def read(root) -> LabelledSet:
         where = f"{seg_set / LABELS_FILE}, line {line}"
         cells = [cell for cell in cells if cell.strip()]
         if len(cells) != 2:
-            problems.append(f"{where}: {','.join(cells)!r}, expected '<file name>,<grade 0-4>' (the file has no header)")
+            problems.append(f"{where}: {','.join(cells)!r}, expected '<file name>,<grade 0-4>' "
+                            "(the file has no header)")
             continue
         name = safe_name(cells[0], where, problems)
         grade = parse_grade(cells[1], "grade", range(5), where, problems)

@@ -6,6 +6,8 @@ segmentation set (a missing mask file: the lesion is absent from that image, as 
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from codebase.data import idrid
 from codebase.data.formats.base import LabelledSet, Record, dme_from_mer, finish
 
@@ -18,16 +20,16 @@ def detect(root) -> bool:
 
 
 def read(root) -> LabelledSet:
-    root = idrid._require_root(root)
-    problems: list[str] = []
+    """Both sides and both splits; IDRiDError (a DatasetError's sibling) lists the problems of the first
+    part that has any."""
     records = []
     for split in idrid.SPLITS:
-        for record in idrid._scan_grading(root, split, problems):
+        for record in idrid.grading_records(root, split):
             records.append(Record(f"grading/{split}/{record.name}", record.image_path, split,
                                   record.retinopathy_grade, record.macular_edema_risk,
                                   dme_from_mer(record.macular_edema_risk)))
-        for record in idrid._scan_segmentation(root, split, problems):
+        for record in idrid.segmentation_records(root, split):
             records.append(Record(f"segmentation/{split}/{record.name}", record.image_path, split,
                                   mask_paths=dict(record.mask_paths)))
-    return finish(LabelledSet(NAME, root, records, ("rg", "mer", "dme"), idrid.LESIONS, {}, test_split="test"),
-                  problems)
+    return finish(LabelledSet(NAME, Path(root), records, ("rg", "mer", "dme"), idrid.LESIONS, {}, test_split="test"),
+                  [])
