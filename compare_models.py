@@ -21,6 +21,11 @@ split, and set against the classifier and DeepLabV3+ together (ratio of its top-
 of theirs). Each run is loaded with its best.pth (chosen on the validation split; model.pth where
 it has none) or, with --weights last, model.pth; the tables name the file.
 
+With --external FORMAT:PATH (repeatable; FORMAT as evaluate.py takes it) every run is also evaluated
+on each external dataset as evaluate.py does (experiments.generalization): a "Generalization" table
+gives per run each external set's metrics with their gap to the in-domain test split and the gap's
+bootstrap interval (--resamples), "absent" where the set's labels or the run cannot score it.
+
 Writes comparison.md and comparison.json to --out and prints the markdown, and report.html
 (inference.report): the same tables, each run's training curves, confusion matrices, precision-
 recall curves per lesion, expert usage per task of multi-task runs, and --examples test images
@@ -33,6 +38,7 @@ import math
 import sys
 from pathlib import Path
 
+from codebase.data.formats import dataset_argument, read_dataset
 from codebase.data.idrid import (
     LESIONS,
     IDRiDError,
@@ -54,7 +60,11 @@ from codebase.evaluation.evaluate import (
 )
 from codebase.evaluation.fullres import run_fullres_metrics, with_fullres
 from codebase.runtime.atomic import atomic_write_text
+from codebase.errors import ProjectError
 from codebase.runtime.device import autocast, resolve_device
+from experiments.dataset_records import dataset_records
+from experiments.generalization import TABLES as GENERALIZATION_TABLES
+from experiments.generalization import evaluate_datasets
 from inference.predictor import forward, forward_passes, load_input
 from inference.report import comparison_html
 from inference.runs import WEIGHTS, RunError, open_run
@@ -217,6 +227,47 @@ def tables(report):
     return result
 
 
+GENERALIZATION_METRICS = GENERALIZATION_TABLES[0][1] + [(metric, f"{title} AUPR")
+                                                        for metric, title in GENERALIZATION_TABLES[1][1]]
+
+
+def generalization(run, datasets, device, resamples, seed=0):
+    """evaluate.py's entries (experiments.generalization) of one run on [in-domain, *external] LabelledSets."""
+    evaluated = [(labelled, dataset_records(run, labelled, device)) for labelled in datasets]
+    return evaluate_datasets(evaluated, resamples, seed)
+
+
+def _generalization_cell(entry, metric):
+    value = entry["metrics"].get(metric)
+    if value is None:
+        return "absent"
+    if value["value"] is None:
+        return "undefined"
+    gap = entry.get("gap", {}).get(metric)
+    if not gap or gap["difference"] is None:
+        return f"{value['value']:.3f}"
+    low, high = gap["ci"]
+    interval = f" [{low:+.3f}, {high:+.3f}]" if low is not None else ""
+    return f"{value['value']:.3f} (Δ {gap['difference']:+.3f}{interval})"
+
+
+def generalization_table(entries):
+    """(heading, header, rows): per dataset and metric some run scores there, each run's value and, on an
+    external set, its gap to in-domain with the gap's interval; None when no run was evaluated externally."""
+    runs = [e for e in entries if e.get("generalization")]
+    if not runs:
+        return None
+    header = [""] + [f"{e['name']} ({KIND_NAMES[e['kind']]})" for e in runs]
+    rows = []
+    for position, dataset in enumerate(runs[0]["generalization"]):
+        name = dataset["name"] + (" (in-domain)" if position == 0 else "")
+        for metric, title in GENERALIZATION_METRICS:
+            cells = [_generalization_cell(e["generalization"][position], metric) for e in runs]
+            if any(cell != "absent" for cell in cells):
+                rows.append([f"{name}: {title}"] + cells)
+    return ("Generalization (value; Δ: difference from in-domain, 95 % bootstrap interval)", header, rows)
+
+
 def markdown(report):
     """comparison.md: accuracy and cost tables, one column per run, and the multi-task model against both baselines."""
     (_, header, accuracy), (_, _, cost), *versus = tables(report)
@@ -236,6 +287,10 @@ def markdown(report):
         lines += [f"`{name}` with top-p routing against classifier + DeepLabV3+:", ""]
         lines += _table(versus_header, versus_rows)
         lines.append("")
+    table = generalization_table(report["runs"])
+    if table is not None:
+        heading, header, rows = table
+        lines += ["", f"## {heading}", ""] + _table(header, rows) + [""]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -280,6 +335,10 @@ def main(argv=None):
     parser.add_argument("--weights", choices=WEIGHTS, default="best",
                         help="best: each run's best.pth, chosen on the validation split (model.pth where it has "
                              "none); last: model.pth (default best)")
+    parser.add_argument("--external", type=dataset_argument, action="append", default=[], metavar="FORMAT:PATH",
+                        help="also evaluate every run on this external dataset (repeatable; see evaluate.py)")
+    parser.add_argument("--resamples", type=int, default=1000,
+                        help="bootstrap resamples of the generalization intervals (default 1000)")
     parser.add_argument("--examples", type=int, default=3,
                         help="test images shown per split in report.html (default 3)")
     args = parser.parse_args(argv)
@@ -296,7 +355,8 @@ def main(argv=None):
         paths = [record.image_path for record in segmentation_records(root, "test")[:args.cost_images]]
         if not paths:
             raise IDRiDError(f"{root}: the segmentation test split has no images to measure the cost on")
-    except (RunError, ValueError) as error:
+        datasets = [read_dataset(name, path) for name, path in [("idrid", root), *args.external]]
+    except (RunError, ValueError, ProjectError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     entries, pr_curves = [], {}
@@ -305,6 +365,12 @@ def main(argv=None):
         print(f"{name}: {KIND_NAMES[run.kind]} ({run.weights_file}), evaluating on {root} and measuring its cost "
               f"on {device}", flush=True)
         entry, pr_curves[name] = describe_run(name, run, root, device, paths, args.repeats, args.cost_size)
+        if args.external:
+            try:
+                entry["generalization"] = generalization(run, datasets, device, args.resamples)
+            except ProjectError as error:
+                print("error: " + str(error).replace("\n", "\n  "), file=sys.stderr)
+                return 2
         entries.append(entry)
     report = {"data_root": str(root), "device": str(device), "machine": machine(device), "cost_images": len(paths),
               "cost_size": list(args.cost_size) if args.cost_size else None, "repeats": args.repeats, "runs": entries, "multitask_vs_baselines": versus_baselines(entries)}
@@ -315,7 +381,8 @@ def main(argv=None):
     print(text)
     examples = {"segmentation": segmentation_records(root, "test")[:args.examples],
                 "grading": grading_records(root, "test")[:args.examples]}
-    page = comparison_html(report, tables(report), dict(zip(names, runs)), pr_curves, examples, device)
+    shown = tables(report) + [table for table in [generalization_table(report["runs"])] if table is not None]
+    page = comparison_html(report, shown, dict(zip(names, runs)), pr_curves, examples, device)
     atomic_write_text(out / "report.html", page)
     print(f"written: {out / 'comparison.md'}, {out / 'comparison.json'}, {out / 'report.html'}")
     return 0

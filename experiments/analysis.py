@@ -22,7 +22,8 @@ from experiments.bootstrap import (
     quadratic_kappa,
 )
 
-CLASSES = {"rg": NUM_RG_CLASSES, "mer": NUM_MER_CLASSES}
+# dme: referable macular edema (0/1), an external set's label or IDRiD's MER 2 (codebase.data.formats.base)
+CLASSES = {"rg": NUM_RG_CLASSES, "mer": NUM_MER_CLASSES, "dme": 2}
 # The primary score of each task, higher is better; delta-m averages these.
 TASK_SCORES = {"classification_rg": "rg_kappa", "classification_mer": "mer_kappa"}
 LESION_SCORE = "aupr"
@@ -34,7 +35,7 @@ def run_metrics(records, grading_weights, segmentation_weights):
     metrics = {}
     grading = records.get("grading")
     if grading is not None:
-        right = []
+        right = {}
         for grade, classes in CLASSES.items():
             if f"{grade}_true" not in grading:
                 continue
@@ -42,9 +43,9 @@ def run_metrics(records, grading_weights, segmentation_weights):
             confusion = confusion_matrices(true, predicted, classes, grading_weights)
             metrics[f"{grade}_kappa"] = quadratic_kappa(confusion)
             metrics[f"{grade}_accuracy"] = accuracy(confusion)
-            right.append(true == predicted)
-        if len(right) == 2:
-            metrics["joint_accuracy"] = grading_weights @ (right[0] & right[1]) / grading_weights.sum(axis=1)
+            right[grade] = true == predicted
+        if {"rg", "mer"} <= set(right):
+            metrics["joint_accuracy"] = grading_weights @ (right["rg"] & right["mer"]) / grading_weights.sum(axis=1)
     segmentation = records.get("segmentation")
     if segmentation is not None:
         lesions = [str(lesion) for lesion in segmentation["lesions"]]

@@ -73,14 +73,25 @@ def segmentation_records(run, root, size, device, threshold=0.5, bins=HISTOGRAM_
         masks = {"masks": batch["masks"].to(device)}
         masks = torch.cat([task.target_of(masks) for task in tasks], dim=1)  # [B, L, H, W]
         for image in range(probs.shape[0]):  # one image at a time: its own counts and histogram
-            meter.reset()
-            meter.update(probs[image:image + 1], masks[image:image + 1])
-            counts.append(meter.counts.cpu().numpy().copy())
-            histogram = meter.histogram.cpu().numpy()  # [L, 2, bins]
-            occupied = [np.flatnonzero(h.sum(axis=0)) for h in histogram]
-            sparse.append([(bins_, h[:, bins_]) for bins_, h in zip(occupied, histogram)])
-    records = {"names": np.array([r.name for r in dataset.records]), "lesions": np.array(lesions),
-               "counts": np.stack(counts)}
+            record = image_record(meter, probs[image:image + 1], masks[image:image + 1])
+            counts.append(record[0])
+            sparse.append(record[1])
+    return pack_segmentation_records([r.name for r in dataset.records], lesions, counts, sparse)
+
+
+def image_record(meter, probs, masks):
+    """One image's (counts int64 [L, 3], [(occupied bins [k], counts [2, k]) per lesion]) from
+    probabilities and masks [1, L, H, W], through ``meter`` (a SegmentationMeter over the L lesions)."""
+    meter.reset()
+    meter.update(probs, masks)
+    histogram = meter.histogram.cpu().numpy()  # [L, 2, bins]
+    occupied = [np.flatnonzero(h.sum(axis=0)) for h in histogram]
+    return meter.counts.cpu().numpy().copy(), [(bins_, h[:, bins_]) for bins_, h in zip(occupied, histogram)]
+
+
+def pack_segmentation_records(names, lesions, counts, sparse):
+    """The segmentation records (see `segmentation_records`) of images given by `image_record`."""
+    records = {"names": np.array(names), "lesions": np.array(lesions), "counts": np.stack(counts)}
     for index, lesion in enumerate(lesions):
         union = np.unique(np.concatenate([image[index][0] for image in sparse]))  # [K]
         histogram = np.zeros((len(sparse), 2, union.size), np.int64)

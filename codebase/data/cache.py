@@ -34,13 +34,15 @@ def load_resized_image(path, size_hw: tuple[int, int]) -> np.ndarray:
     return np.array(image)  # a writable copy
 
 
-def load_resized_mask(path, size_hw: tuple[int, int], expected_size: tuple[int, int] | None = None) -> np.ndarray:
+def load_resized_mask(path, size_hw: tuple[int, int], expected_size: tuple[int, int] | None = None,
+                      threshold: int = 1) -> np.ndarray:
     """Read and resize a mask (no cache): uint8 [H, W] of 0/1, by area then threshold at one half.
 
     expected_size=(W, H): the full size of the mask's image; a mask of another size is an IDRiDError.
+    threshold: the file's foreground grey level (`read_mask_image`; 1: any non-zero value).
     """
     height, width = size_hw
-    mask = read_mask_image(path, expected_size)
+    mask = read_mask_image(path, expected_size, threshold)
     if mask.size != (width, height):
         # reducing_gap=1: block means over the whole-number part of the scale (Image.reduce, ~4x faster
         # than a box resize at full size), then a box resize of what is left; both average by area.

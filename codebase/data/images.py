@@ -85,18 +85,19 @@ def read_image(path, draft_size: tuple[int, int] | None = None) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def _nonzero(channel: Image.Image) -> Image.Image:
-    return channel.point(lambda value: 255 if value else 0)
-
-
-def read_mask_image(path, expected_size: tuple[int, int] | None = None) -> Image.Image:
+def read_mask_image(path, expected_size: tuple[int, int] | None = None, threshold: int = 1) -> Image.Image:
     """A lesion mask as an 'L' image of 0 / 255, whatever the file's pixel format.
 
-    Foreground is any non-zero value. RGBA / LA masks keep it in alpha where the alpha varies (a
+    Foreground is any non-zero value, or with ``threshold`` any value >= it (anti-aliased masks,
+    whose grey edges are not lesion: 128). RGBA / LA masks keep it in alpha where the alpha varies (a
     transparent background); with a constant alpha (an opaque channel that other tools add) it
     is the colour. Palette masks by colour.
     expected_size=(W, H): the size of the image the mask belongs to.
     """
+
+    def _foreground(channel: Image.Image) -> Image.Image:
+        return channel.point(lambda value: 255 if value >= threshold else 0)
+
     with _open(path) as image:
         _load(image, path)
     if expected_size is not None and image.size != tuple(expected_size):
@@ -108,16 +109,16 @@ def read_mask_image(path, expected_size: tuple[int, int] | None = None) -> Image
     if mode == "1":
         return image.convert("L")
     if mode == "L":
-        return _nonzero(image)
+        return _foreground(image)
     if mode in ("RGBA", "LA", "PA"):
         alpha = image.getchannel("A")
         low, high = alpha.getextrema()
         if low != high:
-            return _nonzero(alpha)
+            return _foreground(alpha)
         mode = {"RGBA": "RGB", "LA": "L", "PA": "P"}[mode]
         image = image.convert(mode)
         if mode == "L":
-            return _nonzero(image)
+            return _foreground(image)
     if mode == "P":
         palette = np.zeros((256, 3), np.uint8)
         colours = np.asarray(image.getpalette() or [], np.uint8).reshape(-1, 3)[:256]
@@ -125,15 +126,16 @@ def read_mask_image(path, expected_size: tuple[int, int] | None = None) -> Image
         lookup = np.where(palette.any(axis=1), 255, 0).astype(np.uint8)
         return Image.fromarray(lookup[np.asarray(image)])
     if mode.startswith("I") or mode == "F":
-        return Image.fromarray(np.where(np.asarray(image) != 0, 255, 0).astype(np.uint8))
+        values = np.asarray(image)
+        return Image.fromarray(np.where(values >= threshold if threshold > 1 else values != 0, 255, 0).astype(np.uint8))
     rgb = image if mode == "RGB" else image.convert("RGB")
     red, green, blue = rgb.split()
-    return _nonzero(ImageChops.lighter(ImageChops.lighter(red, green), blue))
+    return _foreground(ImageChops.lighter(ImageChops.lighter(red, green), blue))
 
 
-def read_mask(path, expected_size: tuple[int, int] | None = None) -> np.ndarray:
+def read_mask(path, expected_size: tuple[int, int] | None = None, threshold: int = 1) -> np.ndarray:
     """A lesion mask as uint8 [H, W] of 0/1 (see `read_mask_image`)."""
-    return (np.asarray(read_mask_image(path, expected_size)) > 0).astype(np.uint8)
+    return (np.asarray(read_mask_image(path, expected_size, threshold)) > 0).astype(np.uint8)
 
 
 def verify_image(path) -> tuple[int, int]:

@@ -1,0 +1,5 @@
+import sys
+
+from codebase.data.formats.check import main
+
+sys.exit(main())
