@@ -43,8 +43,11 @@ from codebase.training.optim import make_optimizer  # noqa: E402
 from codebase.training.weighting import (  # noqa: E402
     WEIGHTINGS,
     GradientWeighting,
+    install_problem,
+    installed_weightings,
     weighting_from_config,
 )
+from codebase.training.weighting.torchjd_adapter import TorchJDWeighting  # noqa: E402
 from experiments.budget import MULTITASK, script_settings  # noqa: E402
 
 SMOKE = ["data.grading_size=64,96", "data.segmentation_size=64,96", "train.batch_size=2",
@@ -135,8 +138,9 @@ def parse_args(argv):
     parser.add_argument("--steps", type=int, default=5, help="timed steps per method (default 5; the median is shown)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
     parser.add_argument("--amp", default="off", help="train.amp: off, bf16 or fp16 (default off)")
-    parser.add_argument("--methods", default=",".join(WEIGHTINGS),
-                        help=f"comma-separated weightings (default all: {','.join(WEIGHTINGS)})")
+    parser.add_argument("--methods", default=",".join(installed_weightings()),
+                        help="comma-separated weightings (default every one this environment can run: "
+                             f"{','.join(installed_weightings())})")
     parser.add_argument("--smoke", action="store_true", help="64x96, batch 2, 1 timed step: checks the script runs")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -148,6 +152,9 @@ def parse_args(argv):
     unknown = [m for m in methods if m not in WEIGHTINGS]
     if unknown:
         parser.error(f"--methods: unknown {', '.join(unknown)}; known: {', '.join(WEIGHTINGS)}")
+    for method in methods:
+        if install_problem(method):
+            parser.error(f"--methods: {install_problem(method)}")
     args.methods = [REFERENCE] + [m for m in methods if m != REFERENCE] + [REFERENCE]
     return args
 
@@ -172,6 +179,8 @@ def main(argv=None):
         memory = measured["peak_gpu_mib"] if on_gpu else measured["peak_rss_mib"]
         reference_memory = reference["peak_gpu_mib"] if on_gpu else reference["peak_rss_mib"]
         kind = "shared-gradient" if issubclass(WEIGHTINGS[method], GradientWeighting) else "loss-based"
+        if issubclass(WEIGHTINGS[method], TorchJDWeighting):
+            kind += " (torchjd)"
         rows.append([label, kind, f"{measured['ms_per_step']:.0f}", f"{measured['ms_min']:.0f}",
                      ratio(measured["ms_per_step"], reference["ms_per_step"]), f"{measured['cpu_ms_per_step']:.0f}",
                      ratio(measured["cpu_ms_per_step"], reference["cpu_ms_per_step"]), f"{memory:.0f}",

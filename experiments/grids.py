@@ -6,7 +6,7 @@ configurations share (`Budget`). Add a grid with one entry in GRIDS.
 """
 from dataclasses import dataclass, field
 
-from codebase.training.weighting import WEIGHTINGS
+from codebase.training.weighting import installed_weightings
 
 CLASSIFIER, SEGMENTATION, MULTITASK = "train_classifier.py", "train_segmentation.py", "train_mlt_model.py"
 
@@ -89,7 +89,8 @@ SMOKE = Grid(
     overrides=("model.backbone=resnet18", "model.pretrained=none", "run.plots=false"),
 )
 
-WEIGHTING_METHODS = ("fixed",) + tuple(method for method in WEIGHTINGS if method != "fixed")  # every registered one
+# every registered method this environment can run (Nash-MTL only where its optional cvxpy is installed)
+WEIGHTING_METHODS = ("fixed",) + tuple(method for method in installed_weightings() if method != "fixed")
 
 WEIGHTING = Grid(
     description="Loss weightings of the multi-task model (docs/multitask_model.md): the equal-weight sum "

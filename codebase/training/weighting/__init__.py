@@ -29,6 +29,8 @@ from codebase.training.weighting.registry import (
     WEIGHTINGS,
     Setting,
     default_settings,
+    install_problem,
+    installed_weightings,
     make_weighting,
     register,
     setting_rules,
@@ -38,5 +40,5 @@ from codebase.training.weighting.registry import (
 for _module in pkgutil.iter_modules(__path__):  # sorted by name: the registry's order
     importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["WEIGHTINGS", "GradientWeighting", "Setting", "Weighting", "default_settings", "make_weighting",
-           "register", "setting_rules", "weighting_from_config"]
+__all__ = ["WEIGHTINGS", "GradientWeighting", "Setting", "Weighting", "default_settings", "install_problem",
+           "installed_weightings", "make_weighting", "register", "setting_rules", "weighting_from_config"]
