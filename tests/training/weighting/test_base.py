@@ -56,7 +56,11 @@ def run_backward(model, weighting, scaler=None, reduce=None):
     return shared, heads
 
 
-@pytest.mark.parametrize("name,settings", [("cagrad", {"cagrad_c": 0.4}), ("pcgrad", {}), ("cagrad", {"cagrad_c": 0.0})])
+TORCHJD_METHODS = [("mgda", {}), ("upgrad", {}), ("aligned_mtl", {}), ("gradvac", {})]  # through the adapter
+
+
+@pytest.mark.parametrize("name,settings", [("cagrad", {"cagrad_c": 0.4}), ("pcgrad", {}), ("cagrad", {"cagrad_c": 0.0})]
+                         + TORCHJD_METHODS)
 def test_gradient_method_backward_writes_the_combination(name, settings):
     model = TwoHeads()
     weighting = make_weighting(name, TASKS, settings)
@@ -70,7 +74,8 @@ def test_gradient_method_backward_writes_the_combination(name, settings):
     assert list(weighting.task_weights().values()) == pytest.approx(weights.tolist(), rel=1e-5)
 
 
-@pytest.mark.parametrize("name,settings", [("cagrad", {"cagrad_c": 0.0}), ("cagrad", {"cagrad_c": 0.4}), ("pcgrad", {})])
+@pytest.mark.parametrize("name,settings", [("cagrad", {"cagrad_c": 0.0}), ("cagrad", {"cagrad_c": 0.4}), ("pcgrad", {})]
+                         + TORCHJD_METHODS)
 def test_gradient_method_backward_with_grad_scaler_and_reduce(name, settings):
     model = TwoHeads()
 
