@@ -120,10 +120,12 @@ def test_a_task_that_misses_the_shared_parameters_counts_as_zero():
 
 
 @pytest.mark.slow  # a two-process torchrun job
-def test_gradient_method_under_two_process_ddp_equals_one_process(tmp_path):
-    """PCGrad (a non-linear combination) under DDP with an all-reduce-mean ``reduce``: the same
-    gradients on both ranks, equal to one process's step on the whole batch."""
-    name, out = "pcgrad", tmp_path / "grads.pt"
+@pytest.mark.parametrize("name", ["pcgrad", "mgda", "gradvac"])
+def test_gradient_method_under_two_process_ddp_equals_one_process(tmp_path, name):
+    """A non-linear combination (PCGrad; MGDA and GradVac through torchjd) under DDP with an
+    all-reduce-mean ``reduce``: the same gradients on both ranks, equal to one process's step on the
+    whole batch."""
+    out = tmp_path / "grads.pt"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                "-m", "tests.training.weighting.ddp_step", name, str(out)]
     repository = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
