@@ -98,7 +98,7 @@ WEIGHTING = Grid(
                 "settings, at a reduced demo scale.",
     configurations={method: Configuration(MULTITASK, (f"loss.weighting={method}",)) for method in WEIGHTING_METHODS},
     reference="fixed",
-    # Sized for a CPU: 8 methods x 3 seeds at half the demo's side length. On the synthetic demo tree
+    # Sized for a CPU: 15 methods (16 with Nash-MTL) x 3 seeds at half the demo's side length. On the synthetic demo tree
     # (128 grading training images after the validation split) batch 8 is 16 steps per epoch, so 48
     # steps are 3 epochs (the first 2 with dense routing). A gradient method's step costs several
     # times fixed's (benchmarks/bench_weighting.py).
