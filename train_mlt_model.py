@@ -52,7 +52,7 @@ from codebase.training.losses import CLASSIFICATION_LOSSES
 from codebase.training.optim import make_optimizer, make_scheduler
 from codebase.training.run_folder import Run
 from codebase.training.selection import evaluation_plan, make_selection
-from codebase.training.weighting import WEIGHTINGS, weighting_from_config
+from codebase.training.weighting import WEIGHTINGS, install_problem, weighting_from_config
 from codebase.training.weighting import default_settings as weighting_defaults
 from codebase.training.weighting import setting_rules as weighting_setting_rules
 
@@ -205,6 +205,8 @@ def validate(config):
     check_settings(config, RULES)
     weights = task_weights_rule(task.name for task in parse_tasks(config["model"]["task_specs"]))
     require(config, "loss.task_weights", weights.check, weights.expected)
+    problem = install_problem(config["loss"]["weighting"])
+    require(config, "loss.weighting", lambda name: problem is None, f"a method this environment can run ({problem})")
     size = config["data"]["segmentation_size"]
     require(config, "data.crop_size", lambda c: c is None or (c[0] <= size[0] and c[1] <= size[1]),
             f"None or [height, width] no larger than data.segmentation_size={size}")

@@ -3,6 +3,7 @@
     python benchmarks/bench_weighting.py                       # the demo model on the CPU
     python benchmarks/bench_weighting.py --device cuda --steps 20
     python benchmarks/bench_weighting.py --smoke               # tiny, seconds; what the tests run
+    python benchmarks/bench_weighting.py --smoke --steps 3     # the tiny model, median of 3 steps
 
 The model is train_mlt_model.py's demo recipe (ResNet18, 3 experts, 7 tasks, 128x192, one
 grading and one segmentation batch of 8 per step, dense routing as in warm-up), trained on one
@@ -43,8 +44,11 @@ from codebase.training.optim import make_optimizer  # noqa: E402
 from codebase.training.weighting import (  # noqa: E402
     WEIGHTINGS,
     GradientWeighting,
+    install_problem,
+    installed_weightings,
     weighting_from_config,
 )
+from codebase.training.weighting.torchjd_adapter import TorchJDWeighting  # noqa: E402
 from experiments.budget import MULTITASK, script_settings  # noqa: E402
 
 SMOKE = ["data.grading_size=64,96", "data.segmentation_size=64,96", "train.batch_size=2",
@@ -132,22 +136,27 @@ def run_worker(method, args):
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default cpu)")
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per method (default 5; the median is shown)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
+    parser.add_argument("--steps", type=int, help="timed steps per method (default 5, 1 with --smoke; the median is shown)")
+    parser.add_argument("--warmup", type=int, help="untimed steps first (default 2, 1 with --smoke)")
     parser.add_argument("--amp", default="off", help="train.amp: off, bf16 or fp16 (default off)")
-    parser.add_argument("--methods", default=",".join(WEIGHTINGS),
-                        help=f"comma-separated weightings (default all: {','.join(WEIGHTINGS)})")
-    parser.add_argument("--smoke", action="store_true", help="64x96, batch 2, 1 timed step: checks the script runs")
+    parser.add_argument("--methods", default=",".join(installed_weightings()),
+                        help="comma-separated weightings (default every one this environment can run: "
+                             f"{','.join(installed_weightings())})")
+    parser.add_argument("--smoke", action="store_true",
+                        help="64x96, batch 2 (by default 1 timed step: checks the script runs)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.smoke:
-        args.steps, args.warmup = 1, 1
+    args.steps = args.steps if args.steps is not None else 1 if args.smoke else 5
+    args.warmup = args.warmup if args.warmup is not None else 1 if args.smoke else 2
     if args.steps < 1 or args.warmup < 0:
         parser.error("--steps must be at least 1 and --warmup at least 0")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in WEIGHTINGS]
     if unknown:
         parser.error(f"--methods: unknown {', '.join(unknown)}; known: {', '.join(WEIGHTINGS)}")
+    for method in methods:
+        if install_problem(method):
+            parser.error(f"--methods: {install_problem(method)}")
     args.methods = [REFERENCE] + [m for m in methods if m != REFERENCE] + [REFERENCE]
     return args
 
@@ -172,6 +181,8 @@ def main(argv=None):
         memory = measured["peak_gpu_mib"] if on_gpu else measured["peak_rss_mib"]
         reference_memory = reference["peak_gpu_mib"] if on_gpu else reference["peak_rss_mib"]
         kind = "shared-gradient" if issubclass(WEIGHTINGS[method], GradientWeighting) else "loss-based"
+        if issubclass(WEIGHTINGS[method], TorchJDWeighting):
+            kind += " (torchjd)"
         rows.append([label, kind, f"{measured['ms_per_step']:.0f}", f"{measured['ms_min']:.0f}",
                      ratio(measured["ms_per_step"], reference["ms_per_step"]), f"{measured['cpu_ms_per_step']:.0f}",
                      ratio(measured["cpu_ms_per_step"], reference["cpu_ms_per_step"]), f"{memory:.0f}",

@@ -6,7 +6,7 @@ configurations share (`Budget`). Add a grid with one entry in GRIDS.
 """
 from dataclasses import dataclass, field
 
-from codebase.training.weighting import WEIGHTINGS
+from codebase.training.weighting import installed_weightings
 
 CLASSIFIER, SEGMENTATION, MULTITASK = "train_classifier.py", "train_segmentation.py", "train_mlt_model.py"
 
@@ -89,7 +89,8 @@ SMOKE = Grid(
     overrides=("model.backbone=resnet18", "model.pretrained=none", "run.plots=false"),
 )
 
-WEIGHTING_METHODS = ("fixed",) + tuple(method for method in WEIGHTINGS if method != "fixed")  # every registered one
+# every registered method this environment can run (Nash-MTL only where its optional cvxpy is installed)
+WEIGHTING_METHODS = ("fixed",) + tuple(method for method in installed_weightings() if method != "fixed")
 
 WEIGHTING = Grid(
     description="Loss weightings of the multi-task model (docs/multitask_model.md): the equal-weight sum "
@@ -97,7 +98,7 @@ WEIGHTING = Grid(
                 "settings, at a reduced demo scale.",
     configurations={method: Configuration(MULTITASK, (f"loss.weighting={method}",)) for method in WEIGHTING_METHODS},
     reference="fixed",
-    # Sized for a CPU: 8 methods x 3 seeds at half the demo's side length. On the synthetic demo tree
+    # Sized for a CPU: 15 methods (16 with Nash-MTL) x 3 seeds at half the demo's side length. On the synthetic demo tree
     # (128 grading training images after the validation split) batch 8 is 16 steps per epoch, so 48
     # steps are 3 epochs (the first 2 with dense routing). A gradient method's step costs several
     # times fixed's (benchmarks/bench_weighting.py).

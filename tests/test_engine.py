@@ -145,6 +145,27 @@ def test_a_task_added_through_task_specs_trains(synthetic_root, tmp_path):
     assert set(weights[-1]) == set(specs) and weights[-1] != {task: 1.0 for task in specs}
 
 
+def test_a_stateful_gradient_method_resumes_with_its_state(synthetic_root, tmp_path):
+    """GradVac (its cosine targets and order generator are state): 1 epoch then resumed to 2 ends with
+    the weights and the logged task weights of an uninterrupted 2-epoch run (a CPU run is exact). A
+    step schedule and no dense warm-up, so that asking for fewer epochs changes nothing else."""
+    settings = ("loss.weighting=gradvac", "schedule.kind=step", "routing.warmup_fraction=0",
+                "train.fullres_eval=off", "run.tensorboard=false", "data.validation=0")
+    uninterrupted = train_mlt_model.main(tiny_config(synthetic_root, tmp_path / "whole", *settings))
+    train_mlt_model.main(tiny_config(synthetic_root, tmp_path / "resumed", *settings, "train.epochs=1"))
+    resumed = train_mlt_model.main(tiny_config(synthetic_root, tmp_path / "resumed", *settings))
+    folder = tmp_path / "resumed" / "mlt_demo"
+    assert "resumed from" in (folder / "train_log.txt").read_text()
+    weights = [entry["train"]["task_weights"] for entry in resumed]
+    assert weights == [entry["train"]["task_weights"] for entry in uninterrupted]
+    assert weights[-1] != {task: 1.0 for task in weights[-1]}  # GradVac moved the gradients
+    ours = torch.load(folder / "model.pth", weights_only=True)
+    theirs = torch.load(tmp_path / "whole" / "mlt_demo" / "model.pth", weights_only=True)
+    assert all(torch.equal(ours[key], theirs[key]) for key in theirs)
+    targets = torch.load(folder / "checkpoint.pth", weights_only=True)["weighting"]["cosine_targets"]
+    assert targets.abs().sum() > 0
+
+
 def test_two_processes_write_once_match_single_process_evaluation_and_resume_in_one(synthetic_root, tmp_path):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                str(REPO / "train_mlt_model.py"),

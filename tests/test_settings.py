@@ -77,3 +77,16 @@ def test_script_specific_rules(script, key, value):
 def test_number_rule_bounds_and_texts():
     assert number(0, 1, low_open=True).expected == "a number in (0, 1]"
     assert not number(0).check(True) and not number(0).check(math.nan) and number(0).check(0)
+
+
+def test_a_weighting_whose_optional_packages_are_missing_is_refused_saying_how_to_install(monkeypatch):
+    from codebase.training.weighting import WEIGHTINGS
+    monkeypatch.setattr(WEIGHTINGS["mgda"], "requires", ("no_such_package_for_this_test",))
+    monkeypatch.setattr(WEIGHTINGS["mgda"], "install", "pip install no_such_package_for_this_test")
+    config = with_defaults(train_mlt_model.CONFIG)
+    assign(config, "loss.weighting", "mgda")
+    with pytest.raises(ConfigError, match=r"^loss.weighting='mgda': expected a method this environment can run "
+                                          r"\(mgda needs no_such_package_for_this_test, not installed: pip install "):
+        train_mlt_model.validate(config)
+    assign(config, "loss.weighting", "upgrad")
+    train_mlt_model.validate(config)

@@ -126,11 +126,12 @@ def test_each_moe_command_resolves_to_the_budget_in_its_script(tmp_path):
 
 
 def test_weighting_grid_runs_every_registered_method_against_fixed():
-    from codebase.training.weighting import WEIGHTINGS
+    from codebase.training.weighting import WEIGHTINGS, installed_weightings
     grid = GRIDS["weighting"]
     assert grid.reference == "fixed"
     assert {name: c.overrides for name, c in grid.configurations.items()} == {
-        method: (f"loss.weighting={method}",) for method in WEIGHTINGS}
+        method: (f"loss.weighting={method}",) for method in installed_weightings()}
+    assert set(WEIGHTINGS) - set(grid.configurations) <= {"nash_mtl"}  # its cvxpy is optional
     assert all(c.script == MULTITASK for c in grid.configurations.values())
     overrides = budget_overrides(MULTITASK, grid.budget, 128, 24)  # the synthetic demo tree
     assert overrides["train.epochs"] * overrides["train.iterations"] == grid.budget.optimizer_steps
@@ -142,7 +143,7 @@ def test_configs_selects_part_of_a_grid_and_keeps_the_reference():
     assert list(chosen.configurations) == ["fixed", "famo", "pcgrad"]  # grid order, reference included
     assert chosen.reference == "fixed" and chosen.budget == grid.budget
     assert run_experiments.select_configurations("weighting", grid, None) is grid
-    with pytest.raises(GridError, match=r"no configuration nash; it has fixed, cagrad, dwa"):
+    with pytest.raises(GridError, match=r"no configuration nash; it has fixed, aligned_mtl, cagrad, dualproj"):
         run_experiments.select_configurations("weighting", grid, "pcgrad,nash")
 
 

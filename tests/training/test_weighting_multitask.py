@@ -21,7 +21,7 @@ from codebase.engine import MultiTaskLoss, MultiTaskTraining, TrainStep
 from codebase.model import MultiTaskModel
 from codebase.tasks import on_side
 from codebase.training.optim import make_optimizer
-from codebase.training.weighting import WEIGHTINGS, make_weighting
+from codebase.training.weighting import installed_weightings, make_weighting
 
 pytestmark = pytest.mark.slow  # trains a model, or runs two processes
 
@@ -106,7 +106,7 @@ def cpu_has_native_bf16():
 BF16 = pytest.mark.skipif(not cpu_has_native_bf16(), reason="the CPU has no native bfloat16 (AVX512-BF16 or AMX)")
 
 
-@pytest.mark.parametrize("method,amp", [(method, "off") for method in sorted(WEIGHTINGS)]
+@pytest.mark.parametrize("method,amp", [(method, "off") for method in sorted(installed_weightings())]
                          + [pytest.param("uncertainty", "bf16", marks=BF16), pytest.param("cagrad", "bf16", marks=BF16)])
 def test_weightings_fit_the_multitask_model_on_a_fixed_batch(method, amp, batches):
     """Every method trains the real model (task losses fall, RG beats the majority class); bf16 autocast,
@@ -129,12 +129,12 @@ def test_every_weighting_under_two_process_ddp_keeps_the_ranks_identical(synthet
     the weights moved."""
     out = tmp_path / "ddp.pt"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "-m", "tests.training.ddp_multitask_weighting", ",".join(sorted(WEIGHTINGS)), str(synthetic_root), str(out)]
+               "-m", "tests.training.ddp_multitask_weighting", ",".join(sorted(installed_weightings())), str(synthetic_root), str(out)]
     finished = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=REPO,
                               env={**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"})
     assert finished.returncode == 0, finished.stderr[-3000:]
     results = torch.load(out, weights_only=True)
-    assert sorted(results) == sorted(WEIGHTINGS)
+    assert sorted(results) == sorted(installed_weightings())
     for method, result in results.items():
         assert result["max_difference_between_ranks"] == 0.0 and result["task_weight_difference"] == 0.0, method
         assert result["moved"] > 0.0, method

@@ -27,6 +27,8 @@ class Weighting(nn.Module):
     setting_prefix = ""
     settings: dict = {}  # {setting: codebase.training.weighting.registry.Setting}
     needs_losses_after = False  # True: after_step needs the same batch's losses after the optimizer step
+    requires: tuple[str, ...] = ()  # optional packages (import names) the method needs beyond requirements.txt
+    install = ""  # the command that installs them
     # The mean of a tensor over the processes, set by the training step under torchrun (None: one
     # process). A method whose weights come from the step's losses or gradients averages them with
     # it, so every process weighs its share of the batch alike.

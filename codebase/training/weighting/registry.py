@@ -5,6 +5,7 @@ A method's settings are flat keys of a run's ``loss`` section, ``loss.<prefix><s
 their defaults from `default_settings` and its rules from `setting_rules`, so a method registered
 here is configurable with ``--set`` with no other edit.
 """
+import importlib.util
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ WEIGHTINGS: dict[str, type] = {}  # name -> Weighting subclass, in the order the
 
 @dataclass(frozen=True)
 class Setting:
-    """One setting of a weighting: its default, type (float, int, bool or dict) and allowed range."""
+    """One setting of a weighting: its default, type (float, int, bool, str or dict) and allowed range."""
 
     default: object
     kind: type
@@ -55,7 +56,8 @@ def setting_rules() -> dict:
             except ValueError:
                 return False
             return True
-        expected = {float: "a finite number", int: "an integer", bool: "true or false", dict: "a mapping"}[setting.kind]
+        expected = {float: "a finite number", int: "an integer", bool: "true or false", str: "a text",
+                    dict: "a mapping"}[setting.kind]
         return Rule(check, f"{expected}{' ' + setting.expected if setting.expected else ''}")
     return {f"loss.{setting_key(cls, name)}": rule(f"loss.{setting_key(cls, name)}", setting)
             for cls in WEIGHTINGS.values() for name, setting in cls.settings.items()}
@@ -69,6 +71,9 @@ def make_weighting(name: str, tasks: Sequence[str], settings: Mapping | None = N
     """
     if name not in WEIGHTINGS:
         raise ValueError(f"loss.weighting must be one of {', '.join(sorted(WEIGHTINGS))}, got {name!r}")
+    problem = install_problem(name)
+    if problem:
+        raise ValueError(f"loss.weighting={name!r}: {problem}")
     tasks = list(tasks)
     if not tasks or len(set(tasks)) != len(tasks) or not all(isinstance(t, str) for t in tasks):
         raise ValueError(f"loss weighting needs a non-empty list of distinct task names, got {tasks}")
@@ -94,6 +99,25 @@ def weighting_from_config(loss_config: Mapping, tasks: Sequence[str]):
                           {key: value for key, value in loss_config.items() if key in known})
 
 
+def missing_packages(name: str) -> list[str]:
+    """The optional packages (import names) the method ``name`` needs and this environment lacks."""
+    return [package for package in WEIGHTINGS[name].requires if importlib.util.find_spec(package) is None]
+
+
+def install_problem(name: str) -> str | None:
+    """Why the method ``name`` cannot run here (its optional packages are missing, and how to install
+    them), or None when it can."""
+    missing = missing_packages(name)
+    if not missing:
+        return None
+    return f"{name} needs {', '.join(missing)}, not installed: {WEIGHTINGS[name].install}"
+
+
+def installed_weightings() -> list[str]:
+    """The registered methods whose optional packages are installed, in the registry's order."""
+    return [name for name in WEIGHTINGS if not missing_packages(name)]
+
+
 def _copy(value):
     return dict(value) if isinstance(value, dict) else value
 
@@ -105,6 +129,8 @@ def _validated(key: str, value, setting: Setting):
     elif kind is int and isinstance(value, int) and not isinstance(value, bool):
         value = int(value)
     elif kind is bool and isinstance(value, bool):
+        pass
+    elif kind is str and isinstance(value, str):
         pass
     elif kind is dict and (value is None or isinstance(value, Mapping)):
         value = dict(value or {})

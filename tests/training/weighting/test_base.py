@@ -56,7 +56,11 @@ def run_backward(model, weighting, scaler=None, reduce=None):
     return shared, heads
 
 
-@pytest.mark.parametrize("name,settings", [("cagrad", {"cagrad_c": 0.4}), ("pcgrad", {}), ("cagrad", {"cagrad_c": 0.0})])
+TORCHJD_METHODS = [("mgda", {}), ("upgrad", {}), ("aligned_mtl", {}), ("gradvac", {})]  # through the adapter
+
+
+@pytest.mark.parametrize("name,settings", [("cagrad", {"cagrad_c": 0.4}), ("pcgrad", {}), ("cagrad", {"cagrad_c": 0.0})]
+                         + TORCHJD_METHODS)
 def test_gradient_method_backward_writes_the_combination(name, settings):
     model = TwoHeads()
     weighting = make_weighting(name, TASKS, settings)
@@ -70,7 +74,8 @@ def test_gradient_method_backward_writes_the_combination(name, settings):
     assert list(weighting.task_weights().values()) == pytest.approx(weights.tolist(), rel=1e-5)
 
 
-@pytest.mark.parametrize("name,settings", [("cagrad", {"cagrad_c": 0.0}), ("cagrad", {"cagrad_c": 0.4}), ("pcgrad", {})])
+@pytest.mark.parametrize("name,settings", [("cagrad", {"cagrad_c": 0.0}), ("cagrad", {"cagrad_c": 0.4}), ("pcgrad", {})]
+                         + TORCHJD_METHODS)
 def test_gradient_method_backward_with_grad_scaler_and_reduce(name, settings):
     model = TwoHeads()
 
@@ -115,10 +120,12 @@ def test_a_task_that_misses_the_shared_parameters_counts_as_zero():
 
 
 @pytest.mark.slow  # a two-process torchrun job
-def test_gradient_method_under_two_process_ddp_equals_one_process(tmp_path):
-    """PCGrad (a non-linear combination) under DDP with an all-reduce-mean ``reduce``: the same
-    gradients on both ranks, equal to one process's step on the whole batch."""
-    name, out = "pcgrad", tmp_path / "grads.pt"
+@pytest.mark.parametrize("name", ["pcgrad", "mgda", "gradvac"])
+def test_gradient_method_under_two_process_ddp_equals_one_process(tmp_path, name):
+    """A non-linear combination (PCGrad; MGDA and GradVac through torchjd) under DDP with an
+    all-reduce-mean ``reduce``: the same gradients on both ranks, equal to one process's step on the
+    whole batch."""
+    out = tmp_path / "grads.pt"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                "-m", "tests.training.weighting.ddp_step", name, str(out)]
     repository = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))

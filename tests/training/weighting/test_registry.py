@@ -14,7 +14,9 @@ from tests.training.weighting.toy import TASKS, losses_of
 
 def test_registry_holds_every_method():
     assert set(WEIGHTINGS) >= {"fixed", "uncertainty", "dwa", "rlw", "famo", "gradnorm", "pcgrad", "cagrad"}
-    assert {name for name, cls in WEIGHTINGS.items() if issubclass(cls, GradientWeighting)} == {"gradnorm", "pcgrad", "cagrad"}
+    assert {name for name, cls in WEIGHTINGS.items() if issubclass(cls, GradientWeighting)} == {
+        "gradnorm", "pcgrad", "cagrad", "mgda", "imtl_g", "upgrad", "dualproj", "aligned_mtl", "gradvac", "fairgrad",
+        "nash_mtl"}
 
 
 def test_a_weighting_added_by_one_registry_entry_is_found(monkeypatch):
@@ -63,3 +65,17 @@ def test_make_weighting_rejects_bad_names_and_settings():
     assert weighting.c == 0.0
     with pytest.raises(ValueError, match=r"must be a non-empty subset of \('a', 'b'\)"):
         weighting.combine({"z": torch.tensor(1.0)})
+
+
+def test_optional_packages_and_text_settings(monkeypatch):
+    monkeypatch.setattr(WEIGHTINGS["upgrad"], "requires", ("no_such_package_for_this_test", "numpy"))
+    monkeypatch.setattr(WEIGHTINGS["upgrad"], "install", "pip install it")
+    assert registry.missing_packages("upgrad") == ["no_such_package_for_this_test"]
+    assert "upgrad" not in registry.installed_weightings() and "mgda" in registry.installed_weightings()
+    with pytest.raises(ValueError, match=r"^loss.weighting='upgrad': upgrad needs no_such_package_for_this_test, "
+                                         r"not installed: pip install it$"):
+        make_weighting("upgrad", TASKS, {})
+    assert registry.install_problem("mgda") is None
+    rules = registry.setting_rules()
+    assert rules["loss.aligned_mtl_scale_mode"].check("median") and not rules["loss.aligned_mtl_scale_mode"].check(3)
+    assert rules["loss.aligned_mtl_scale_mode"].expected == "a text one of 'min', 'median', 'rmse'"

@@ -2,7 +2,7 @@
 import torch
 from torch import nn
 
-from codebase.training.weighting import WEIGHTINGS
+from codebase.training.weighting import installed_weightings
 
 TASKS = ("a", "b")
 
@@ -38,7 +38,7 @@ def gram_of(*grads):
     return matrix, matrix @ matrix.T
 
 
-METHODS = sorted(WEIGHTINGS)
+METHODS = sorted(installed_weightings())  # Nash-MTL where its optional cvxpy is installed
 
 
 def train_toy(model, weighting, steps, start=0, device="cpu"):
