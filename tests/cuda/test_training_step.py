@@ -84,7 +84,7 @@ def test_a_channels_last_step_matches_the_contiguous_one(device, exact_float32):
     torch.testing.assert_close(second, first, rtol=1e-4, atol=1e-5)
     convs = [m.weight for m in channels_last.model.modules() if isinstance(m, torch.nn.Conv2d)]
     assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
-    assert_close_gradients(channels_last.model, contiguous.model, 1e-3)
+    assert_close_gradients(channels_last.model, contiguous.model, 1e-3 if device == "cpu" else 1e-2)
 
 
 @pytest.mark.parametrize("device", CPU_AND_CUDA)
@@ -105,7 +105,7 @@ def test_grouped_dense_experts_equal_the_sequential_form_forward_and_backward(de
         outputs[name] = logits
     for task in outputs["grouped"]:
         torch.testing.assert_close(outputs["grouped"][task], outputs["sequential"][task], rtol=1e-4, atol=1e-5)
-    assert_close_gradients(grouped, sequential, 1e-3)
+    assert_close_gradients(grouped, sequential, 1e-3 if device == "cpu" else 1e-2)
     for (name, a), (_, b) in zip(grouped.named_buffers(), sequential.named_buffers()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)  # BatchNorm statistics per expert
 
