@@ -1,8 +1,10 @@
 """GPU training path: throughput, peak memory and MFU of the multi-task model and DeepLabV3+.
 
-One command prints the whole table (run it on the GPU machine):
+One command prints the whole table (run it on the GPU machine; benchmarks/gpu_check.py runs it
+with everything else worth measuring on a GPU and saves the tables as it goes):
 
     python benchmarks/bench_gpu.py                     # reference configuration, cuda
+    python benchmarks/bench_gpu.py --compile           # also the compiled backbone against eager
     python benchmarks/bench_gpu.py --smoke --device cpu   # tiny, seconds; what CI runs
 
 Multi-task model at the reference configuration: ResNet50, 3 experts, 7 tasks, 712x1072, one
@@ -17,6 +19,7 @@ Then inference at batch 1 (top-p) and DeepLabV3+ (OS 8, 1024x1024 crops, batch 1
 import argparse
 import contextlib
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -36,6 +39,17 @@ from codebase.training.losses import SegmentationLoss  # noqa: E402
 from codebase.training.optim import make_optimizer  # noqa: E402
 from segmentation.model import DeepLabV3Plus  # noqa: E402
 
+# The reference configuration, and the tiny one of --smoke.
+REFERENCE = {"backbone": "resnet50", "size": (712, 1072), "batch": 9, "crop": (1024, 1024), "seg_batch": 12,
+             "repeats": 10, "warmup": 3}
+SMOKE = {"backbone": "resnet18", "size": (64, 96), "batch": 2, "crop": (64, 64), "seg_batch": 2, "repeats": 1,
+         "warmup": 0}
+# label, experts, tuned, top-p: the rows of the multi-task table
+TRAINING_ROWS = (("plain fp32, dense", 3, False, False), ("tuned, dense (warm-up)", 3, True, False),
+                 ("tuned, top-p (1 expert/task)", 3, True, True), ("tuned, single expert per task", 1, True, False))
+TRAINING_HEADER = ["configuration", "images/s", "ms/step", "peak GB", "MFU"]
+DEEPLAB_HEADER = ["configuration", "images/s", "ms/step"]
+
 
 def matmul_peak(device, dtype, size=8192, repeats=10):
     """Achieved FLOP/s of a large square matrix product: the peak MFU is measured against."""
@@ -45,13 +59,24 @@ def matmul_peak(device, dtype, size=8192, repeats=10):
     return 2 * size**3 / seconds
 
 
+def measured_peak(device, smoke=False):
+    """(FLOP/s, dtype name) of the matmul peak on ``device``: bf16 on CUDA, fp32 elsewhere."""
+    cuda = torch.device(device).type == "cuda"
+    return (matmul_peak(device, torch.bfloat16 if cuda else torch.float32, size=8192 if cuda else 512,
+                        repeats=3 if smoke else 10), "bf16" if cuda else "fp32")
+
+
 def autocast_for(device, tuned):
     if tuned and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
-def multitask_row(label, device, size, batch, backbone, experts, tuned, top_p, repeats, peak):
+def multitask_row(label, device, size, batch, backbone, experts, tuned, top_p, repeats, peak, compile_backend=None,
+                  warmup=3):
+    """One training configuration: {"configuration", "images_per_s", "ms_per_step", "peak_gib" (CUDA), "mfu"
+    (with a peak), and with ``compile_backend`` (the backbone compiled by torch.compile) "first_step_s": the
+    first step, compilation included}."""
     torch.manual_seed(0)
     torch.backends.cudnn.benchmark = tuned
     model = MultiTaskModel(TASKS, backbone, experts, pretrained="none").to(device)
@@ -61,6 +86,8 @@ def multitask_row(label, device, size, batch, backbone, experts, tuned, top_p, r
         one_expert_router(model)
     memory_format = torch.channels_last if tuned else torch.contiguous_format
     model = model.to(memory_format=memory_format)
+    if compile_backend:
+        model.backbone.compile(backend=compile_backend)
     criterion = MultiTaskLoss(model.tasks, gate_weights={"sparsity": 0.01, "load_balance": 0.01}).to(device)
     step = TrainStep(model, criterion)
     optimizer = make_optimizer([model], 3e-4, 3e-5, 1e-4, device if tuned else "cpu")
@@ -79,22 +106,56 @@ def multitask_row(label, device, size, batch, backbone, experts, tuned, top_p, r
         optimizer.step()
 
     model.train()
-    seconds = median_seconds(train_step, device, repeats, 3)
-    peak_memory = None
+    row = {"configuration": label}
+    if compile_backend:
+        started = time.perf_counter()
+        train_step()
+        synchronize(device)
+        row["first_step_s"] = time.perf_counter() - started
+    seconds = median_seconds(train_step, device, repeats, warmup)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         train_step()
         synchronize(device)
-        peak_memory = torch.cuda.max_memory_allocated(device) / 2**30
-    flops = forward_flops(model, lambda: (model(grading, side="grading", dense=dense),
-                                          model(segmentation, side="segmentation", dense=dense)))["total"]
-    images_per_second = 2 * batch / seconds
-    mfu = 3 * flops / seconds / peak if peak else None
-    return [label, f"{images_per_second:.1f}", f"{seconds * 1e3:.0f}",
-            f"{peak_memory:.1f}" if peak_memory is not None else "n/a", f"{100 * mfu:.1f}%" if mfu else "n/a"]
+        row["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    if peak:
+        flops = forward_flops(model, lambda: (model(grading, side="grading", dense=dense),
+                                              model(segmentation, side="segmentation", dense=dense)))["total"]
+        row["mfu"] = 3 * flops / seconds / peak
+    row.update(images_per_s=2 * batch / seconds, ms_per_step=seconds * 1e3)
+    return row
 
 
-def inference_latency(device, size, backbone, experts, repeats):
+def training_cells(row):
+    """A multitask_row as the cells of TRAINING_HEADER."""
+    return [row["configuration"], f"{row['images_per_s']:.1f}", f"{row['ms_per_step']:.0f}",
+            f"{row['peak_gib']:.1f}" if "peak_gib" in row else "n/a",
+            f"{100 * row['mfu']:.1f}%" if row.get("mfu") else "n/a"]
+
+
+def training_title(settings):
+    backbone, size, batch = settings["backbone"], settings["size"], settings["batch"]
+    return (f"Multi-task training, {backbone}, 7 tasks, {size[0]}x{size[1]}, {batch}+{batch} images per step "
+            "(reference on an H200: 45.6 img/s as shipped, 75.6-77.1 tuned, 124 single expert; "
+            "targets >= 91 dense, >= 137 top-p, <= 31.3 / 20 GB)")
+
+
+def training_rows(device, settings, peak):
+    """The multi-task rows (TRAINING_ROWS), each yielded as it is measured."""
+    for label, experts, tuned, top_p in TRAINING_ROWS:
+        yield multitask_row(label, device, settings["size"], settings["batch"], settings["backbone"], experts, tuned,
+                            top_p, settings["repeats"], peak, warmup=settings["warmup"])
+
+
+def compile_rows(device, settings, backend="inductor"):
+    """The tuned top-p step eager, then with the backbone compiled: two multitask_row dicts, yielded in turn."""
+    for label, compiled in (("eager", None), (f"compiled backbone ({backend})", backend)):
+        yield multitask_row(label, device, settings["size"], settings["batch"], settings["backbone"], 3, True, True,
+                            settings["repeats"], None, compile_backend=compiled, warmup=settings["warmup"])
+
+
+def inference_latency(device, size, backbone, experts, repeats, warmup=3):
+    """Seconds per image at batch 1, {True: dense, False: top-p}, tuned (bf16 on CUDA, channels_last)."""
     torch.manual_seed(0)
     torch.backends.cudnn.benchmark = True
     model = MultiTaskModel(TASKS, backbone, experts, pretrained="none").to(device).eval()
@@ -102,11 +163,12 @@ def inference_latency(device, size, backbone, experts, repeats):
     model = model.to(memory_format=torch.channels_last)
     image = torch.randn(1, 3, *size, device=device).to(memory_format=torch.channels_last)
     with torch.no_grad(), autocast_for(device, True):
-        return {dense: median_seconds(lambda: model(image, dense=dense), device, repeats, 3) for dense in (True, False)}
+        return {dense: median_seconds(lambda: model(image, dense=dense), device, repeats, warmup)
+                for dense in (True, False)}
 
 
-def deeplab_rows(device, crop, batch, backbone, repeats):
-    rows = []
+def deeplab_rows(device, crop, batch, backbone, repeats, warmup=3):
+    """DeepLabV3+ OS 8 training, plain and tuned: dicts {"configuration", "images_per_s", "ms_per_step"}, yielded."""
     for label, tuned in (("plain fp32", False), ("tuned (bf16, channels_last, fused AdamW)", True)):
         torch.manual_seed(0)
         torch.backends.cudnn.benchmark = tuned
@@ -123,42 +185,47 @@ def deeplab_rows(device, crop, batch, backbone, repeats):
                 loss, _ = criterion(model(images), masks)
             loss.backward()
             optimizer.step()
-        seconds = median_seconds(train_step, device, repeats, 3)
-        rows.append([label, f"{batch / seconds:.1f}", f"{seconds * 1e3:.0f}"])
-    return rows
+        seconds = median_seconds(train_step, device, repeats, warmup)
+        yield {"configuration": label, "images_per_s": batch / seconds, "ms_per_step": seconds * 1e3}
+
+
+def deeplab_title(settings):
+    crop, batch = settings["crop"], settings["seg_batch"]
+    return (f"DeepLabV3+ {settings['backbone']} OS 8, {crop[0]}x{crop[1]} crops, batch {batch} "
+            "(reference on an H200: 25.1 img/s as shipped, 58.4 tuned; target >= 60)")
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--repeats", type=int, help="timed steps per row (default 10; 1 with --smoke)")
+    parser.add_argument("--compile", action="store_true", help="also the compiled backbone against eager")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the script runs")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    backbone, size, batch, crop, seg_batch = "resnet50", (712, 1072), 9, (1024, 1024), 12
-    if args.smoke:
-        backbone, size, batch, crop, seg_batch, args.repeats = "resnet18", (64, 96), 2, (64, 64), 2, 1
-    peak = matmul_peak(device, torch.bfloat16 if device.type == "cuda" else torch.float32,
-                       size=8192 if device.type == "cuda" else 512)
-    print(f"Machine: {machine(device)}; measured matmul peak {peak / 1e12:.1f} TFLOP/s "
-          f"({'bf16' if device.type == 'cuda' else 'fp32'})")
-    rows = [multitask_row("plain fp32, dense", device, size, batch, backbone, 3, False, False, args.repeats, peak),
-            multitask_row("tuned, dense (warm-up)", device, size, batch, backbone, 3, True, False, args.repeats, peak),
-            multitask_row("tuned, top-p (1 expert/task)", device, size, batch, backbone, 3, True, True, args.repeats,
-                          peak),
-            multitask_row("tuned, single expert per task", device, size, batch, backbone, 1, True, False,
-                          args.repeats, peak)]
-    print_table(f"Multi-task training, {backbone}, 7 tasks, {size[0]}x{size[1]}, {batch}+{batch} images per step "
-                "(reference on an H200: 45.6 img/s as shipped, 75.6-77.1 tuned, 124 single expert; "
-                "targets >= 91 dense, >= 137 top-p, <= 31.3 / 20 GB)",
-                ["configuration", "images/s", "ms/step", "peak GB", "MFU"], rows)
-    latency = inference_latency(device, size, backbone, 3, args.repeats)
+    settings = dict(SMOKE if args.smoke else REFERENCE)
+    if args.repeats:
+        settings["repeats"] = args.repeats
+    size, backbone = settings["size"], settings["backbone"]
+    peak, dtype = measured_peak(device, args.smoke)
+    print(f"Machine: {machine(device)}; measured matmul peak {peak / 1e12:.1f} TFLOP/s ({dtype})")
+    print_table(training_title(settings), TRAINING_HEADER,
+                [training_cells(row) for row in training_rows(device, settings, peak)])
+    latency = inference_latency(device, size, backbone, 3, settings["repeats"], settings["warmup"])
     print_table(f"Inference at batch 1, {size[0]}x{size[1]} (target top-p <= 9 ms on an H200)",
                 ["routing", "ms/image"], [["dense", f"{latency[True] * 1e3:.2f}"],
                                           ["top-p", f"{latency[False] * 1e3:.2f}"]])
-    print_table(f"DeepLabV3+ {backbone} OS 8, {crop[0]}x{crop[1]} crops, batch {seg_batch} "
-                "(reference on an H200: 25.1 img/s as shipped, 58.4 tuned; target >= 60)",
-                ["configuration", "images/s", "ms/step"], deeplab_rows(device, crop, seg_batch, backbone, args.repeats))
+    print_table(deeplab_title(settings), DEEPLAB_HEADER,
+                [[row["configuration"], f"{row['images_per_s']:.1f}", f"{row['ms_per_step']:.0f}"]
+                 for row in deeplab_rows(device, settings["crop"], settings["seg_batch"], backbone,
+                                         settings["repeats"], settings["warmup"])])
+    if args.compile:
+        backend = "inductor" if device.type == "cuda" or not args.smoke else "eager"
+        rows = list(compile_rows(device, settings, backend))
+        print_table(f"Compiled backbone against eager, tuned top-p step ({backend})",
+                    ["configuration", "images/s", "ms/step", "first step s"],
+                    [[row["configuration"], f"{row['images_per_s']:.1f}", f"{row['ms_per_step']:.0f}",
+                      f"{row.get('first_step_s', 0):.1f}"] for row in rows])
 
 
 if __name__ == "__main__":

@@ -157,12 +157,14 @@ class MultiTaskTraining:
         """
         self.step.train()
         grading, segmentation = streams["grading"].epoch(epoch), streams["segmentation"].epoch(epoch)
-        routing, weights = RoutingMeter(), []
+        routing, weights = RoutingMeter(), {"sum": None, "steps": 0}
 
         def one_step(pair, number):
             loss, components, routings = self.train_step(pair, dense, epoch, number)
             routing.update(routings)
-            weights.append(self.weighting.task_weights())
+            step_weights = self.weighting.last_weights.double()  # summed where they are: read once an epoch
+            weights["sum"] = step_weights if weights["sum"] is None else weights["sum"] + step_weights
+            weights["steps"] += 1
             return loss, components
 
         pairs = ((next(grading), next(segmentation)) for _ in range(iterations))
@@ -171,8 +173,8 @@ class MultiTaskTraining:
                                                               dtype=torch.float32))
         self.weighting.end_epoch(epoch, {task.name: float(value) for task, value in zip(self.tasks, task_means)})
         return {"loss": means.pop("loss"), "components": means,
-                "task_weights": {task: sum(step[task] for step in weights) / max(len(weights), 1)
-                                 for task in (weights[0] if weights else {})},
+                "task_weights": {task: total / weights["steps"] for task, total in
+                                 zip(self.weighting.tasks, [] if weights["sum"] is None else weights["sum"].tolist())},
                 "routing": routing.compute(), "dense_routing": float(dense)}
 
 

@@ -151,8 +151,11 @@ class _LossWithoutParts(torch.nn.Module):
 
 
 def _lesion_union(codes):
-    channels = [LESIONS.index(code) for code in codes]
-    return lambda batch: batch["masks"][:, channels].amax(dim=1, keepdim=True)  # uint8 [B, 1, H, W]
+    channels = sorted(LESIONS.index(code) for code in codes)
+    if channels == list(range(channels[0], channels[-1] + 1)):  # adjacent: a slice, no index tensor to send over
+        first, end = channels[0], channels[-1] + 1
+        return lambda batch: batch["masks"][:, first:end].amax(dim=1, keepdim=True)  # uint8 [B, 1, H, W]
+    return lambda batch: batch["masks"][:, channels].amax(dim=1, keepdim=True)
 
 
 register_task_kind(TaskKind(

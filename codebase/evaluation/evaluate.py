@@ -31,7 +31,8 @@ class RoutingMeter:
     def update(self, routings):
         for task, routing in routings.items():
             mask = routing.mask.detach()
-            row = torch.cat([mask.sum(dim=0), mask.sum().view(1), torch.tensor([mask.shape[0]], device=mask.device)])
+            images = mask.new_full((1,), mask.shape[0], dtype=torch.int64)  # a fill: no host-to-device copy
+            row = torch.cat([mask.sum(dim=0), mask.sum().view(1), images])
             total = self.sums.get(task)
             self.sums[task] = row if total is None else total + row
 

@@ -49,6 +49,9 @@ from codebase.training.stopping import (
 from codebase.training.tensorboard import StepCounter
 
 
+PROGRESS_EVERY = 10  # steps between the progress bar's readings of the running loss
+
+
 def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
                    scaler: torch.amp.GradScaler | None = None) -> None:
     """Zero the gradients, backpropagate the (scaled, with fp16) `loss` and step (`step_optimizer`)."""
@@ -70,20 +73,23 @@ def step_optimizer(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScale
 class LossSums:
     """Per-step loss and components summed over an epoch; `means()` gives the epoch's averages.
 
-    Tensor components are summed where they live, so a step reads one number back from the device
-    (the running loss, for the progress bar) however many components the loss has.
+    Tensor components are summed where they live, so adding a step reads nothing back from the
+    device; `running_mean` reads one number (the progress bar shows it every PROGRESS_EVERY steps).
     """
 
     def __init__(self):
         self.sums, self.steps = {}, 0
 
-    def add(self, loss: torch.Tensor, components: dict) -> float:
-        """Add one step; return the running mean loss (for the progress bar)."""
+    def add(self, loss: torch.Tensor, components: dict) -> None:
+        """Add one step."""
         for name, value in {"loss": loss, **components}.items():
             value = value.detach().float() if isinstance(value, torch.Tensor) else float(value)
             self.sums[name] = self.sums.get(name, 0.0) + value
         self.steps += 1
-        return float(self.sums["loss"]) / self.steps
+
+    def running_mean(self) -> float:
+        """The mean loss of the steps so far (one host read)."""
+        return float(self.sums["loss"]) / max(self.steps, 1)
 
     def means(self) -> dict:
         return {name: float(value) / max(self.steps, 1) for name, value in self.sums.items()}
@@ -112,7 +118,9 @@ def run_steps(batches: Iterable, step: Callable, epoch: int, total: int | None =
     bar = progress(batches, f"epoch {epoch} train", total=total)
     for batch in bar:
         loss, components = step(batch, sums.steps + 1)
-        bar.set_postfix(loss=f"{sums.add(loss, components):.4f}")
+        sums.add(loss, components)
+        if sums.steps % PROGRESS_EVERY == 1 or PROGRESS_EVERY == 1:  # a host read: not every step
+            bar.set_postfix(loss=f"{sums.running_mean():.4f}")
         record_step(epoch, total if total is not None else _length(batches), loss, components)
         if should_stop():
             break

@@ -187,7 +187,7 @@ def balanced_assignment(weights, temperature=0.05, iterations=5):
     with torch.no_grad():
         batch, num_experts = weights.shape
         log_q = weights.float().clamp_min(torch.finfo(torch.float32).tiny).log() / temperature
-        column_mass = torch.log(torch.tensor(batch / num_experts, device=weights.device))
+        column_mass = torch.full((), batch / num_experts, device=weights.device).log()  # a fill: no host copy
         for _ in range(iterations):
             log_q = log_q - torch.logsumexp(log_q, dim=0, keepdim=True) + column_mass
             log_q = log_q - torch.logsumexp(log_q, dim=1, keepdim=True)

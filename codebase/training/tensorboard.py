@@ -6,7 +6,8 @@ Every event is at the run's global optimizer step (`StepCounter`: steps of compl
 steps into the current one, kept in the checkpoint), so all curves share one x axis:
 
 - each optimizer step: ``train_step/loss`` and ``train_step/<component>`` (what the engine's loss
-  returned, e.g. ``train_step/loss_classification_rg``), written by `codebase.training.loop.run_steps`;
+  returned, e.g. ``train_step/loss_classification_rg``), written by `codebase.training.loop.run_steps` (read from
+  the device STEPS_PER_READ steps at a time and at the end of each epoch, not after every step);
 - each epoch, at its last step: every number of the history entry that `fit` appends to
   history.json, tagged by its key path (``lr``, ``monitor``, ``epoch``, ``time``, ``train/loss``,
   ``train/task_weights/<task>``, ``validation/grading/rg_kappa``,
@@ -34,6 +35,7 @@ TENSORBOARD_FOLDER = "tensorboard"
 STEP_SECTION = "train_step"
 PREVIEW_SECTION = "preview"
 EVENT_FILE_PREFIX = "events.out.tfevents."
+STEPS_PER_READ = 50  # step events read back from the device together (and at every epoch's end)
 
 
 class StepCounter:
@@ -113,22 +115,39 @@ class EventLog:
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
         self._writer = None
+        self._pending = []  # (step, {name: value}, names of the tensor values, those values stacked [N])
 
     def write_step(self, step: int, loss: torch.Tensor, components: dict) -> None:
-        """``train_step/loss`` and ``train_step/<component>`` of one optimizer step (one host sync)."""
+        """``train_step/loss`` and ``train_step/<component>`` of one optimizer step. Tensors stay on
+        their device until STEPS_PER_READ steps are queued or the log is flushed (every epoch): then
+        one host read takes them all, so a training step does not wait for the device."""
         values = {"loss": loss, **components}
         tensors = {name: value for name, value in values.items() if isinstance(value, torch.Tensor)}
-        read = {}
+        stacked = None
         if tensors:
             device = next(iter(tensors.values())).device
             stacked = torch.stack([value.detach().float().reshape(()).to(device) for value in tensors.values()])
-            read = dict(zip(tensors, stacked.tolist()))
-        writer = self._open(step)
-        for name, value in values.items():
-            writer.add_scalar(f"{STEP_SECTION}/{name}", read[name] if name in read else float(value), step)
+        self._pending.append((step, values, list(tensors), stacked))
+        if len(self._pending) >= STEPS_PER_READ:
+            self._write_pending()
+
+    def _write_pending(self) -> None:
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        stacks = [stacked for *_, stacked in pending if stacked is not None]
+        read = torch.cat([s.to(stacks[0].device) for s in stacks]).tolist() if stacks else []
+        writer, offset = self._open(pending[0][0]), 0
+        for step, values, names, _ in pending:
+            step_read = dict(zip(names, read[offset:offset + len(names)]))
+            offset += len(names)
+            for name, value in values.items():
+                writer.add_scalar(f"{STEP_SECTION}/{name}", step_read[name] if name in step_read else float(value),
+                                  step)
 
     def write_epoch(self, entry: dict, step: int) -> None:
         """Every number of a history entry (see `history_scalars`), then flush."""
+        self._write_pending()
         writer = self._open(step)
         for tag, value in history_scalars(entry).items():
             writer.add_scalar(tag, value, step)
@@ -141,16 +160,19 @@ class EventLog:
             if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
                 raise ValueError(f"preview image {name!r}: expected uint8 [H, W, 3], got {image.dtype} "
                                  f"{list(image.shape)}")
+        self._write_pending()
         writer = self._open(step)
         for name, image in images.items():
             writer.add_image(f"{PREVIEW_SECTION}/{name}", np.asarray(image), step, dataformats="HWC")
         writer.flush()
 
     def flush(self) -> None:
+        self._write_pending()
         if self._writer is not None:
             self._writer.flush()
 
     def close(self) -> None:
+        self._write_pending()
         if self._writer is not None:
             self._writer.close()
             self._writer = None

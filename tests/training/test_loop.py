@@ -79,8 +79,8 @@ def test_optimizer_step_and_loss_sums():
     for target in (1.0, 3.0):
         loss = (layer(torch.ones(1, 2)) - target).pow(2).mean()
         optimizer_step(loss, optimizer, make_grad_scaler(torch.device("cpu"), "off"))
-        running = sums.add(loss, {"part": torch.tensor(target)})
+        sums.add(loss, {"part": torch.tensor(target)})
     assert not torch.equal(before, layer.weight)
-    assert running == pytest.approx(sums.means()["loss"]) and sums.means()["part"] == pytest.approx(2.0)
+    assert sums.running_mean() == pytest.approx(sums.means()["loss"]) and sums.means()["part"] == pytest.approx(2.0)
 
 

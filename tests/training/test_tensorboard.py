@@ -10,6 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 from toy_runs import toy_config
 
+from codebase.training import tensorboard
 from codebase.training.loop import EpochPlan, fit, train_steps
 from codebase.training.run_folder import Run
 from codebase.training.tensorboard import (
@@ -176,3 +177,18 @@ def test_a_run_that_fails_before_its_first_checkpoint_takes_its_event_file_away(
             assert len(event_files(tmp_path / "toy")) == 2
             raise RuntimeError("bad batch")
     assert event_files(tmp_path / "toy") == kept
+
+
+def test_step_events_are_read_from_the_device_in_batches_and_at_every_flush(tmp_path, monkeypatch):
+    monkeypatch.setattr(tensorboard, "STEPS_PER_READ", 2)
+    log = EventLog(tmp_path / "run" / TENSORBOARD_FOLDER)
+    log.write_step(1, torch.tensor(1.5), {"part": torch.tensor(0.25), "plain": 3})
+    assert not event_files(tmp_path / "run")  # queued: nothing read back yet
+    log.write_step(2, torch.tensor(2.5), {"part": torch.tensor(0.5), "plain": 4})
+    assert len(event_files(tmp_path / "run")) == 1  # two steps queued: read together and written
+    log.write_step(3, torch.tensor(3.5), {"part": torch.tensor(0.75), "plain": 5})
+    log.close()  # writes the queued step
+    series = scalar_series(read_events(tmp_path / "run"))
+    assert series == {"train_step/loss": [(1, 1.5), (2, 2.5), (3, 3.5)],
+                      "train_step/part": [(1, 0.25), (2, 0.5), (3, 0.75)],
+                      "train_step/plain": [(1, 3.0), (2, 4.0), (3, 5.0)]}

@@ -97,8 +97,15 @@ class Weighting(nn.Module):
 
     def record(self, indices: list[int], weights: torch.Tensor) -> None:
         """Keep the step's weights of the tasks ``indices`` (the others 0) for `task_weights`."""
+        if indices == list(range(len(self.tasks))):  # every task: a copy, no index tensor to send to the device
+            self.last_weights.copy_(weights.detach())
+            return
         self.last_weights.zero_()
         self.last_weights[indices] = weights.detach().to(self.last_weights)
+
+    def of_tasks(self, values: torch.Tensor, indices: list[int]) -> torch.Tensor:
+        """``values`` [T] of the tasks ``indices`` (all of them: ``values`` itself, without indexing)."""
+        return values if indices == list(range(len(self.tasks))) else values[indices]
 
 
 class GradientWeighting(Weighting):

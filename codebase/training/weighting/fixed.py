@@ -25,4 +25,4 @@ class FixedWeighting(Weighting):
 
     def combine(self, losses):
         indices = self.present(losses)
-        return self.weighted_sum(losses, indices, self.weights[indices])
+        return self.weighted_sum(losses, indices, self.of_tasks(self.weights, indices))

@@ -59,7 +59,8 @@ def test_a_resumed_weighting_continues_exactly(name):
         assert continued[0] != continued[-1]
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is false)")
 @pytest.mark.parametrize("name", METHODS)
 def test_every_method_runs_on_cuda_like_on_cpu(name):
     model, weighting = TwoHeads(), make_weighting(name, TASKS, {})
