@@ -55,6 +55,7 @@ from codebase.evaluation.evaluate import (
 from codebase.evaluation.fullres import run_fullres_metrics, with_fullres
 from codebase.runtime.atomic import atomic_write_text
 from codebase.runtime.device import autocast, resolve_device
+from codebase.training.run_folder import refuse_run_records
 from inference.predictor import forward, forward_passes, load_input
 from inference.report import comparison_html
 from inference.runs import WEIGHTS, RunError, open_run
@@ -290,6 +291,7 @@ def main(argv=None):
         print(f"error: --out {out} is a file, expected a folder", file=sys.stderr)
         return 2
     try:
+        refuse_run_records("--out", out, folder=True)
         device = resolve_device(args.device)
         runs = [open_run(folder, device, args.weights) for folder in args.runs]
         root = Path(args.data_root or runs[0].config["data"]["root"])

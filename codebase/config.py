@@ -28,6 +28,20 @@ RUN_DEFAULTS = {
             "tensorboard": True},  # TensorBoard event files in saved/<name>/tensorboard/
 }
 
+# What a setting does when a run resumes (--resume), declared once beside the settings: a setting
+# that MAY_CHANGE is applied to the resumed run for real; one that FIXES_THE_RUN (model, data,
+# splits, sizes, seed, tasks, loss) is compared with the checkpoint's value and a change is
+# refused before anything is loaded. A table maps keys or section prefixes to one of the two; the
+# longest matching entry decides (`resume_rule`), and a key no entry covers fixes the run.
+MAY_CHANGE = "may change on resume"
+FIXES_THE_RUN = "fixes the run"
+RUN_RESUME_RULES = {
+    "seed": FIXES_THE_RUN,
+    "device": MAY_CHANGE,
+    "deterministic": MAY_CHANGE,
+    "run": MAY_CHANGE,  # where the run folder is and what it writes besides the weights (plots, TensorBoard)
+}
+
 
 # Keys earlier releases used -> (what replaced them, how an old value becomes the new setting's
 # entries, an old value for the example in the error). A run folder written before is upgraded
@@ -207,6 +221,27 @@ def optional(rule: Rule) -> Rule:
 
 BOOLEAN = Rule(lambda value: isinstance(value, bool), "true or false")
 TEXT = Rule(lambda value: isinstance(value, str) and value.strip() != "", "a non-empty text")
+
+
+def resume_rule(key: str, rules: dict) -> str | None:
+    """MAY_CHANGE or FIXES_THE_RUN for `key` by the longest entry of `rules` that covers it, or None."""
+    covering = [entry for entry in rules if key == entry or key.startswith(entry + ".")]
+    return rules[max(covering, key=len)] if covering else None
+
+
+def resume_changes(old: dict, new: dict, rules: dict) -> tuple[list[str], list[str]]:
+    """(changes that fix the run, changes that may change), each "key: old (checkpoint) -> new (now)",
+    between a checkpoint's config `old` and the config asked for now (run.resume is the request
+    itself; a key one side lacks counts as a change of that key)."""
+    old_flat, new_flat = flatten(old), flatten(new)
+    refused, applied = [], []
+    for key in sorted(old_flat.keys() | new_flat.keys()):
+        before, now = old_flat.get(key, "(absent)"), new_flat.get(key, "(absent)")
+        if key == "run.resume" or before == now:
+            continue
+        line = f"{key}: {before!r} (checkpoint) -> {now!r} (now)"
+        (applied if resume_rule(key, rules) == MAY_CHANGE else refused).append(line)
+    return refused, applied
 
 
 def check_settings(config: dict, rules: dict) -> None:

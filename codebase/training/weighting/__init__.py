@@ -31,6 +31,7 @@ from codebase.training.weighting.registry import (
     default_settings,
     make_weighting,
     register,
+    resume_rules,
     setting_rules,
     weighting_from_config,
 )
@@ -39,4 +40,4 @@ for _module in pkgutil.iter_modules(__path__):  # sorted by name: the registry's
     importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = ["WEIGHTINGS", "GradientWeighting", "Setting", "Weighting", "default_settings", "make_weighting",
-           "register", "setting_rules", "weighting_from_config"]
+           "register", "resume_rules", "setting_rules", "weighting_from_config"]
