@@ -23,6 +23,7 @@ from pathlib import Path
 
 from codebase.data.idrid import IDRiDError, tree_present
 from codebase.data.synthetic import ensure_dataset
+from codebase.errors import run_tool
 from codebase.runtime.device import resolve_device
 from codebase.training.run_folder import OutputError, is_run_folder, refuse_run_records
 from experiments import report
@@ -68,6 +69,12 @@ def select_configurations(name, grid, configs):
 
 
 def main(argv=None):
+    """The runner's entry point: bad input (a grid, a setting, a damaged run folder) ends in one
+    `error:` line and exit code 2 (codebase.errors.run_tool)."""
+    return run_tool(lambda: run_grid(argv))
+
+
+def run_grid(argv=None):
     args = parse_args(argv)
     try:
         if args.grid not in GRIDS:

@@ -208,11 +208,16 @@ def choice(*values) -> Rule:
     return Rule(lambda value: value in values, "one of " + ", ".join(map(repr, values)))
 
 
-def size_hw(minimum: int = 1) -> Rule:
-    """[height, width], whole numbers >= minimum."""
+# The largest side of an image size setting: IDRiD's photographs (2848 x 4288) fit, and one image
+# at it is a bounded allocation (4608^2 x 3 bytes = 64 MB decoded).
+MAX_IMAGE_SIDE = 4608
+
+
+def size_hw(minimum: int = 1, maximum: int = MAX_IMAGE_SIDE) -> Rule:
+    """[height, width], whole numbers in [minimum, maximum]."""
     return Rule(lambda value: (isinstance(value, list) and len(value) == 2
-                               and all(integer(minimum).check(n) for n in value)),
-                f"[height, width], integers >= {minimum}")
+                               and all(integer(minimum, maximum).check(n) for n in value)),
+                f"[height, width], integers >= {minimum} and <= {maximum}")
 
 
 def optional(rule: Rule) -> Rule:
