@@ -30,7 +30,7 @@ from codebase.config import (
     parse_cli,
     size_hw,
 )
-from codebase.data.splits import SPLITS_FILE, describe, split_records
+from codebase.data.splits import describe, split_records
 from codebase.data.synthetic import ensure_dataset
 from codebase.errors import run_main
 from codebase.evaluation.cost import count_parameters
@@ -139,7 +139,7 @@ def main(config):
             ensure_dataset(config["data"]["root"])
         distributed.barrier()
         splits = split_records(config["data"]["root"], config["data"]["validation"], config["seed"], ("grading",))
-        run.save_json(SPLITS_FILE, describe(splits))
+        run.save_splits(describe(splits))
         datasets = {split: build_dataset(config, split, records) for split, records in splits["grading"].items()
                     if records}
         loaders = {split: build_loader(config, dataset, device) for split, dataset in datasets.items()}

@@ -31,7 +31,7 @@ from codebase.data.patches import (
     patch_setting_rules,
     validate_patch_settings,
 )
-from codebase.data.splits import SPLITS_FILE, describe, split_records
+from codebase.data.splits import describe, split_records
 from codebase.data.synthetic import ensure_dataset
 from codebase.dataset import build_loaders
 from codebase.engine import (
@@ -233,7 +233,7 @@ def main(config):
             ensure_dataset(data["root"])
         distributed.barrier()
         splits = split_records(data["root"], data["validation"], config["seed"])
-        run.save_json(SPLITS_FILE, describe(splits))
+        run.save_splits(describe(splits))
         datasets, streams, eval_loaders = build_loaders(config, splits, device, distributed.rank(),
                                                         distributed.world_size())
 

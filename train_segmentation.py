@@ -33,7 +33,7 @@ from codebase.data.patches import (
     patch_setting_rules,
     validate_patch_settings,
 )
-from codebase.data.splits import SPLITS_FILE, describe, split_records
+from codebase.data.splits import describe, split_records
 from codebase.data.synthetic import ensure_dataset
 from codebase.errors import run_main
 from codebase.evaluation.cost import count_parameters
@@ -182,7 +182,7 @@ def main(config):
             ensure_dataset(data["root"])
         distributed.barrier()
         splits = split_records(data["root"], data["validation"], config["seed"], ("segmentation",))
-        run.save_json(SPLITS_FILE, describe(splits))
+        run.save_splits(describe(splits))
         loaders = build_loaders(config, splits["segmentation"], device)
 
         model = build_model(config).to(device)

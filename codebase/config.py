@@ -237,16 +237,24 @@ def resume_rule(key: str, rules: dict) -> str | None:
 def resume_changes(old: dict, new: dict, rules: dict) -> tuple[list[str], list[str]]:
     """(changes that fix the run, changes that may change), each "key: old (checkpoint) -> new (now)",
     between a checkpoint's config `old` and the config asked for now (run.resume is the request
-    itself; a key one side lacks counts as a change of that key)."""
-    old_flat, new_flat = flatten(old), flatten(new)
+    itself; a key one side lacks counts as a change of that key; a mapping compared whole unless
+    both sides hold entries)."""
     refused, applied = [], []
-    for key in sorted(old_flat.keys() | new_flat.keys()):
-        before, now = old_flat.get(key, "(absent)"), new_flat.get(key, "(absent)")
-        if key == "run.resume" or before == now:
-            continue
-        line = f"{key}: {before!r} (checkpoint) -> {now!r} (now)"
-        (applied if resume_rule(key, rules) == MAY_CHANGE else refused).append(line)
+    for key, before, now in _differences(old, new):
+        if key != "run.resume":
+            line = f"{key}: {before!r} (checkpoint) -> {now!r} (now)"
+            (applied if resume_rule(key, rules) == MAY_CHANGE else refused).append(line)
     return refused, applied
+
+
+def _differences(old: dict, new: dict, prefix: str = ""):
+    absent = "(absent)"
+    for name in sorted(old.keys() | new.keys()):
+        before, now = old.get(name, absent), new.get(name, absent)
+        if isinstance(before, dict) and isinstance(now, dict) and before and now:
+            yield from _differences(before, now, f"{prefix}{name}.")
+        elif before != now:
+            yield f"{prefix}{name}", before, now
 
 
 def check_settings(config: dict, rules: dict) -> None:

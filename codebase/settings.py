@@ -76,7 +76,8 @@ COMMON_RULES = {
 
 
 # On --resume. May change (applied for real): where and how the run computes and what it writes
-# besides the weights (device, workers, cache, AMP, evaluation batch and frequency, plots), the
+# besides the weights (device, workers, cache, AMP, evaluation batch and frequency, plots, where the
+# data lies as long as it splits into the run's images), the
 # optimizer and its schedule (the restored optimizer keeps its moments and takes today's rates,
 # codebase.training.optim.restore_training_state), the epochs and the patience. Fixes the run:
 # the model, the data (root, validation split, sizes), the seed, the losses and their weights, the
@@ -86,6 +87,7 @@ COMMON_RESUME_RULES = {
     "kind": FIXES_THE_RUN,
     "model": FIXES_THE_RUN,
     "data": FIXES_THE_RUN,
+    "data.root": MAY_CHANGE,  # the data may move; a resumed run's split must still be its splits.json (Run.save_splits)
     "data.cache_dir": MAY_CHANGE,
     "data.num_workers": MAY_CHANGE,
     "data.pin_memory": MAY_CHANGE,

@@ -188,6 +188,26 @@ class Run:
         if self.is_main:
             atomic_write_text(self.folder / name, json.dumps(data, indent=1) + "\n")
 
+    def save_splits(self, splits: dict) -> None:
+        """splits.json ({side: {split: [image names]}}, codebase.data.splits.describe). A resumed run's
+        split must be the one it was trained on (data.root may move; the images it names may not
+        change): else a ConfigError naming the split that differs, before any state is loaded."""
+        error = None
+        path = self.folder / SPLITS_FILE
+        if self.is_main and self.checkpoint is not None and path.is_file():
+            recorded = json.loads(path.read_text())
+            differing = [f"{side} {split}" for side in sorted(recorded.keys() | splits.keys())
+                         for split in sorted((recorded.get(side) or {}).keys() | (splits.get(side) or {}).keys())
+                         if (recorded.get(side) or {}).get(split) != (splits.get(side) or {}).get(split)]
+            if differing:
+                error = (f"cannot resume {self.folder}: the data at data.root={self.config['data']['root']} splits "
+                         f"into other images than the run's {path} ({', '.join(differing)} differ); resume with "
+                         "the data the run was trained on, or start a new run folder with --no-resume")
+        error = distributed.broadcast_object(error)
+        if error:
+            raise ConfigError(error)
+        self.save_json(SPLITS_FILE, splits)
+
     def save_test_metrics(self, results: dict) -> None:
         self.save_json(TEST_METRICS_FILE, results)
 
