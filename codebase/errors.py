@@ -61,7 +61,7 @@ def run_tool(main: Callable[[], int | None]) -> int:
 # Under torchrun every process meets the same bad input: the first process reports it at once, the
 # others wait this long first, so torchrun ends them before they repeat it (and names the first
 # process, exit code 2, as the failure); an error only another process meets is still printed.
-OTHER_RANKS_WAIT_S = 5.0
+OTHER_RANKS_WAIT_S = 30.0
 
 
 def _print_once(line: str) -> None:

@@ -383,9 +383,6 @@ def _choose_folder(run_config: dict) -> tuple[Path, list[str]]:
                         f"this run writes to {new_folder}"]
 
 
-_APPLIED = "setting changed since the checkpoint, applied"
-
-
 def _check_compatible(folder: Path, old: dict, new: dict, resume_rules: dict) -> list[str]:
     """ConfigError (one line) naming every setting that fixes the run and differs from the
     checkpoint's, with both values and the way out; else log lines for the settings that may
@@ -396,4 +393,4 @@ def _check_compatible(folder: Path, old: dict, new: dict, resume_rules: dict) ->
             f"cannot resume {folder}: settings that fix the run differ from its checkpoint: " + "; ".join(refused)
             + ". Resume with the checkpoint's values, or start a new run folder with --no-resume "
             "(or another --run-name NAME)")
-    return [f"{_APPLIED}: {line}" for line in applied]
+    return [f"setting changed since the checkpoint, applied: {line}" for line in applied]
