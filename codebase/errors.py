@@ -77,8 +77,8 @@ def input_error_message(error: Exception) -> str | None:
         return _unwrap_worker_message(error)
     if isinstance(error, _PATH_ERRORS) and error.filename is not None:
         return f"{error.filename}: {error.strerror or error}"
-    if isinstance(error, OSError) and error.errno in _STORAGE_ERRNOS:
-        return f"{error.filename or 'a file'}: could not be written: {error.strerror or error} (storage)"
+    if isinstance(error, OSError) and error.errno in _STORAGE_ERRNOS and error.filename is not None:
+        return f"{error.filename}: could not be written: {error.strerror or error} (storage)"
     return None
 
 

@@ -58,8 +58,15 @@ def _load(image: Image.Image, path) -> None:
         raise ImageFileError(f"{path}: unreadable or truncated image data ({error})") from error
 
 
+def _orients_itself(image: Image.Image) -> bool:
+    """Pillow's TIFF reader handles the orientation tag itself (and drops it on load): not turned twice."""
+    return image.format == "TIFF"
+
+
 def _turned(image: Image.Image) -> bool:
-    """Whether the file's EXIF orientation shows it a quarter turn from how it is stored."""
+    """Whether the file's EXIF orientation shows it a quarter turn from how `image.size` has it."""
+    if _orients_itself(image):
+        return False
     try:
         return image.getexif().get(_ORIENTATION, 1) in _QUARTER_TURNS
     except Exception:  # an unreadable EXIF block: the picture is shown as stored
@@ -71,6 +78,8 @@ def _as_shown(image: Image.Image, path) -> Image.Image:
     frames = getattr(image, "n_frames", 1)
     if frames > 1:
         warnings.warn(f"{path}: an animated image of {frames} frames; its first frame is used", stacklevel=3)
+    if _orients_itself(image):
+        return image
     try:
         return ImageOps.exif_transpose(image)
     except Exception:  # an unreadable EXIF block: the picture is shown as stored
