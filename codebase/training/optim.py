@@ -56,15 +56,19 @@ def restore_training_state(optimizer, scheduler, optimizer_state: dict | None, s
     the schedule is today's at the checkpoint's epoch (its closed form), and the optimizer's moments
     are the checkpoint's. Unchanged settings load the checkpoint's state as it is (a resumed run
     equals an uninterrupted one). Returns whether any setting was applied."""
-    hyper = ("initial_lr", "weight_decay")
+    hyper = ("initial_lr", "weight_decay") if scheduler is not None else ("lr", "weight_decay")
     now_groups = [{key: group.get(key) for key in hyper} for group in optimizer.param_groups]
     now_schedule = ({key: value for key, value in scheduler.state_dict().items() if key not in _PROGRESS}
                     if scheduler is not None else None)
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
-    if scheduler is None or scheduler_state is None:
-        return False
     then_groups = [{key: group.get(key) for key in hyper} for group in optimizer.param_groups]
+    if scheduler is None:  # no schedule: the rates and decay are the settings themselves
+        for group, settings in zip(optimizer.param_groups, now_groups):
+            group.update(settings)
+        return now_groups != then_groups
+    if scheduler_state is None:
+        return False
     then_schedule = {key: value for key, value in scheduler_state.items() if key not in _PROGRESS}
     if now_groups == then_groups and now_schedule == then_schedule:
         scheduler.load_state_dict(scheduler_state)

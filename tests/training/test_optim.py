@@ -77,3 +77,11 @@ def test_restored_optimizer_takes_the_settings_of_today(settings, expected_rates
     scheduler.step()  # and the schedule goes on from there with today's settings (epoch 4)
     if settings.get("gamma") == 0.1:
         assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-5)
+
+
+def test_without_a_schedule_the_restored_optimizer_takes_todays_rate():
+    _, saved, _ = trained_state()
+    model = Tiny()
+    optimizer = make_optimizer([model], 0.02, 1e-4, 0.05, "cpu")
+    assert restore_training_state(optimizer, None, saved.state_dict(), None)
+    assert [group["lr"] for group in optimizer.param_groups] == [0.02, 1e-4]
