@@ -38,6 +38,7 @@ import math
 import sys
 from pathlib import Path
 
+from codebase.config import MAX_IMAGE_SIDE
 from codebase.data.formats import dataset_argument, read_dataset
 from codebase.data.idrid import (
     LESIONS,
@@ -59,9 +60,10 @@ from codebase.evaluation.evaluate import (
     evaluate_segmentation,
 )
 from codebase.evaluation.fullres import run_fullres_metrics, with_fullres
+from codebase.errors import ProjectError, run_tool
 from codebase.runtime.atomic import atomic_write_text
-from codebase.errors import ProjectError
 from codebase.runtime.device import autocast, resolve_device
+from codebase.training.run_folder import refuse_run_records
 from experiments.dataset_records import dataset_records
 from experiments.generalization import TABLES as GENERALIZATION_TABLES
 from experiments.generalization import evaluate_datasets
@@ -309,8 +311,9 @@ def image_size_arg(text):
         height, width = (int(part) for part in text.replace("x", ",").split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: expected HEIGHT,WIDTH in pixels, e.g. 712,1072") from None
-    if height < 32 or width < 32:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected at least 32x32 pixels")
+    if not (32 <= height <= MAX_IMAGE_SIDE and 32 <= width <= MAX_IMAGE_SIDE):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected at least 32x32 and at most "
+                                         f"{MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE} pixels")
     return height, width
 
 
@@ -321,6 +324,12 @@ def run_names(folders):
 
 
 def main(argv=None):
+    """compare_models.py's entry point: bad input, or outputs that cannot be written, end in one
+    `error:` line and exit code 2 (codebase.errors.run_tool)."""
+    return run_tool(lambda: compare(argv))
+
+
+def compare(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", nargs="+", required=True, help="finished run folders, e.g. saved/mlt_demo")
     parser.add_argument("--out", default="saved/comparison", help="output folder (default saved/comparison)")
@@ -349,6 +358,7 @@ def main(argv=None):
         print(f"error: --out {out} is a file, expected a folder", file=sys.stderr)
         return 2
     try:
+        refuse_run_records("--out", out, folder=True)
         device = resolve_device(args.device)
         runs = [open_run(folder, device, args.weights) for folder in args.runs]
         root = Path(args.data_root or runs[0].config["data"]["root"])

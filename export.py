@@ -17,11 +17,16 @@ run, or the output cannot be written.
 import argparse
 import sys
 
-from codebase.errors import ProjectError
+from codebase.errors import ProjectError, run_tool
 from inference.export import FORMATS, export_run
 
 
 def main(argv=None):
+    """export.py's entry point: bad input ends in one `error:` line and exit code 2 (codebase.errors.run_tool)."""
+    return run_tool(lambda: export(argv))
+
+
+def export(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", required=True, help="a finished run folder, e.g. saved/mlt_demo")
     parser.add_argument("--format", choices=FORMATS, default="onnx", help="model file format (default onnx)")

@@ -39,7 +39,10 @@ the check and prediction took, and writes to --out (default <run>/predictions/):
 
 An unreadable input gets an error line naming it and the others are still processed. Exit code:
 0 all predicted, 1 some input failed (or was skipped by --strict), 2 the run folder is missing or
-not a finished run, or --out names a file.
+not a finished run, --out names a file or a run folder's records (its weights, checkpoint,
+config.json, ...), or an output file could not be written (named; the others already written stay).
+Photographs are read as viewers show them: EXIF orientation first, so masks and overlay line up with
+the photograph as shown and sizes are the shown ones; an animated file's first frame, with a warning.
 """
 import argparse
 import json
@@ -51,12 +54,15 @@ import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image
 
+from codebase.config import MAX_IMAGE_SIDE
 from codebase.data.images import ImageFileError, read_image, read_size
 from codebase.data.patches import WINDOW_OVERLAP
+from codebase.errors import run_tool
 from codebase.evaluation.visualize import LESION_COLOURS, lesion_legend, overlay
-from codebase.runtime.atomic import atomic_write, atomic_write_text
+from codebase.runtime.atomic import StorageError, atomic_write
 from codebase.runtime.device import resolve_device
 from codebase.tasks import task_label
+from codebase.training.run_folder import refuse_run_records
 from inference.predictor import (
     DEFAULT_SCALE,
     IMAGE_SUFFIXES,
@@ -67,6 +73,8 @@ from inference.predictor import (
 from inference.runs import WEIGHTS, RunError, open_run
 
 OVERLAY_MAX_SIDE = 1024  # pixels; the overlay is a picture to look at, the masks keep full resolution
+OVERLAY_DPI = 100
+OVERLAY_WIDTH = 8  # inches: the figure's width whatever the image's shape (title and legend need it)
 
 
 def title(name, record):
@@ -83,10 +91,15 @@ def draw_overlay(path, masks, caption):
     image = read_image(path, draft_size=shown).resize(shown, Image.BILINEAR)
     painted = {lesion: np.asarray(Image.fromarray(mask).resize(shown, Image.NEAREST))
                for lesion, mask in masks.items() if lesion in LESION_COLOURS}
-    picture, title_space, legend_space = 8 * shown[1] / shown[0], 0.4, 0.5 if painted else 0.1  # inches
+    # the picture fits a box OVERLAY_WIDTH wide and OVERLAY_MAX_SIDE pixels tall, whatever its shape, so
+    # the figure has at most OVERLAY_WIDTH x (OVERLAY_MAX_SIDE / dpi + 0.9) inches (800 x 1114 pixels)
+    fit = min(OVERLAY_WIDTH / shown[0], OVERLAY_MAX_SIDE / OVERLAY_DPI / shown[1])
+    picture_width, picture = shown[0] * fit, shown[1] * fit  # inches
+    title_space, legend_space = 0.4, 0.5 if painted else 0.1  # inches
     total = picture + title_space + legend_space
-    figure = Figure(figsize=(8, total))
-    axes = figure.add_axes((0, legend_space / total, 1, picture / total))
+    figure = Figure(figsize=(OVERLAY_WIDTH, total), dpi=OVERLAY_DPI)
+    axes = figure.add_axes(((1 - picture_width / OVERLAY_WIDTH) / 2, legend_space / total,
+                            picture_width / OVERLAY_WIDTH, picture / total))
     axes.imshow(overlay(np.asarray(image), painted))
     axes.set_title(caption, fontsize=10)
     axes.axis("off")
@@ -97,13 +110,32 @@ def draw_overlay(path, masks, caption):
 
 def write_outputs(folder, path, record, masks):
     """overlay.png and one mask_<LESION>.png per lesion in folder; returns their paths."""
-    folder.mkdir(parents=True, exist_ok=True)
+    save_folder(folder)
     figure = draw_overlay(path, masks, title(path.name, record))
-    written = [atomic_write(folder / "overlay.png", lambda file: figure.savefig(file, format="png", dpi=100))]
+    written = [save(folder / "overlay.png", lambda file: figure.savefig(file, format="png", dpi=OVERLAY_DPI))]
     for lesion, mask in masks.items():
         png = Image.fromarray(mask.astype(np.uint8) * 255)
-        written.append(atomic_write(folder / f"mask_{lesion}.png", lambda file, png=png: png.save(file, format="PNG")))
+        written.append(save(folder / f"mask_{lesion}.png", lambda file, png=png: png.save(file, format="PNG")))
     return [str(p) for p in written]
+
+
+def save_folder(folder):
+    """Create an output folder; a failure is a StorageError naming it (the input is not to blame)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise StorageError(f"{folder}: the output folder could not be created ({error.strerror or error}); "
+                           "choose another --out") from None
+
+
+def save(path, write):
+    """atomic_write, with any failure a StorageError naming the output file that could not be written."""
+    try:
+        return atomic_write(path, write)
+    except StorageError:
+        raise
+    except OSError as error:
+        raise StorageError(f"{path}: could not be written ({error.strerror or error}); choose another --out") from None
 
 
 def report(record):
@@ -165,8 +197,9 @@ def sliding_arg(text):
         height, width = (int(part) for part in text.replace("x", ",").split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: expected auto, off or HEIGHT,WIDTH, e.g. 1424,2144") from None
-    if height < 32 or width < 32:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected at least 32x32 pixels")
+    if not (32 <= height <= MAX_IMAGE_SIDE and 32 <= width <= MAX_IMAGE_SIDE):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected at least 32x32 and at most "
+                                         f"{MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE} pixels")
     return height, width
 
 
@@ -181,6 +214,12 @@ def unique_name(path, taken):
 
 
 def main(argv=None):
+    """predict.py's entry point: `predict(argv)`'s exit code; bad input, or outputs that cannot be
+    written, end in one `error:` line and exit code 2 (codebase.errors.run_tool)."""
+    return run_tool(lambda: predict(argv))
+
+
+def predict(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", required=True, help="a finished run folder, e.g. saved/mlt_demo")
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders of images")
@@ -214,6 +253,7 @@ def main(argv=None):
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
+    refuse_run_records("--out", out, folder=True)
     try:
         device = resolve_device(args.device)
         run = open_run(args.run, device, args.weights)
@@ -248,16 +288,16 @@ def main(argv=None):
                                           args.overlap, args.flip_tta)
             record["fundus_check"] = check
             record["seconds"] = round(time.perf_counter() - started, 4)  # check and prediction, not the files
-            record["files"] = write_outputs(out / unique_name(path, taken), path, record, masks)
         except (ImageFileError, OSError, Image.DecompressionBombError) as error:
             message = str(error) if str(path) in str(error) else f"{path}: {error}"
             print(f"error: {message}", file=sys.stderr)
             results["failed"].append({"input": str(path), "error": message})
             continue
+        record["files"] = write_outputs(out / unique_name(path, taken), path, record, masks)  # StorageError ends it
         print("\n".join(report(record)))
         results["images"].append(record)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "predictions.json", json.dumps(results, indent=2))
+    save_folder(out)
+    save(out / "predictions.json", lambda file: file.write(json.dumps(results, indent=2).encode()))
     print(f"{len(results['images'])} image(s) predicted, {len(results['failed'])} failed; outputs in {out}")
     return 1 if results["failed"] else 0
 

@@ -23,7 +23,9 @@ from pathlib import Path
 
 from codebase.data.idrid import IDRiDError, tree_present
 from codebase.data.synthetic import ensure_dataset
+from codebase.errors import run_tool
 from codebase.runtime.device import resolve_device
+from codebase.training.run_folder import OutputError, is_run_folder, refuse_run_records
 from experiments import report
 from experiments.budget import GridError, check_grid, training_images
 from experiments.grids import GRIDS
@@ -67,10 +69,21 @@ def select_configurations(name, grid, configs):
 
 
 def main(argv=None):
+    """The runner's entry point: bad input (a grid, a setting, a damaged run folder) ends in one
+    `error:` line and exit code 2 (codebase.errors.run_tool)."""
+    return run_tool(lambda: run_grid(argv))
+
+
+def run_grid(argv=None):
     args = parse_args(argv)
     try:
         if args.grid not in GRIDS:
             raise GridError(f"no grid {args.grid!r}; experiments/grids.py has {', '.join(GRIDS)}")
+        out = Path(args.out).resolve()
+        refuse_run_records("--out", out, folder=True)
+        if is_run_folder(out / args.grid):
+            raise GridError(f"--out {args.out}: the grid's folder {out / args.grid} is a run folder (it holds a "
+                            "training's config.json or weights); choose another --out")
         grid = select_configurations(args.grid, GRIDS[args.grid], args.configs)
         check_grid(args.grid, grid, args.set)
         root = Path(args.data_root or grid.data_root).resolve()
@@ -78,10 +91,9 @@ def main(argv=None):
             ensure_dataset(root)
         if not tree_present(root):
             raise GridError(f"--data-root {root}: no IDRiD tree there (see data/README.md)")
-        out = Path(args.out).resolve()
         planned = plan_runs(args.grid, grid, range(args.seeds), out, root, training_images(root, grid.budget.validation), args.set)
         unfinished = train_all(planned, root, grid.demo, args.device, args.max_runs)
-    except (GridError, IDRiDError) as error:
+    except (GridError, IDRiDError, OutputError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except RuntimeError as error:

@@ -30,14 +30,14 @@ from codebase.config import (
     parse_cli,
     size_hw,
 )
-from codebase.data.splits import SPLITS_FILE, describe, split_records
+from codebase.data.splits import describe, split_records
 from codebase.data.synthetic import ensure_dataset
 from codebase.errors import run_main
 from codebase.evaluation.cost import count_parameters
 from codebase.evaluation.previews import PredictionPreview
 from codebase.runtime import distributed
 from codebase.runtime.device import make_grad_scaler
-from codebase.settings import COMMON_RULES, task_weights_rule
+from codebase.settings import COMMON_RESUME_RULES, COMMON_RULES, task_weights_rule
 from codebase.training.loop import EpochPlan, fit
 from codebase.training.losses import CLASSIFICATION_LOSSES
 from codebase.training.optim import make_optimizer, make_scheduler
@@ -114,6 +114,11 @@ RULES = {
 }
 
 
+# On --resume (codebase.config): the shared settings' rules, and this script's own.
+RESUME_RULES = {
+    **COMMON_RESUME_RULES,
+}
+
 def validate(config):
     """ConfigError naming the first setting that breaks its rule (RULES)."""
     check_settings(config, RULES)
@@ -128,13 +133,13 @@ def final_line(metrics, majority):
 def main(config):
     """Train (or resume) the run that `config` describes; return its history."""
     validate(config)
-    with Run(config) as run:
+    with Run(config, RESUME_RULES) as run:
         device, train = run.device, config["train"]
         if config["run"]["demo"] and distributed.is_main_process():
             ensure_dataset(config["data"]["root"])
         distributed.barrier()
         splits = split_records(config["data"]["root"], config["data"]["validation"], config["seed"], ("grading",))
-        run.save_json(SPLITS_FILE, describe(splits))
+        run.save_splits(describe(splits))
         datasets = {split: build_dataset(config, split, records) for split, records in splits["grading"].items()
                     if records}
         loaders = {split: build_loader(config, dataset, device) for split, dataset in datasets.items()}

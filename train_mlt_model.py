@@ -13,6 +13,8 @@ history.json, train_log.txt, plots/).
 import torch
 
 from codebase.config import (
+    FIXES_THE_RUN,
+    MAY_CHANGE,
     BOOLEAN,
     Rule,
     check_settings,
@@ -29,7 +31,7 @@ from codebase.data.patches import (
     patch_setting_rules,
     validate_patch_settings,
 )
-from codebase.data.splits import SPLITS_FILE, describe, split_records
+from codebase.data.splits import describe, split_records
 from codebase.data.synthetic import ensure_dataset
 from codebase.dataset import build_loaders
 from codebase.engine import (
@@ -45,7 +47,7 @@ from codebase.evaluation.previews import PredictionPreview
 from codebase.model import build_model, predict
 from codebase.runtime import distributed
 from codebase.runtime.device import make_grad_scaler
-from codebase.settings import COMMON_RULES, task_weights_rule
+from codebase.settings import COMMON_RESUME_RULES, COMMON_RULES, task_weights_rule
 from codebase.tasks import parse_tasks
 from codebase.training.loop import EpochPlan, fit
 from codebase.training.losses import CLASSIFICATION_LOSSES
@@ -54,6 +56,7 @@ from codebase.training.run_folder import Run
 from codebase.training.selection import evaluation_plan, make_selection
 from codebase.training.weighting import WEIGHTINGS, install_problem, weighting_from_config
 from codebase.training.weighting import default_settings as weighting_defaults
+from codebase.training.weighting import resume_rules as weighting_resume_rules
 from codebase.training.weighting import setting_rules as weighting_setting_rules
 
 CONFIG = {
@@ -199,6 +202,17 @@ RULES = {
 }
 
 
+# On --resume (codebase.config): the shared settings' rules, and this script's own.
+RESUME_RULES = {
+    **COMMON_RESUME_RULES,
+    "data.persistent_workers": MAY_CHANGE,
+    "routing": FIXES_THE_RUN,
+    **weighting_resume_rules(),
+    "train.channels_last": MAY_CHANGE,
+    "train.compile": MAY_CHANGE,
+    "train.fullres_eval": MAY_CHANGE,
+}
+
 def validate(config):
     """ConfigError naming the first setting that breaks its rule (RULES), a wrong task, an unknown
     task in loss.task_weights, or a crop larger than the image."""
@@ -215,13 +229,13 @@ def validate(config):
 def main(config):
     """Train as configured; returns the history (one dict per epoch)."""
     validate(config)
-    with Run(config) as run:
+    with Run(config, RESUME_RULES) as run:
         data, train, device = config["data"], config["train"], run.device
         if config["run"]["demo"] and distributed.is_main_process():
             ensure_dataset(data["root"])
         distributed.barrier()
         splits = split_records(data["root"], data["validation"], config["seed"])
-        run.save_json(SPLITS_FILE, describe(splits))
+        run.save_splits(describe(splits))
         datasets, streams, eval_loaders = build_loaders(config, splits, device, distributed.rank(),
                                                         distributed.world_size())
 

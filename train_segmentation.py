@@ -17,6 +17,7 @@ import json
 import torch
 
 from codebase.config import (
+    MAY_CHANGE,
     BOOLEAN,
     check_settings,
     choice,
@@ -32,7 +33,7 @@ from codebase.data.patches import (
     patch_setting_rules,
     validate_patch_settings,
 )
-from codebase.data.splits import SPLITS_FILE, describe, split_records
+from codebase.data.splits import describe, split_records
 from codebase.data.synthetic import ensure_dataset
 from codebase.errors import run_main
 from codebase.evaluation.cost import count_parameters
@@ -44,7 +45,7 @@ from codebase.evaluation.visualize import lesion_metrics_table
 from codebase.networks.backbones import BACKBONES
 from codebase.runtime import distributed
 from codebase.runtime.device import make_grad_scaler
-from codebase.settings import COMMON_RULES, task_weights_rule
+from codebase.settings import COMMON_RESUME_RULES, COMMON_RULES, task_weights_rule
 from codebase.training.loop import EpochPlan, fit
 from codebase.training.losses import SegmentationLoss
 from codebase.training.optim import make_optimizer, make_scheduler
@@ -154,6 +155,13 @@ RULES = {
 }
 
 
+# On --resume (codebase.config): the shared settings' rules, and this script's own.
+RESUME_RULES = {
+    **COMMON_RESUME_RULES,
+    "train.channels_last": MAY_CHANGE,
+    "train.fullres_eval": MAY_CHANGE,
+}
+
 def validate(config):
     """ConfigError naming the first setting that breaks its rule (RULES), or a crop larger than the image."""
     check_settings(config, RULES)
@@ -168,13 +176,13 @@ def validate(config):
 def main(config):
     """Train (or resume) the run the config describes; returns the history."""
     validate(config)
-    with Run(config) as run:
+    with Run(config, RESUME_RULES) as run:
         data, train, device = config["data"], config["train"], run.device
         if config["run"]["demo"] and distributed.is_main_process():
             ensure_dataset(data["root"])
         distributed.barrier()
         splits = split_records(data["root"], data["validation"], config["seed"], ("segmentation",))
-        run.save_json(SPLITS_FILE, describe(splits))
+        run.save_splits(describe(splits))
         loaders = build_loaders(config, splits["segmentation"], device)
 
         model = build_model(config).to(device)

@@ -28,6 +28,20 @@ RUN_DEFAULTS = {
             "tensorboard": True},  # TensorBoard event files in saved/<name>/tensorboard/
 }
 
+# What a setting does when a run resumes (--resume), declared once beside the settings: a setting
+# that MAY_CHANGE is applied to the resumed run for real; one that FIXES_THE_RUN (model, data,
+# splits, sizes, seed, tasks, loss) is compared with the checkpoint's value and a change is
+# refused before anything is loaded. A table maps keys or section prefixes to one of the two; the
+# longest matching entry decides (`resume_rule`), and a key no entry covers fixes the run.
+MAY_CHANGE = "may change on resume"
+FIXES_THE_RUN = "fixes the run"
+RUN_RESUME_RULES = {
+    "seed": FIXES_THE_RUN,
+    "device": MAY_CHANGE,
+    "deterministic": MAY_CHANGE,
+    "run": MAY_CHANGE,  # where the run folder is and what it writes besides the weights (plots, TensorBoard)
+}
+
 
 # Keys earlier releases used -> (what replaced them, how an old value becomes the new setting's
 # entries, an old value for the example in the error). A run folder written before is upgraded
@@ -194,11 +208,16 @@ def choice(*values) -> Rule:
     return Rule(lambda value: value in values, "one of " + ", ".join(map(repr, values)))
 
 
-def size_hw(minimum: int = 1) -> Rule:
-    """[height, width], whole numbers >= minimum."""
+# The largest side of an image size setting: IDRiD's photographs (2848 x 4288) fit, and one image
+# at it is a bounded allocation (4608^2 x 3 bytes = 64 MB decoded).
+MAX_IMAGE_SIDE = 4608
+
+
+def size_hw(minimum: int = 1, maximum: int = MAX_IMAGE_SIDE) -> Rule:
+    """[height, width], whole numbers in [minimum, maximum]."""
     return Rule(lambda value: (isinstance(value, list) and len(value) == 2
-                               and all(integer(minimum).check(n) for n in value)),
-                f"[height, width], integers >= {minimum}")
+                               and all(integer(minimum, maximum).check(n) for n in value)),
+                f"[height, width], integers >= {minimum} and <= {maximum}")
 
 
 def optional(rule: Rule) -> Rule:
@@ -207,6 +226,35 @@ def optional(rule: Rule) -> Rule:
 
 BOOLEAN = Rule(lambda value: isinstance(value, bool), "true or false")
 TEXT = Rule(lambda value: isinstance(value, str) and value.strip() != "", "a non-empty text")
+
+
+def resume_rule(key: str, rules: dict) -> str | None:
+    """MAY_CHANGE or FIXES_THE_RUN for `key` by the longest entry of `rules` that covers it, or None."""
+    covering = [entry for entry in rules if key == entry or key.startswith(entry + ".")]
+    return rules[max(covering, key=len)] if covering else None
+
+
+def resume_changes(old: dict, new: dict, rules: dict) -> tuple[list[str], list[str]]:
+    """(changes that fix the run, changes that may change), each "key: old (checkpoint) -> new (now)",
+    between a checkpoint's config `old` and the config asked for now (run.resume is the request
+    itself; a key one side lacks counts as a change of that key; a mapping compared whole unless
+    both sides hold entries)."""
+    refused, applied = [], []
+    for key, before, now in _differences(old, new):
+        if key != "run.resume":
+            line = f"{key}: {before!r} (checkpoint) -> {now!r} (now)"
+            (applied if resume_rule(key, rules) == MAY_CHANGE else refused).append(line)
+    return refused, applied
+
+
+def _differences(old: dict, new: dict, prefix: str = ""):
+    absent = "(absent)"
+    for name in sorted(old.keys() | new.keys()):
+        before, now = old.get(name, absent), new.get(name, absent)
+        if isinstance(before, dict) and isinstance(now, dict) and before and now:
+            yield from _differences(before, now, f"{prefix}{name}.")
+        elif before != now:
+            yield f"{prefix}{name}", before, now
 
 
 def check_settings(config: dict, rules: dict) -> None:

@@ -3,8 +3,23 @@
 A train script validates its config once, before anything runs: `check_settings(config, RULES)`
 with RULES = COMMON_RULES plus its own, then the checks that relate several settings. Every
 setting of a script's CONFIG has a rule (tests check that none is left out).
+
+Each setting also has its rule on --resume (codebase.config.MAY_CHANGE or FIXES_THE_RUN):
+COMMON_RESUME_RULES for these, each script's RESUME_RULES for its own (tests check every setting
+of every script is covered, and that the rule holds).
 """
-from codebase.config import BOOLEAN, TEXT, Rule, choice, integer, number, optional
+from codebase.config import (
+    BOOLEAN,
+    FIXES_THE_RUN,
+    MAY_CHANGE,
+    RUN_RESUME_RULES,
+    TEXT,
+    Rule,
+    choice,
+    integer,
+    number,
+    optional,
+)
 from codebase.networks.backbones import BACKBONES
 from codebase.runtime.device import AMP_SETTINGS
 from codebase.training.optim import SCHEDULES
@@ -59,3 +74,30 @@ COMMON_RULES = {
     "train.patience": integer(0),
 }
 
+
+# On --resume. May change (applied for real): where and how the run computes and what it writes
+# besides the weights (device, workers, cache, AMP, evaluation batch and frequency, plots, where the
+# data lies as long as it splits into the run's images), the
+# optimizer and its schedule (the restored optimizer keeps its moments and takes today's rates,
+# codebase.training.optim.restore_training_state), the epochs and the patience. Fixes the run:
+# the model, the data (root, validation split, sizes), the seed, the losses and their weights, the
+# batch, what is evaluated and monitored (best.pth compares scores of one kind on one split).
+COMMON_RESUME_RULES = {
+    **RUN_RESUME_RULES,
+    "kind": FIXES_THE_RUN,
+    "model": FIXES_THE_RUN,
+    "data": FIXES_THE_RUN,
+    "data.root": MAY_CHANGE,  # the data may move; a resumed run's split must still be its splits.json (Run.save_splits)
+    "data.cache_dir": MAY_CHANGE,
+    "data.num_workers": MAY_CHANGE,
+    "data.pin_memory": MAY_CHANGE,
+    "loss": FIXES_THE_RUN,
+    "optim": MAY_CHANGE,
+    "schedule": MAY_CHANGE,
+    "train": FIXES_THE_RUN,
+    "train.epochs": MAY_CHANGE,
+    "train.eval_batch_size": MAY_CHANGE,
+    "train.amp": MAY_CHANGE,
+    "train.evaluate_every": MAY_CHANGE,
+    "train.patience": MAY_CHANGE,
+}

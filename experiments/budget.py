@@ -21,6 +21,7 @@ from pathlib import Path
 from codebase.config import RUN_DEFAULTS
 from codebase.data.idrid import grading_records, segmentation_records
 from codebase.data.splits import validation_count
+from codebase.errors import ProjectError
 from experiments.grids import CLASSIFIER, MULTITASK, SEGMENTATION
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,7 +30,7 @@ SCRIPTS = (CLASSIFIER, SEGMENTATION, MULTITASK)
 RUNNER_KEYS = ("seed", "data.root", "run.name", "run.save_dir", "run.resume", "run.demo")
 
 
-class GridError(ValueError):
+class GridError(ProjectError, ValueError):
     """A grid, budget or override that cannot give equal, valid runs; the message says which and why."""
 
 

@@ -78,14 +78,20 @@ def is_finished(folder):
     try:
         history = json.loads((folder / HISTORY_FILE).read_text())
         epochs = json.loads((folder / CONFIG_FILE).read_text())["train"]["epochs"]
-    except (ValueError, KeyError, TypeError):
+        return bool(history) and history[-1].get("epoch") == epochs
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # damaged: not finished
         return False
-    return bool(history) and history[-1].get("epoch") == epochs
 
 
 def check_matches(run, data_root):
     """GridError when a finished run's config.json differs from the settings asked for now."""
-    config = json.loads((run.folder / CONFIG_FILE).read_text())
+    path = run.folder / CONFIG_FILE
+    try:
+        config = json.loads(path.read_text())
+        recorded_root = config["data"]["root"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise GridError(f"{path}: a finished run's config.json that cannot be read ({error!r}); move the run "
+                        "folder away (the grid then trains it again), or choose another --out") from None
     differences = []
     expected = [f"seed={run.seed}"] + run.settings
     for setting in expected:
@@ -98,8 +104,8 @@ def check_matches(run, data_root):
             continue
         if wanted != saved:
             differences.append(f"{key}: {saved!r} in the run, {wanted!r} asked for")
-    if Path(config["data"]["root"]).resolve() != Path(data_root).resolve():
-        differences.append(f"data.root: {config['data']['root']!r} in the run, {str(data_root)!r} asked for")
+    if Path(recorded_root).resolve() != Path(data_root).resolve():
+        differences.append(f"data.root: {recorded_root!r} in the run, {str(data_root)!r} asked for")
     if differences:
         raise GridError(f"{run.folder} holds a finished run trained with other settings:\n  "
                         + "\n  ".join(differences) + "\nMove it away, or choose another --out.")

@@ -19,6 +19,7 @@ from codebase.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from codebase.errors import ProjectError
 from codebase.networks.routing import route
 from codebase.runtime.atomic import atomic_write
+from codebase.training.run_folder import refuse_run_records
 from inference.runs import MODEL_KINDS, open_run
 
 FORMATS = ("onnx", "torchscript")
@@ -177,11 +178,13 @@ def export_run(run_folder, fmt="onnx", dense=False, out=None):
     """Export the run in ``run_folder``; writes the model file and <out>.json; returns both paths."""
     if fmt not in FORMATS:
         raise ExportError(f"format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    out = Path(out or default_out(run_folder, fmt, dense))
+    json_path = out.with_name(out.name + ".json")
+    refuse_run_records("--out", out, files=(json_path.name,))
     run = open_run(run_folder, "cpu")
     if dense and run.kind != "multitask":
         raise ExportError(f"{run_folder}: --dense applies to a multi-task run only; this is a {run.kind} run")
-    out = prepare_out(out or default_out(run_folder, fmt, dense))
-    json_path = out.with_name(out.name + ".json")
+    out = prepare_out(out)
     module = exportable(run, dense)
     size = input_size(run)
     example = torch.zeros(2, 3, *size)  # [B, 3, H, W]; batch 2, so no size-1 axis is taken for a constant

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from codebase.config import parse_cli
+from codebase.config import FIXES_THE_RUN, MAY_CHANGE, RUN_RESUME_RULES, parse_cli
 from codebase.data.loaders import EpochLoader
 from codebase.runtime import distributed
 from codebase.runtime.device import autocast, make_grad_scaler
@@ -43,6 +43,11 @@ CONFIG = {
     "toy": {"samples": 40, "interrupt_at": [], "signal": "SIGINT", "nan_at": [], "print_steps": False, "scores": [],
             "kill_rank_at": [], "kill_marker": ""},
 }
+
+# On --resume: the model and the training fix the run, except what the tests change when resuming.
+RESUME_RULES = {**RUN_RESUME_RULES, "model": FIXES_THE_RUN, "train": FIXES_THE_RUN, "train.epochs": MAY_CHANGE,
+                "train.lr": MAY_CHANGE, "train.amp": MAY_CHANGE, "train.num_workers": MAY_CHANGE,
+                "train.patience": MAY_CHANGE, "toy": MAY_CHANGE}
 
 
 class ToyData(torch.utils.data.Dataset):
@@ -101,7 +106,7 @@ def weight_image(model: ToyModel) -> np.ndarray:
 
 def main(config: dict) -> list[dict]:
     toy = config["toy"]
-    with Run(config) as run:
+    with Run(config, RESUME_RULES) as run:
         device = run.device
         model = ToyModel(config["model"]["hidden"], config["model"]["ballast"]).to(device)
         model = distributed.wrap_model(model, device)

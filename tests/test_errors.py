@@ -35,3 +35,21 @@ def test_run_main_exits_2_on_bad_input_and_keeps_other_tracebacks(capsys):
 
     with pytest.raises(RuntimeError, match="a bug"):
         run_main(broken, dict)
+
+
+def test_run_tool_ends_interrupts_and_storage_errors_in_one_line(capsys):
+    import errno
+
+    from codebase.errors import run_tool
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    def disk_full():
+        raise OSError(errno.ENOSPC, "No space left on device", "out/overlay.png")
+
+    assert run_tool(interrupted) == 130
+    assert capsys.readouterr().err.startswith("interrupted: stopped at once")
+    assert run_tool(disk_full) == 2
+    assert capsys.readouterr().err == "error: out/overlay.png: could not be written: No space left on device (storage)\n"
+    assert run_tool(lambda: 1) == 1 and run_tool(lambda: None) == 0

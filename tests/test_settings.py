@@ -1,19 +1,25 @@
-"""Every setting of every train script has a rule, checked before anything runs."""
+"""Every setting of every train script has a rule, checked before anything runs, and a rule on --resume."""
+import copy
 import math
 
 import pytest
+import torch
 
 import train_classifier
 import train_mlt_model
 import train_segmentation
 from codebase.config import (
+    FIXES_THE_RUN,
     ConfigError,
     flatten,
     number,
+    resume_changes,
+    resume_rule,
     set_value,
     uncovered_settings,
     with_defaults,
 )
+from codebase.training.run_folder import Run
 
 SCRIPTS = [train_classifier, train_segmentation, train_mlt_model]
 
@@ -90,3 +96,62 @@ def test_a_weighting_whose_optional_packages_are_missing_is_refused_saying_how_t
         train_mlt_model.validate(config)
     assign(config, "loss.weighting", "upgrad")
     train_mlt_model.validate(config)
+
+
+# ----------------------------------------------------------------------------- the rule of each setting on --resume
+def other_value(value):
+    """A value different from ``value`` (of its type where there is one); validity does not matter here."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 1
+    if isinstance(value, str):
+        return value + "_other"
+    if isinstance(value, list):
+        return value + value[:1] if value else [1]
+    if isinstance(value, dict):
+        return {**value, "other": 1}
+    return "other"
+
+
+def resumable_folder(script, save_dir):
+    """The script's default config pointed at save_dir, and a run folder whose checkpoint records it."""
+    config = with_defaults(script.CONFIG)
+    config.update(device="cpu")
+    config["run"].update(save_dir=str(save_dir), name="earlier")
+    folder = save_dir / "earlier"
+    folder.mkdir(parents=True)
+    torch.save({"epoch": 1, "model": {}, "config": config, "history": []}, folder / "checkpoint.pth")
+    return config, folder
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda s: s.__name__)
+def test_every_setting_either_may_change_on_resume_or_fixes_the_run_and_the_rule_holds(script, tmp_path):
+    config, folder = resumable_folder(script, tmp_path)
+    before = {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+    demo = with_defaults(script.CONFIG)
+    for key, value in script.DEMO.items():
+        set_value(demo, key, value)
+    settings = flatten(config).keys() | flatten(demo).keys()
+    assert [key for key in settings if resume_rule(key, script.RESUME_RULES) is None] == []
+    fixed = [key for key in settings if resume_rule(key, script.RESUME_RULES) == FIXES_THE_RUN]
+    assert {"seed", "model.backbone", "data.validation", "loss.task_weights", "train.batch_size"} <= set(fixed)
+    for key in sorted(settings):
+        changed = copy.deepcopy(config)
+        old = flatten(config).get(key)
+        assign(changed, key, other_value(old))
+        refused, applied = resume_changes(config, changed, script.RESUME_RULES)
+        if key == "run.resume":
+            continue
+        if key not in fixed:
+            assert refused == [] and [line.split(":")[0] for line in applied] == [key]
+            continue
+        assert refused and all(line.startswith(key) for line in refused) and applied == []
+        with pytest.raises(ConfigError) as error:  # refused by the run folder, before any state is loaded
+            Run(changed, script.RESUME_RULES)
+        message = str(error.value)
+        assert "\n" not in message and f"cannot resume {folder}" in message and "--no-resume" in message
+        assert all(line in message for line in refused), message
+        if not isinstance(old, dict):
+            assert f"{key}: {old!r} (checkpoint) -> {other_value(old)!r} (now)" in message, message
+    assert {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()} == before

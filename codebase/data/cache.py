@@ -19,7 +19,7 @@ from PIL import Image
 from codebase.data import idrid
 from codebase.data.images import read_image, read_mask_image, read_size
 
-_VERSION = 2  # bump when the decoding or resizing below changes
+_VERSION = 3  # bump when the decoding or resizing below changes
 
 
 def load_resized_image(path, size_hw: tuple[int, int]) -> np.ndarray:

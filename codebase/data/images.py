@@ -1,15 +1,22 @@
 """Reading image and mask files: a dataset's photographs and masks, or anyone's own photographs.
 
-Every decode goes through here, so each file format quirk is handled once: JPEG draft decoding at
-a reduced scale, 16-bit greyscale scaled to 8 bits, float and 32-bit images refused, masks of any
-pixel format read as 0/1, Pillow's decompression-bomb limit, and truncated or empty files named.
+Every decode goes through here, so each file format quirk is handled once: images and masks read
+as viewers show them (EXIF orientation applied first; sizes are the shown ones; an animated file's
+first frame, with a warning), JPEG draft decoding at a reduced scale, 16-bit greyscale scaled to 8
+bits, float and 32-bit images and float masks refused, masks of any integer pixel format read as
+0/1, Pillow's decompression-bomb limit, and truncated or empty files named.
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageChops, UnidentifiedImageError
+from PIL import Image, ImageChops, ImageOps, UnidentifiedImageError
+
+# EXIF orientations that turn the stored picture a quarter turn (its width becomes the shown height)
+_QUARTER_TURNS = (5, 6, 7, 8)
+_ORIENTATION = 0x0112
 
 from codebase.errors import ProjectError
 
@@ -51,6 +58,34 @@ def _load(image: Image.Image, path) -> None:
         raise ImageFileError(f"{path}: unreadable or truncated image data ({error})") from error
 
 
+def _orients_itself(image: Image.Image) -> bool:
+    """Pillow's TIFF reader handles the orientation tag itself (and drops it on load): not turned twice."""
+    return image.format == "TIFF"
+
+
+def _turned(image: Image.Image) -> bool:
+    """Whether the file's EXIF orientation shows it a quarter turn from how `image.size` has it."""
+    if _orients_itself(image):
+        return False
+    try:
+        return image.getexif().get(_ORIENTATION, 1) in _QUARTER_TURNS
+    except Exception:  # an unreadable EXIF block: the picture is shown as stored
+        return False
+
+
+def _as_shown(image: Image.Image, path) -> Image.Image:
+    """The decoded picture as viewers show it: EXIF orientation applied, an animation's first frame."""
+    frames = getattr(image, "n_frames", 1)
+    if frames > 1:
+        warnings.warn(f"{path}: an animated image of {frames} frames; its first frame is used", stacklevel=3)
+    if _orients_itself(image):
+        return image
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception:  # an unreadable EXIF block: the picture is shown as stored
+        return image
+
+
 def _to_8_bit(image: Image.Image, path) -> Image.Image:
     """16-bit greyscale ('I;16*', or 'I' holding 16-bit values) scaled to 8 bits (0-65535 -> 0-255);
     float or wider integer images are refused rather than clipped."""
@@ -66,21 +101,24 @@ def _to_8_bit(image: Image.Image, path) -> Image.Image:
 
 
 def read_size(path) -> tuple[int, int]:
-    """(W, H) from the file header, without decoding pixels."""
+    """(W, H) as viewers show the image (EXIF orientation applied), from the header, without decoding pixels."""
     with _open(path) as image:
-        return image.size
+        width, height = image.size
+        return (height, width) if _turned(image) else (width, height)
 
 
 def read_image(path, draft_size: tuple[int, int] | None = None) -> Image.Image:
     """Decode an RGB image (greyscale, CMYK, palette... are converted).
 
     draft_size=(W, H): a JPEG may be decoded at a reduced scale (1/2, 1/4, 1/8) that is still at
-    least this big, which is much faster for full-size fundus photographs.
+    least this big, which is much faster for full-size fundus photographs. The image is as viewers
+    show it: EXIF orientation applied (draft_size is the shown size), an animation's first frame.
     """
     with _open(path) as image:
         if draft_size is not None:
-            image.draft(None, tuple(draft_size))
+            image.draft(None, tuple(reversed(draft_size)) if _turned(image) else tuple(draft_size))
         _load(image, path)
+        image = _as_shown(image, path)
     image = _to_8_bit(image, path)
     return image if image.mode == "RGB" else image.convert("RGB")
 
@@ -89,7 +127,9 @@ def read_mask_image(path, expected_size: tuple[int, int] | None = None, threshol
     """A lesion mask as an 'L' image of 0 / 255, whatever the file's pixel format.
 
     Foreground is any non-zero value, or with ``threshold`` any value >= it (anti-aliased masks,
-    whose grey edges are not lesion: 128). RGBA / LA masks keep it in alpha where the alpha varies (a
+    whose grey edges are not lesion: 128); a float mask is refused (NaN is no lesion and no
+    background). As viewers show it, like its image (EXIF orientation, an animation's first
+    frame). RGBA / LA masks keep it in alpha where the alpha varies (a
     transparent background); with a constant alpha (an opaque channel that other tools add) it
     is the colour. Palette masks by colour.
     expected_size=(W, H): the size of the image the mask belongs to.
@@ -100,6 +140,10 @@ def read_mask_image(path, expected_size: tuple[int, int] | None = None, threshol
 
     with _open(path) as image:
         _load(image, path)
+        image = _as_shown(image, path)
+    if image.mode == "F":
+        raise ImageFileError(f"{path}: floating-point mask, expected integer pixels (0 for background, "
+                             "non-zero for the lesion: 1-, 8- or 16-bit)")
     if expected_size is not None and image.size != tuple(expected_size):
         raise ImageFileError(
             f"{path}: mask is {image.size[0]}x{image.size[1]}, expected "
@@ -125,7 +169,7 @@ def read_mask_image(path, expected_size: tuple[int, int] | None = None, threshol
         palette[: len(colours)] = colours
         lookup = np.where(palette.any(axis=1), 255, 0).astype(np.uint8)
         return Image.fromarray(lookup[np.asarray(image)])
-    if mode.startswith("I") or mode == "F":
+    if mode.startswith("I"):
         values = np.asarray(image)
         return Image.fromarray(np.where(values >= threshold if threshold > 1 else values != 0, 255, 0).astype(np.uint8))
     rgb = image if mode == "RGB" else image.convert("RGB")
@@ -139,9 +183,10 @@ def read_mask(path, expected_size: tuple[int, int] | None = None, threshold: int
 
 
 def verify_image(path) -> tuple[int, int]:
-    """Decode at 1/8 scale (which still reads every byte) to catch truncation; return (W, H)."""
+    """Decode at 1/8 scale (which still reads every byte) to catch truncation; return (W, H) as shown
+    (`read_size`)."""
     with _open(path) as image:
-        size = image.size
-        image.draft(None, (max(1, size[0] // 8), max(1, size[1] // 8)))
+        width, height = image.size
+        image.draft(None, (max(1, width // 8), max(1, height // 8)))
         _load(image, path)
-    return size
+        return (height, width) if _turned(image) else (width, height)

@@ -36,7 +36,9 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from tqdm import tqdm
 
+from codebase.config import MAX_IMAGE_SIDE
 from codebase.data import idrid
+from codebase.errors import run_tool
 
 DEFAULT_SIZE = (576, 384)  # (W, H); IDRiD itself is 4288 x 2848
 DEFAULT_COUNTS = {"seg_train": 30, "seg_test": 12, "grade_train": 160, "grade_test": 60}
@@ -533,10 +535,29 @@ def parse_size(text: str) -> tuple[int, int]:
         width, height = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"--size {text!r}: expected WIDTHxHEIGHT, e.g. 576x384") from None
+    if max(width, height) > MAX_IMAGE_SIDE:
+        raise argparse.ArgumentTypeError(f"--size {text!r}: expected at most {MAX_IMAGE_SIDE} pixels a side")
     return width, height
 
 
+def count(text: str) -> int:
+    """A number of images, 0 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number of images, 0 or more")
+    return value
+
+
 def main(argv=None) -> int:
+    """The tool's entry point: bad input (a size, an unwritable or full folder) ends in one `error:` line
+    (codebase.errors.run_tool); a Ctrl-C in one line too."""
+    return run_tool(lambda: write_tree(argv))
+
+
+def write_tree(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m codebase.data.synthetic",
                                      description="Write a synthetic dataset in IDRiD's layout.")
     parser.add_argument("out", help="output data root, e.g. data/synthetic")
@@ -544,7 +565,7 @@ def main(argv=None) -> int:
     parser.add_argument("--size", type=parse_size, default=DEFAULT_SIZE,
                         help="image size WxH (default %(default)s; IDRiD's own is 4288x2848)")
     for key, default in DEFAULT_COUNTS.items():
-        parser.add_argument(f"--{key.replace('_', '-')}", type=int, default=default, dest=key,
+        parser.add_argument(f"--{key.replace('_', '-')}", type=count, default=default, dest=key,
                             help=f"number of images (default {default})")
     parser.add_argument("--ma-scale", type=float, default=1.0,
                         help="multiply the microaneurysms' radii (default 1; 0.4 is closer to real ones)")

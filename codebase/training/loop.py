@@ -36,6 +36,7 @@ from codebase.runtime import distributed
 from codebase.runtime.atomic import StorageError
 from codebase.runtime.device import autocast, scaled
 from codebase.runtime.progress import progress
+from codebase.training.optim import restore_training_state
 from codebase.training.run_folder import BEST_MODEL_FILE, MODEL_FILE, Run
 from codebase.training.selection import Selection
 from codebase.training.stopping import (
@@ -341,10 +342,12 @@ def _save(run: Run, tracked: dict, epoch: int) -> None:
 
 
 def _restore(state: dict, tracked: dict, seed: int) -> int:
-    """Load every tracked object and this rank's RNG state; return the completed epoch."""
+    """Load every tracked object and this rank's RNG state; return the completed epoch. The optimizer
+    and the schedule keep the settings the run has now (`restore_training_state`)."""
+    restore_training_state(tracked["optimizer"], tracked["scheduler"], state.get("optimizer"), state.get("scheduler"))
     for name, obj in tracked.items():
         saved = state.get(name)
-        if obj is None or saved is None:
+        if obj is None or saved is None or name in ("optimizer", "scheduler"):
             continue
         if name == "scaler" and not (obj.is_enabled() and saved):
             continue

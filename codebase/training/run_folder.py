@@ -17,14 +17,21 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Iterable
 
 import torch
 from tqdm import tqdm
 
-from codebase.config import ConfigError, flatten, upgrade_config, with_defaults
+from codebase.config import (
+    RUN_RESUME_RULES,
+    ConfigError,
+    flatten,
+    resume_changes,
+    upgrade_config,
+    with_defaults,
+)
 from codebase.data.idrid import LESIONS
 from codebase.data.loaders import seed_everything
+from codebase.data.splits import SPLITS_FILE
 from codebase.errors import ProjectError
 from codebase.evaluation import plots
 from codebase.runtime import distributed
@@ -35,7 +42,7 @@ from codebase.runtime.atomic import (
     remove_stale_temporaries,
 )
 from codebase.runtime.device import resolve_device
-from codebase.runtime.lock import FolderLock, RunFolderInUse
+from codebase.runtime.lock import LOCK_FILE, FolderLock, RunFolderInUse
 from codebase.training.tensorboard import (
     EVENT_FILE_PREFIX,
     TENSORBOARD_FOLDER,
@@ -74,10 +81,45 @@ RENAMED_METRICS = {
     },
 }
 EVALUATION_SECTIONS = ("validation", "test", "eval")  # "eval": the validation section's earlier name
+# What a run folder holds that only its training writes: its weights, checkpoints and records.
+RECORDS = (CONFIG_FILE, CHECKPOINT_FILE, MODEL_FILE, BEST_MODEL_FILE, TEST_METRICS_FILE, HISTORY_FILE, LOG_FILE,
+           SPLITS_FILE, LOCK_FILE, PLOTS_FOLDER, TENSORBOARD_FOLDER)
 
 
 class CheckpointError(ProjectError, ValueError):
     """A checkpoint file cannot be loaded or lacks what resuming needs."""
+
+
+class OutputError(ProjectError, ValueError):
+    """An output path given to a tool would write over a run's weights, checkpoints or records."""
+
+
+def is_run_folder(folder: Path) -> bool:
+    """A folder a training wrote: it holds config.json or weights, a checkpoint or a history."""
+    return folder.is_dir() and any((folder / name).exists() for name in
+                                   (CONFIG_FILE, CHECKPOINT_FILE, MODEL_FILE, BEST_MODEL_FILE, HISTORY_FILE))
+
+
+def refuse_run_records(flag: str, out: str | Path, files: tuple[str, ...] = (), folder: bool = False) -> None:
+    """OutputError unless writing `out` leaves every run's records alone, checked before any work.
+
+    `out` is an output file (with sidecar `files` named beside it) or, with `folder`, an output
+    folder, which may not be a run folder itself (its files would mix with the run's). No path
+    written may be, or lie inside, one of a run folder's RECORDS; links are followed.
+    """
+    out = Path(out)
+    paths = [out.resolve()] + [out.resolve().with_name(name) for name in files]
+    if folder and is_run_folder(paths[0]):
+        raise OutputError(f"{flag} {out}: is the run folder {paths[0]}, whose files only its training writes; "
+                          f"choose a folder of its own (e.g. {out / 'outputs'}, or one outside the run)")
+    for path in paths:
+        for parent in path.parents:
+            if is_run_folder(parent):
+                record = path.relative_to(parent).parts[0]
+                if record in RECORDS:
+                    raise OutputError(f"{flag} {out}: would write over {parent / record}, a record of the run "
+                                      f"{parent}; choose another name (a path that is none of "
+                                      f"{', '.join(RECORDS)} in a run folder)")
 
 # The run folder
 
@@ -89,13 +131,15 @@ class Run:
     everything, and picks the folder: with run.resume None (default) it resumes when the folder
     has a checkpoint; True requires one; False never reuses a folder that holds a run, it takes
     <name>_2, <name>_3, ... instead. When resuming, the checkpoint is loaded now (`checkpoint`)
-    and config keys under `must_match` (those that change parameter shapes) must equal the
-    checkpoint's, else ConfigError listing them. Only rank 0 writes. Use as a context manager
+    and every setting that `resume_rules` (codebase.config.resume_rule; default RUN_RESUME_RULES,
+    a key none covers fixes the run) says fixes the run must equal the checkpoint's, else a
+    ConfigError naming each key with both values, before anything else is loaded; the settings
+    that may change and did are logged, and the script applies them. Only rank 0 writes. Use as a context manager
     (or call `close`) to leave the process group cleanly; leaving it by an exception before the
     first checkpoint puts the folder back as it was.
     """
 
-    def __init__(self, config: dict, must_match: Iterable[str] = ("model",)):
+    def __init__(self, config: dict, resume_rules: dict | None = None):
         self.config = with_defaults(config)
         self._before: _FolderState | None = None
         self._saved_checkpoint = False
@@ -106,7 +150,7 @@ class Run:
             torch.backends.cudnn.deterministic = bool(self.config["deterministic"])
         distributed.init(self.device)
         try:
-            self._open(list(must_match))
+            self._open(resume_rules or RUN_RESUME_RULES)
         except BaseException as error:
             if isinstance(error, Exception):
                 self._undo_writes()
@@ -114,12 +158,12 @@ class Run:
             distributed.shutdown(wait=False)
             raise
 
-    def _open(self, must_match: list[str]) -> None:
+    def _open(self, resume_rules: dict) -> None:
         seed_everything(self.config["seed"])
         self.is_main = distributed.is_main_process()
         # Rank 0 picks the folder and loads the checkpoint; the others receive both, so every
         # rank resumes the same way even without a shared file system.
-        decision = self._decide(must_match) if self.is_main else None
+        decision = self._decide(resume_rules) if self.is_main else None
         self.folder, self.checkpoint, notes, error = distributed.broadcast_object(decision)
         if error is not None:
             raise error
@@ -171,6 +215,26 @@ class Run:
         if self.is_main:
             atomic_write_text(self.folder / name, json.dumps(data, indent=1) + "\n")
 
+    def save_splits(self, splits: dict) -> None:
+        """splits.json ({side: {split: [image names]}}, codebase.data.splits.describe). A resumed run's
+        split must be the one it was trained on (data.root may move; the images it names may not
+        change): else a ConfigError naming the split that differs, before any state is loaded."""
+        error = None
+        path = self.folder / SPLITS_FILE
+        if self.is_main and self.checkpoint is not None and path.is_file():
+            recorded = json.loads(path.read_text())
+            differing = [f"{side} {split}" for side in sorted(recorded.keys() | splits.keys())
+                         for split in sorted((recorded.get(side) or {}).keys() | (splits.get(side) or {}).keys())
+                         if (recorded.get(side) or {}).get(split) != (splits.get(side) or {}).get(split)]
+            if differing:
+                error = (f"cannot resume {self.folder}: the data at data.root={self.config['data']['root']} splits "
+                         f"into other images than the run's {path} ({', '.join(differing)} differ); resume with "
+                         "the data the run was trained on, or start a new run folder with --no-resume")
+        error = distributed.broadcast_object(error)
+        if error:
+            raise ConfigError(error)
+        self.save_json(SPLITS_FILE, splits)
+
     def save_test_metrics(self, results: dict) -> None:
         self.save_json(TEST_METRICS_FILE, results)
 
@@ -216,7 +280,7 @@ class Run:
             with contextlib.suppress(OSError):  # the error that ended the run matters more
                 self._before.restore()
 
-    def _decide(self, must_match: list[str]):
+    def _decide(self, resume_rules: dict):
         """(folder, checkpoint or None, notes for the log, error or None) on rank 0."""
         try:
             folder, notes = _choose_folder(self.config["run"])
@@ -230,7 +294,7 @@ class Run:
             checkpoint = (load_checkpoint(path) if path.exists() and self.config["run"]["resume"]
                           is not False else None)
             if checkpoint is not None:
-                notes += _check_compatible(folder, upgrade_config(checkpoint["config"]), self.config, must_match)
+                notes += _check_compatible(folder, upgrade_config(checkpoint["config"]), self.config, resume_rules)
             return folder, checkpoint, notes, None
         except (ConfigError, CheckpointError, RunFolderInUse) as error:
             if isinstance(error, RunFolderInUse):
@@ -415,19 +479,14 @@ def _choose_folder(run_config: dict) -> tuple[Path, list[str]]:
                         f"this run writes to {new_folder}"]
 
 
-def _check_compatible(folder: Path, old: dict, new: dict, must_match: list[str]) -> list[str]:
-    """ConfigError if keys under `must_match` differ; else log lines for the other changes."""
-    old_flat, new_flat = flatten(old), flatten(new)
-    absent = "(absent)"
-    changed = [key for key in sorted(old_flat.keys() | new_flat.keys())
-               if key != "run.resume" and old_flat.get(key, absent) != new_flat.get(key, absent)]
-    lines = {key: f"{key}: {old_flat.get(key, absent)!r} (checkpoint) -> {new_flat.get(key, absent)!r} (now)"
-             for key in changed}
-    blocking = [lines[key] for key in changed
-                if any(key == prefix or key.startswith(prefix + ".") for prefix in must_match)]
-    if blocking:
+def _check_compatible(folder: Path, old: dict, new: dict, resume_rules: dict) -> list[str]:
+    """ConfigError (one line) naming every setting that fixes the run and differs from the
+    checkpoint's, with both values and the way out; else log lines for the settings that may
+    change and did."""
+    refused, applied = resume_changes(old, new, resume_rules)
+    if refused:
         raise ConfigError(
-            f"cannot resume {folder}: these settings differ from its checkpoint and change the "
-            "model's parameters:\n  " + "\n  ".join(blocking) +
-            "\nUse the checkpoint's values, or start a new run with --no-resume or --run-name NAME.")
-    return [f"setting changed since the checkpoint: {lines[key]}" for key in changed]
+            f"cannot resume {folder}: settings that fix the run differ from its checkpoint: " + "; ".join(refused)
+            + ". Resume with the checkpoint's values, or start a new run folder with --no-resume "
+            "(or another --run-name NAME)")
+    return [f"setting changed since the checkpoint, applied: {line}" for line in applied]

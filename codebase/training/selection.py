@@ -77,7 +77,9 @@ class Selection:
 
     def load_state_dict(self, state: dict) -> None:
         self.best_epoch, self.best_score = state["best_epoch"], state["best_score"]
-        self.evaluations_without_gain, self.stopped_early = state["evaluations_without_gain"], state["stopped_early"]
+        self.evaluations_without_gain = state["evaluations_without_gain"]
+        # train.patience may change on resume: today's patience decides whether training has stopped
+        self.stopped_early = bool(self.patience) and self.evaluations_without_gain >= self.patience
 
 
 def make_selection(train_config: dict, tasks) -> Selection:

@@ -109,15 +109,26 @@ def exit_if_stopped(run: Run, epoch: int, completed: int) -> None:
 
 
 def resume_command(run: Run) -> str:
-    """This process's command line, pointed at the run's folder with --resume."""
-    args, skip = [], False
-    for arg in sys.argv[1:]:
+    """This process's command line, pointed at the run's folder with --resume: without what would
+    point it elsewhere (--run-name, --resume/--no-resume, and --set of run.name or run.resume, which
+    win over the flags), so the command resumes this run as printed."""
+    args, skip = [], 0
+    argv = sys.argv[1:]
+    for index, arg in enumerate(argv):
         if skip:
-            skip = False
+            skip -= 1
         elif arg == "--run-name":
-            skip = True
+            skip = 1
+        elif arg == "--set" and index + 1 < len(argv) and _points_elsewhere(argv[index + 1]):
+            skip = 1
+        elif arg.startswith("--set=") and _points_elsewhere(arg[len("--set="):]):
+            continue
         elif arg not in ("--resume", "--no-resume") and not arg.startswith("--run-name="):
             args.append(arg)
     launcher = (["torchrun", f"--nproc_per_node={distributed.world_size()}"]
-                if distributed.world_size() > 1 else ["python3"])
+                if distributed.world_size() > 1 else [sys.executable])
     return shlex.join(launcher + [sys.argv[0], *args, "--run-name", run.name, "--resume"])
+
+
+def _points_elsewhere(assignment: str) -> bool:
+    return assignment.partition("=")[0].strip() in ("run.name", "run.resume")

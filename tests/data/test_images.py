@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from codebase.data import idrid
-from codebase.data.images import ImageFileError, read_image, read_mask
+from codebase.data.images import ImageFileError, read_image, read_mask, read_size, verify_image
 
 
 @pytest.fixture
@@ -98,3 +98,34 @@ def test_unreadable_truncated_and_empty_files(tree):
     mask = next(p for p in idrid.segmentation_records(tree, "train")[0].mask_paths.values() if p)
     mask.write_bytes(mask.read_bytes()[:200])
     assert_error(lambda: read_mask(mask), mask)
+
+
+@pytest.mark.parametrize("orientation, turn", [(1, 0), (3, 2), (6, -1), (8, 1)])
+def test_exif_orientation_gives_the_picture_as_viewers_show_it(tmp_path, orientation, turn):
+    stored = np.zeros((48, 64, 3), np.uint8)
+    stored[:12, :16] = 255  # a white corner, stored top left
+    image = Image.fromarray(stored)
+    exif = image.getexif()
+    exif[0x0112] = orientation
+    image.save(tmp_path / "photo.jpg", quality=95, exif=exif)
+    image.convert("L").save(tmp_path / "mask.png", exif=exif)  # a mask that says the same
+    shown = np.rot90(stored, k=turn)
+    assert read_size(tmp_path / "photo.jpg") == verify_image(tmp_path / "photo.jpg") == shown.shape[1::-1]
+    np.testing.assert_allclose(np.asarray(read_image(tmp_path / "photo.jpg"), float), shown, atol=40)
+    half = (shown.shape[1] // 2, shown.shape[0] // 2)  # (W, H) as shown: drafted at 1/2 of the stored sides
+    assert read_image(tmp_path / "photo.jpg", draft_size=half).size == half
+    np.testing.assert_array_equal(read_mask(tmp_path / "mask.png"), (shown[..., 0] > 0).astype(np.uint8))
+    assert read_size(tmp_path / "mask.png") == shown.shape[1::-1]
+
+
+def test_a_float_mask_is_refused_and_nan_is_never_lesion(tmp_path):
+    Image.fromarray(np.full((8, 8), np.nan, np.float32), "F").save(tmp_path / "nan.tif")
+    assert_error(lambda: read_mask(tmp_path / "nan.tif"), tmp_path / "nan.tif",
+                 "floating-point mask, expected integer pixels")
+
+
+def test_an_animated_image_gives_its_first_frame_and_a_warning(tmp_path):
+    frames = [Image.new("L", (32, 24), value) for value in (0, 255)]
+    frames[0].save(tmp_path / "mask.gif", save_all=True, append_images=frames[1:])
+    with pytest.warns(UserWarning, match="an animated image of 2 frames; its first frame is used"):
+        assert not read_mask(tmp_path / "mask.gif").any()

@@ -14,6 +14,7 @@ import io
 import json
 import os
 import resource
+import shlex
 import shutil
 import signal
 import socket
@@ -29,7 +30,9 @@ import torch
 from PIL import Image
 
 import compare_models
+import export
 import predict
+import run_experiments
 import train_classifier
 import train_mlt_model
 import train_segmentation
@@ -75,6 +78,10 @@ def call(tool, argv, capsys):
         code = predict.main(argv)
     elif tool == "compare":
         code = compare_models.main(argv)
+    elif tool == "export":
+        code = export.main(argv)
+    elif tool == "grid":
+        code = run_experiments.main(argv)
     else:
         script = SCRIPTS[tool]
         try:
@@ -353,7 +360,46 @@ def weights_as_checkpoint(folder):
 
 
 def unchanged(folder):
-    return [f"cannot resume {folder}", "change the model's parameters"]
+    return [f"cannot resume {folder}: settings that fix the run differ from its checkpoint",
+            "kind: 'classifier' (checkpoint) -> ", "--no-resume"]
+
+
+def changed_setting(key, before, now):
+    """A resume with a setting that fixes the run changed: refused naming it, both values and the way out."""
+    def damage(folder):
+        return [f"cannot resume {folder}", f"{key}: {before} (checkpoint) -> {now} (now)",
+                "start a new run folder with --no-resume"]
+    return damage
+
+
+def float_mask(root):
+    """A float mask whose background is NaN, as some tools save probability maps."""
+    path = idrid.segmentation_mask_path(root, "train", "IDRiD_01", "OD")
+    with Image.open(path) as mask:
+        values = np.where(np.asarray(mask.convert("L")) > 0, 1.0, np.nan).astype(np.float32)
+    path.unlink()
+    Image.fromarray(values, "F").save(path)
+    return [path, "floating-point mask, expected integer pixels"]
+
+
+def one_grading_image_fewer(root):
+    """The training CSV without its last image: the run's split can no longer be drawn from this tree."""
+    edit_csv(root, "train", lambda rows: rows[:-1])
+    return ["splits into other images than the run's", "splits.json", "--no-resume"]
+
+
+def output_case(tool, out, *fragments, extra=()):
+    """`tool` asked to write `out(saved.run)` into the earlier run: refused before any work, naming it."""
+    def args(tree, saved, runs):
+        target = out(saved.run)
+        argv = {"export": ["--run", str(saved.run), "--out", str(target)],
+                "predict": ["--run", str(saved.run), str(idrid.grading_image_path(tree, "test", "IDRiD_001")),
+                            "--device", "cpu", "--out", str(target)],
+                "compare": ["--runs", str(saved.run), "--device", "cpu", "--out", str(target), "--data-root",
+                            str(tree)],
+                "grid": ["smoke", "--seeds", "1", "--data-root", str(tree), "--out", str(target)]}[tool]
+        return argv + list(extra), [f"--out {target}", *[fragment.format(run=saved.run) for fragment in fragments]]
+    return args
 
 
 def no_checkpoint(folder):
@@ -452,6 +498,43 @@ CASES = [
     Case("resume: a classifier run with the multitask script", "train_mlt_model",
          resume_args("train_mlt_model", unchanged)),
     Case("resume: no checkpoint", "train_classifier", resume_args("train_classifier", no_checkpoint)),
+    # --resume: a setting that fixes the run changed is refused before anything is loaded
+    Case("resume: data.validation changed", "train_classifier", resume_args(
+        "train_classifier", changed_setting("data.validation", 0.2, 0.3), "data.validation=0.3")),
+    Case("resume: loss.task_weights changed", "train_classifier", resume_args(
+        "train_classifier", changed_setting("loss.task_weights", {}, {"classification_rg": 2}),
+        'loss.task_weights={"classification_rg": 2}')),
+    Case("resume: seed changed", "train_classifier", resume_args(
+        "train_classifier", changed_setting("seed", 0, 1), "seed=1")),
+    Case("resume: image size changed", "train_classifier", resume_args(
+        "train_classifier", changed_setting("data.image_size", "[64, 96]", "[96, 128]"), "data.image_size=96,128")),
+    Case("resume: the data splits into other images", "train_classifier", data_case(
+        "train_classifier", one_grading_image_fewer, "train.epochs=2")),
+    # sizes bounded above
+    Case("mlt grading_size 20000,20000", "train_mlt_model", settings_case(
+        "train_mlt_model", "data.grading_size=20000,20000",
+        fragments=["data.grading_size=[20000, 20000]: expected [height, width], integers >= 32 and <= 4608"])),
+    Case("segmentation patches.working_size 9000,9000", "train_segmentation", settings_case(
+        "train_segmentation", "data.patches.enabled=true", "data.patches.working_size=[9000,9000]",
+        fragments=["data.patches.working_size=[9000, 9000]: expected None or [height, width], integers >= 32 and "
+                   "<= 4608"])),
+    # float masks
+    Case("check: float mask with a NaN background", "check", check_case(float_mask), code=1),
+    Case("segmentation: float mask", "train_segmentation", data_case("train_segmentation", float_mask, name="new")),
+    # outputs that would write over a run
+    Case("export: --out the run's model.pth", "export", output_case(
+        "export", lambda run: run / "model.pth", "would write over {run}/model.pth, a record of the run {run}")),
+    Case("export: --out the run's config (config.json beside)", "export", output_case(
+        "export", lambda run: run / "config", "would write over {run}/config.json")),
+    Case("export: --out the run's best.pth", "export", output_case(
+        "export", lambda run: run / "best.pth", "would write over {run}/best.pth")),
+    Case("predict: --out the run folder", "predict", output_case(
+        "predict", lambda run: run, "is the run folder {run}")),
+    Case("predict: --out the run's plots", "predict", output_case(
+        "predict", lambda run: run / "plots", "would write over {run}/plots")),
+    Case("compare: --out the run folder", "compare", output_case(
+        "compare", lambda run: run, "is the run folder {run}")),
+    Case("grid: --out a run folder", "grid", output_case("grid", lambda run: run, "is the run folder {run}")),
 ]
 
 
@@ -471,7 +554,7 @@ def test_bad_input_matrix(case, tree, saved, runs, capsys):
 
 
 def test_matrix_covers_every_tool():
-    assert {case.tool for case in CASES} == {"check", "predict", "compare", *SCRIPTS}
+    assert {case.tool for case in CASES} == {"check", "predict", "compare", "export", "grid", *SCRIPTS}
     assert len(CASES) >= 40
 
 
@@ -941,4 +1024,217 @@ def test_failed_start_removes_the_folders_it_created(tmp_path):
         with Run(config) as run:
             assert (run.folder / "config.json").is_file()
             raise idrid.IDRiDError("bad data")
+    assert os.listdir(tmp_path) == []
+
+
+# ----------------------------------------------------------------------------- --resume applies what may change
+def test_resume_applies_a_changed_learning_rate_to_the_restored_optimizer(earlier, tmp_path, synthetic_root, capsys):
+    """optim.lr may change on resume: the restored optimizer trains the next epoch at the new rate
+    (history, checkpoint and config.json agree), and the log says it was applied."""
+    save_dir = tmp_path / "saved"
+    shutil.copytree(earlier, save_dir / EARLIER)
+    assert load_checkpoint(save_dir / EARLIER / "checkpoint.pth")["optimizer"]["param_groups"][0]["lr"] == 1e-3
+    code, stderr = call("train_classifier", train_argv("train_classifier", synthetic_root, save_dir, "train.epochs=2",
+                                                       "optim.lr=0.01") + ["--resume"], capsys)
+    assert code == 0, stderr
+    folder = save_dir / EARLIER
+    history = json.loads((folder / "history.json").read_text())
+    assert [entry["lr"] for entry in history] == [1e-3, 0.01]
+    groups = load_checkpoint(folder / "checkpoint.pth")["optimizer"]["param_groups"]
+    assert [group["initial_lr"] for group in groups] == [0.01, 1e-3]  # heads: optim.lr; backbone: backbone_lr
+    assert json.loads((folder / "config.json").read_text())["optim"]["lr"] == 0.01
+    log = (folder / "train_log.txt").read_text()
+    assert "setting changed since the checkpoint, applied: optim.lr: 0.001 (checkpoint) -> 0.01 (now)" in log
+
+
+# ----------------------------------------------------------------------------- photographs as viewers show them
+def exif_rotated_jpeg(path: Path, orientation: int = 6) -> np.ndarray:
+    """A 256x192 (stored) photograph whose EXIF says to show it turned (192x256); returns it as shown."""
+    stored = np.zeros((192, 256, 3), np.uint8)
+    stored[..., 0] = np.linspace(0, 255, 256, dtype=np.uint8)[None, :]
+    stored[:48, :64] = (0, 255, 0)  # a marker in the stored top-left corner
+    image = Image.fromarray(stored)
+    exif = image.getexif()
+    exif[0x0112] = orientation
+    image.save(path, quality=95, exif=exif)
+    return np.rot90(stored, k=-1)  # orientation 6: turned a quarter clockwise to show
+
+
+def test_exif_orientation_is_applied_before_anything_else(tmp_path, run_folders, capsys):
+    shown = exif_rotated_jpeg(tmp_path / "turned.jpg")
+    assert read_image(tmp_path / "turned.jpg").size == (192, 256)
+    assert np.abs(np.asarray(read_image(tmp_path / "turned.jpg"), np.int16) - shown).mean() < 4
+    out = tmp_path / "out"
+    code, stderr = call("predict", ["--run", str(run_folders["segmentation"]), str(tmp_path / "turned.jpg"),
+                                    "--device", "cpu", "--out", str(out)], capsys)
+    assert code == 0, stderr
+    record = json.loads((out / "predictions.json").read_text())["images"][0]
+    assert record["size"] == [256, 192]  # [H, W] as shown
+    for lesion in ("MA", "HE", "EX", "SE", "OD"):
+        with Image.open(out / "turned" / f"mask_{lesion}.png") as mask:
+            assert mask.size == (192, 256)
+
+
+def test_an_animated_image_gives_its_first_frame_with_a_warning(tmp_path, run_folders, capsys):
+    frames = [Image.new("RGB", (96, 64), colour) for colour in ((200, 40, 20), (0, 0, 255))]
+    frames[0].save(tmp_path / "moving.gif", save_all=True, append_images=frames[1:])
+    with pytest.warns(UserWarning, match="an animated image of 2 frames; its first frame is used"):
+        first = np.asarray(read_image(tmp_path / "moving.gif"))
+    assert first.shape == (64, 96, 3) and first[0, 0, 2] < 100
+    with pytest.warns(UserWarning, match=f"{tmp_path / 'moving.gif'}: an animated image"):
+        code, stderr = call("predict", ["--run", str(run_folders["classifier"]), str(tmp_path / "moving.gif"),
+                                        "--device", "cpu", "--out", str(tmp_path / "out")], capsys)
+    assert code == 0, stderr
+
+
+# ----------------------------------------------------------------------------- bounded memory
+def strip_png(path: Path, width: int, height: int) -> None:
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8)).save(path)
+
+
+def peak_memory_mb(command) -> tuple[float, subprocess.CompletedProcess]:
+    """(peak resident memory of the command's process in MB (ru_maxrss), its result)."""
+    code = ("import resource, subprocess, sys; result = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+            "sys.stderr.write(result.stderr); "
+            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024); sys.exit(result.returncode)")
+    result = subprocess.run([sys.executable, "-c", code, *command], cwd=REPO, env=ENV, capture_output=True,
+                            text=True, timeout=300)
+    return float(result.stdout.strip().splitlines()[-1]), result
+
+
+STRIP_BOUND_MB = 300  # what a 20 x 20000 strip may cost beyond a 96 x 64 photograph
+
+
+def test_a_strip_image_costs_bounded_memory(tmp_path, run_folders):
+    """A 20 x 20000 image (400 k pixels) once took 20 GB (an overlay figure 8 x 8000 inches): its
+    overlay now fits a fixed pixel box, and predict.py's peak memory on it stays within
+    STRIP_BOUND_MB of its peak on a small photograph."""
+    strip_png(tmp_path / "strip.png", 20, 20000)
+    strip_png(tmp_path / "small.png", 96, 64)
+    peaks = {}
+    for name in ("small", "strip"):
+        peaks[name], result = peak_memory_mb([sys.executable, "predict.py", "--run", str(run_folders["segmentation"]),
+                                              str(tmp_path / f"{name}.png"), "--device", "cpu", "--sliding", "off",
+                                              "--out", str(tmp_path / f"out_{name}")])
+        assert result.returncode == 0, result.stderr
+    print(f"peak resident memory: small photograph {peaks['small']:.0f} MB, 20x20000 strip {peaks['strip']:.0f} MB")
+    assert peaks["strip"] - peaks["small"] < STRIP_BOUND_MB, peaks
+    with Image.open(tmp_path / "out_strip" / "strip" / "overlay.png") as overlay_png:
+        assert overlay_png.size[0] * overlay_png.size[1] <= predict.OVERLAY_WIDTH * predict.OVERLAY_DPI * (
+            predict.OVERLAY_MAX_SIDE + 90)
+    with Image.open(tmp_path / "out_strip" / "strip" / "mask_OD.png") as mask:
+        assert mask.size == (20, 20000)  # the masks keep the input's resolution
+
+
+@pytest.mark.parametrize("width, height", [(20, 20000), (20000, 20), (4000, 3000), (1, 1)])
+def test_the_overlay_figure_fits_a_fixed_pixel_box(tmp_path, width, height):
+    strip_png(tmp_path / "image.png", width, height)
+    masks = {"OD": np.zeros((height, width), np.uint8)}
+    figure = predict.draw_overlay(tmp_path / "image.png", masks, "caption")
+    pixels_wide, pixels_tall = figure.get_size_inches() * figure.dpi
+    assert pixels_wide == predict.OVERLAY_WIDTH * predict.OVERLAY_DPI
+    assert pixels_tall <= predict.OVERLAY_MAX_SIDE + 0.9 * predict.OVERLAY_DPI + 1
+
+
+# ----------------------------------------------------------------------------- every entry point ends in one line
+def test_outputs_that_cannot_be_written_are_named_as_storage_errors(tmp_path, run_folders):
+    """A file-size limit below the overlay's size: predict.py names the file it could not write (not
+    the input), exits 2 in one line, and the run folder is untouched."""
+    strip_png(tmp_path / "photo.png", 96, 64)
+    before = state(run_folders["segmentation"])
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))
+
+    result = subprocess.run([sys.executable, "predict.py", "--run", str(run_folders["segmentation"]),
+                             str(tmp_path / "photo.png"), "--device", "cpu", "--out", str(tmp_path / "out")],
+                            cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300, preexec_fn=limit)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: {tmp_path / 'out' / 'photo' / 'overlay.png'}: could not be written: "
+                           "the file-size limit was reached"), line
+    assert state(run_folders["segmentation"]) == before
+
+
+def test_a_damaged_finished_run_in_a_grid_is_named(tree, tmp_path, capsys):
+    folder = tmp_path / "grids" / "smoke" / "classifier" / "seed_0"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text('{"train": {"epochs": 1}}')  # no data section
+    (folder / "history.json").write_text('[{"epoch": 1}]')
+    (folder / "model.pth").write_bytes(b"weights")
+    before = state(tmp_path / "grids")
+    code, stderr = call("grid", ["smoke", "--seeds", "1", "--data-root", str(tree), "--out", str(tmp_path / "grids")],
+                        capsys)
+    assert code == 2 and "Traceback" not in stderr
+    assert error_line(stderr).startswith(f"error: {folder / 'config.json'}: a finished run's config.json that "
+                                         "cannot be read"), stderr
+    assert state(tmp_path / "grids") == before
+
+
+def test_the_synthetic_tool_names_its_bad_arguments_and_unwritable_places(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    for arguments, fragment in ((["--seg-train", "-1"], "--seg-train: '-1': expected a number of images, 0 or more"),
+                                (["--size", "20000x20"], "expected at most 4608 pixels a side"),
+                                ([], f"{blocker / 'tree'}: Not a directory")):
+        result = subprocess.run([sys.executable, "-m", "codebase.data.synthetic", str(blocker / "tree"), *arguments],
+                                cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert "error: " in result.stderr.strip().splitlines()[-1] and fragment in result.stderr, result.stderr
+
+
+def start_training(save_dir, root, *sets):
+    """A classifier training as a subprocess, slow enough per step to interrupt mid-epoch."""
+    argv = train_argv("train_classifier", root, save_dir, "train.epochs=3", "data.image_size=192,288",
+                      "train.batch_size=8", *sets, name="x")
+    return subprocess.Popen([sys.executable, "-u", "train_classifier.py", *argv], cwd=REPO, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(stream, text):
+    for line in stream:
+        if text in line:
+            return line
+    raise AssertionError(f"{text!r} never came")
+
+
+def test_a_second_interrupt_ends_in_one_line(tmp_path, synthetic_root):
+    process = start_training(tmp_path / "saved", synthetic_root)
+    wait_for(process.stdout, "epoch 1/3")
+    process.send_signal(signal.SIGINT)
+    wait_for(process.stderr, "stopping after the current step")
+    process.send_signal(signal.SIGINT)
+    _, rest = process.communicate(timeout=120)
+    assert process.returncode == 130, rest
+    assert "Traceback" not in rest and rest.strip().splitlines()[-1].startswith("interrupted: stopped at once"), rest
+    assert load_checkpoint(tmp_path / "saved" / "x" / "checkpoint.pth")["epoch"] == 1
+
+
+def test_the_resume_command_printed_after_an_interrupt_works_as_printed(tmp_path, synthetic_root):
+    """Started with --set run.name=x --set run.resume=false (which win over --run-name and --resume),
+    interrupted in epoch 2: the printed command resumes this run, not a new one."""
+    process = start_training(tmp_path / "saved", synthetic_root, "run.name=x", "run.resume=false")
+    wait_for(process.stdout, "epoch 1/3")
+    process.send_signal(signal.SIGINT)
+    output, errors = process.communicate(timeout=120)
+    assert process.returncode == 130, errors
+    printed = wait_for(iter(output.splitlines()), "Resume with: ").split("Resume with: ", 1)[1]
+    resumed = subprocess.run(shlex.split(printed), cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert sorted(os.listdir(tmp_path / "saved")) == ["x"]
+    log = (tmp_path / "saved" / "x" / "train_log.txt").read_text()
+    assert f"resumed from {tmp_path / 'saved' / 'x' / 'checkpoint.pth'} after epoch 1" in log
+    assert [entry["epoch"] for entry in json.loads((tmp_path / "saved" / "x" / "history.json").read_text())] == [1, 2, 3]
+
+
+def test_under_torchrun_a_bad_setting_is_reported_once(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                             "train_classifier.py", "--device", "cpu", "--set", "optim.lr=nan",
+                             "--set", f"run.save_dir={tmp_path}"],
+                            cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    output = result.stdout + result.stderr
+    assert [line for line in output.splitlines() if line.startswith("error: ")] == [
+        "error: optim.lr=nan: expected a number > 0"], output
+    failure = output[output.index("Root Cause"):]
+    assert "rank      : 0" in failure and "exitcode  : 2" in failure, failure  # as a single process: 2
     assert os.listdir(tmp_path) == []

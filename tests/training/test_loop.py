@@ -32,7 +32,7 @@ def test_stopped_and_resumed_run_equals_uninterrupted(tmp_path, reference, stop_
     assert_same_run(tmp_path / "toy", reference)
     log = (tmp_path / "toy" / "train_log.txt").read_text()
     assert f"resumed from {tmp_path / 'toy' / 'checkpoint.pth'} after epoch {stop_after}" in log
-    assert "setting changed since the checkpoint: train.epochs" in log
+    assert "setting changed since the checkpoint, applied: train.epochs" in log
 
 
 def test_summary_line_and_progress():

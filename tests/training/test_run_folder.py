@@ -66,7 +66,7 @@ def test_incompatible_resume_lists_the_differing_keys_and_changes_nothing(tmp_pa
     harness_toy.main(toy_config(tmp_path, train__epochs=1))
     before = snapshot(tmp_path)
     with pytest.raises(ConfigError) as error:
-        Run(toy_config(tmp_path, model__hidden=32, train__lr=0.1))
+        Run(toy_config(tmp_path, model__hidden=32, train__lr=0.1), harness_toy.RESUME_RULES)
     assert "model.hidden: 16 (checkpoint) -> 32 (now)" in str(error.value)
     assert "train.lr" not in str(error.value)
     assert snapshot(tmp_path) == before
@@ -112,17 +112,20 @@ def test_crafted_checkpoint_is_refused_without_running_code(tmp_path):
 
 def test_a_checkpoint_of_an_earlier_release_resumes_with_its_renamed_keys_upgraded(tmp_path):
     """A classifier checkpoint that still says loss.rg_weight / mer_weight compares equal to today's
-    loss.task_weights holding the same weights; a weight that really changed is still logged."""
-    from codebase.config import upgrade_config
+    loss.task_weights holding the same weights; a weight that really changed is refused by its new name."""
+    from codebase.config import FIXES_THE_RUN, upgrade_config
     from codebase.training.run_folder import _check_compatible
+    rules = {"model": FIXES_THE_RUN, "loss": FIXES_THE_RUN}
     old = {"model": {"backbone": "resnet18"}, "loss": {"rg_weight": 2.0, "mer_weight": 1.0}}
     same = {"model": {"backbone": "resnet18"},
             "loss": {"task_weights": {"classification_rg": 2.0}}}  # MER weighs 1 either way
-    assert _check_compatible(tmp_path, upgrade_config(old), same, ["model"]) == []
+    assert _check_compatible(tmp_path, upgrade_config(old), same, rules) == []
     changed = {"model": {"backbone": "resnet18"}, "loss": {"task_weights": {"classification_rg": 3.0}}}
-    notes = _check_compatible(tmp_path, upgrade_config(old), changed, ["model"])
-    assert any("loss.task_weights.classification_rg: 2.0 (checkpoint) -> 3.0 (now)" in note for note in notes)
-    assert not any("rg_weight" in note for note in notes)
+    with pytest.raises(ConfigError) as error:
+        _check_compatible(tmp_path, upgrade_config(old), changed, rules)
+    assert "loss.task_weights.classification_rg: 2.0 (checkpoint) -> 3.0 (now)" in str(error.value)
+    assert "rg_weight" not in str(error.value)
+
 
 
 # A classifier's and a DeepLabV3+ run's files as an earlier release wrote them, and the same today.

@@ -4,6 +4,7 @@ import json
 import harness_toy
 import pytest
 import torch
+from codebase.training.selection import Selection
 from toy_runs import (
     toy_config,
 )
@@ -53,3 +54,14 @@ def test_test_split_is_evaluated_once_at_the_end(tmp_path, monkeypatch):
     monkeypatch.setattr("codebase.training.loop._test_once", lambda run, model, test, *rest: calls.append("test"))
     harness_toy.main(toy_config(tmp_path, train__epochs=3))
     assert calls == [0, 1, 2, "test"]  # one validation evaluation per epoch, then the test split once
+
+
+def test_patience_of_today_decides_after_a_resume():
+    stopped = Selection(lambda metrics: metrics["score"], patience=2)
+    for epoch, score in enumerate([0.5, 0.4, 0.3], 1):
+        stopped.update(epoch, {"score": score})
+    assert stopped.stopped_early
+    for patience, stops in ((0, False), (5, False), (2, True)):
+        resumed = Selection(lambda metrics: metrics["score"], patience=patience)
+        resumed.load_state_dict(stopped.state_dict())
+        assert resumed.stopped_early == stops and resumed.best_epoch == 1

@@ -57,4 +57,16 @@ def test_check_finite_names_components():
 def test_resume_command_points_at_the_run(monkeypatch, tmp_path):
     monkeypatch.setattr(sys, "argv", ["train_mlt_model.py", "--no-resume", "--run-name", "x", "--demo"])
     run = Run(toy_config(tmp_path, run__name="x_2"))
-    assert resume_command(run) == "python3 train_mlt_model.py --demo --run-name x_2 --resume"
+    assert resume_command(run) == f"{sys.executable} train_mlt_model.py --demo --run-name x_2 --resume"
+    run.close()
+
+
+def test_resume_command_drops_settings_that_would_win_over_its_flags(monkeypatch, tmp_path):
+    """--set wins over --run-name and --resume: a printed command keeping --set run.name=x or
+    run.resume=false would start another run instead of resuming this one."""
+    monkeypatch.setattr(sys, "argv", ["train_classifier.py", "--set", "run.name=x", "--set=run.resume=false",
+                                      "--set", "optim.lr=0.1", "--set", "run.plots=false"])
+    run = Run(toy_config(tmp_path, run__name="x"))
+    assert resume_command(run) == (f"{sys.executable} train_classifier.py --set optim.lr=0.1 --set run.plots=false "
+                                   "--run-name x --resume")
+    run.close()

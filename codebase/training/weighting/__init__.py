@@ -35,6 +35,7 @@ from codebase.training.weighting.registry import (
     installed_weightings,
     make_weighting,
     register,
+    resume_rules,
     setting_rules,
     weighting_from_config,
 )
@@ -43,4 +44,5 @@ for _module in pkgutil.iter_modules(__path__):  # sorted by name: the registry's
     importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = ["WEIGHTINGS", "GradientWeighting", "Setting", "Weighting", "default_settings", "install_problem",
-           "installed_weightings", "make_weighting", "register", "setting_rules", "weighting_from_config"]
+           "installed_weightings", "make_weighting", "register", "resume_rules", "setting_rules",
+           "weighting_from_config"]

@@ -10,7 +10,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from codebase.config import Rule
+from codebase.config import FIXES_THE_RUN, Rule
 
 WEIGHTINGS: dict[str, type] = {}  # name -> Weighting subclass, in the order they were registered
 
@@ -61,6 +61,12 @@ def setting_rules() -> dict:
         return Rule(check, f"{expected}{' ' + setting.expected if setting.expected else ''}")
     return {f"loss.{setting_key(cls, name)}": rule(f"loss.{setting_key(cls, name)}", setting)
             for cls in WEIGHTINGS.values() for name, setting in cls.settings.items()}
+
+
+def resume_rules() -> dict:
+    """Every method's setting fixes the run on --resume (it changes the loss the weights were trained
+    on, and the weighting's checkpointed state)."""
+    return {f"loss.{setting_key(cls, name)}": FIXES_THE_RUN for cls in WEIGHTINGS.values() for name in cls.settings}
 
 
 def make_weighting(name: str, tasks: Sequence[str], settings: Mapping | None = None):
