@@ -4,14 +4,13 @@ Run folder saved/<name>/: config.json, checkpoint.pth, model.pth, history.json (
 codebase.evaluation.plots), test_metrics.json, train_log.txt, plots/*.png, tensorboard/ (event
 files, unless run.tensorboard is false; see codebase.training.tensorboard). `read_history` and
 `read_test_metrics` read the two JSON files of a run written by an earlier release with today's
-names (RENAMED_METRICS); a resumed run's history continues under them. Every file is replaced atomically;
-train_log.txt is only appended to. `--no-resume` never touches an earlier run: when the folder
+names (codebase.training.earlier_names); a resumed run's history continues under them. Every
+file is replaced atomically; train_log.txt is only appended to. `--no-resume` never touches an earlier run: when the folder
 already holds one, the run goes to <name>_2 (or _3, ...) and the log says so. A run that fails
 with an exception before its first checkpoint (bad data found while loading it, say) leaves the
 folder as it found it: a folder it created is removed, config.json and train_log.txt are put back.
 """
 import contextlib
-import copy
 import json
 import os
 import shutil
@@ -24,12 +23,10 @@ from tqdm import tqdm
 from codebase.config import (
     RUN_RESUME_RULES,
     ConfigError,
-    flatten,
     resume_changes,
     upgrade_config,
     with_defaults,
 )
-from codebase.data.idrid import LESIONS
 from codebase.data.loaders import seed_everything
 from codebase.data.splits import SPLITS_FILE
 from codebase.errors import ProjectError
@@ -43,6 +40,7 @@ from codebase.runtime.atomic import (
 )
 from codebase.runtime.device import resolve_device
 from codebase.runtime.lock import LOCK_FILE, FolderLock, RunFolderInUse
+from codebase.training.earlier_names import upgrade_history, upgrade_test_metrics
 from codebase.training.tensorboard import (
     EVENT_FILE_PREFIX,
     TENSORBOARD_FOLDER,
@@ -59,28 +57,6 @@ LOG_FILE = "train_log.txt"
 PLOTS_FOLDER = "plots"
 
 
-# The names history.json and test_metrics.json used before the three models shared one vocabulary,
-# as key paths: {section: {old path: today's path}}. "train": a history entry's train section (the
-# classifier's and DeepLabV3+'s loss components, today under "components" and named by task as
-# the multi-task model names them); "evaluation": an evaluation's metrics (a history entry's
-# validation or test section, test_metrics.json's metrics), where the classifier's grading
-# metrics sat at the top level, today under "grading" as in the multi-task model.
-RENAMED_METRICS = {
-    "train": {
-        ("loss_rg",): ("components", "loss_classification_rg"),
-        ("loss_mer",): ("components", "loss_classification_mer"),
-        ("loss_focal",): ("components", "loss_segmentation_focal"),
-        ("loss_dice",): ("components", "loss_segmentation_dice"),
-        **{("lesions", lesion, f"loss_{part}"): ("components", f"loss_segmentation_{lesion.lower()}_{part}")
-           for lesion in LESIONS for part in ("focal", "dice")},
-    },
-    "evaluation": {
-        **{(name,): ("grading", name) for name in
-           [f"{grade}_{metric}" for grade in ("rg", "mer") for metric in ("accuracy", "kappa", "confusion", "recall")]},
-        ("joint_accuracy",): ("grading", "joint_accuracy"),
-    },
-}
-EVALUATION_SECTIONS = ("validation", "test", "eval")  # "eval": the validation section's earlier name
 # What a run folder holds that only its training writes: its weights, checkpoints and records.
 RECORDS = (CONFIG_FILE, CHECKPOINT_FILE, MODEL_FILE, BEST_MODEL_FILE, TEST_METRICS_FILE, HISTORY_FILE, LOG_FILE,
            SPLITS_FILE, LOCK_FILE, PLOTS_FOLDER, TENSORBOARD_FOLDER)
@@ -385,63 +361,6 @@ def read_test_metrics(folder: str | Path) -> dict:
     """The run's test_metrics.json with today's names (`upgrade_test_metrics`); OSError or
     ValueError when it is missing or not JSON."""
     return upgrade_test_metrics(json.loads((Path(folder) / TEST_METRICS_FILE).read_text(encoding="utf-8")))
-
-
-def upgrade_history(history):
-    """A copy of a history (list of epoch entries) with the names RENAMED_METRICS lists in today's form."""
-    if not isinstance(history, list):
-        return history
-    upgraded = copy.deepcopy(history)
-    for entry in upgraded:
-        if not isinstance(entry, dict):
-            continue
-        _rename(entry.get("train"), RENAMED_METRICS["train"])
-        for section in EVALUATION_SECTIONS:
-            _rename(entry.get(section), RENAMED_METRICS["evaluation"])
-    return upgraded
-
-
-def upgrade_test_metrics(results):
-    """A copy of test_metrics.json's content with the names RENAMED_METRICS lists in today's form."""
-    if not isinstance(results, dict):
-        return results
-    upgraded = copy.deepcopy(results)
-    for which in ("last", "best"):
-        if isinstance(upgraded.get(which), dict):
-            _rename(upgraded[which].get("metrics"), RENAMED_METRICS["evaluation"])
-    return upgraded
-
-
-def _rename(section, renamed: dict) -> None:
-    """Move each old key path found in `section` (a dict) to its new path, in place; a new path
-    that already holds a value keeps it."""
-    if not isinstance(section, dict):
-        return
-    for old, new in renamed.items():
-        value = _pop_path(section, old)
-        if value is _ABSENT:
-            continue
-        holder = section
-        for key in new[:-1]:
-            holder = holder.setdefault(key, {})
-        holder.setdefault(new[-1], value)
-
-
-_ABSENT = object()
-
-
-def _pop_path(node, path: tuple):
-    """Remove and return the value at key path `path` in nested dicts (a parent it leaves empty goes
-    too), or _ABSENT."""
-    head, *rest = path
-    if not isinstance(node, dict) or head not in node:
-        return _ABSENT
-    if not rest:
-        return node.pop(head)
-    value = _pop_path(node[head], tuple(rest))
-    if value is not _ABSENT and node[head] == {}:
-        del node[head]
-    return value
 
 
 def load_checkpoint(path: str | Path) -> dict:
