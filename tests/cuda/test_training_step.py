@@ -84,7 +84,9 @@ def test_a_channels_last_step_matches_the_contiguous_one(device, exact_float32):
     torch.testing.assert_close(second, first, rtol=1e-4, atol=1e-5)
     convs = [m.weight for m in channels_last.model.modules() if isinstance(m, torch.nn.Conv2d)]
     assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
-    assert_close_gradients(channels_last.model, contiguous.model, 1e-3 if device == "cpu" else 1e-2)
+    # Another memory layout sums in another order: the first layer's gradient, summed over the batch
+    # and every pixel, differs by about 2e-3 of its norm on a one-thread CPU; a wrong layout differs by O(1).
+    assert_close_gradients(channels_last.model, contiguous.model, 1e-2)
 
 
 @pytest.mark.parametrize("device", CPU_AND_CUDA)

@@ -94,7 +94,9 @@ def test_in_domain_metrics_equal_the_runs_own_test_metrics(kind, tiny_runs, exte
     assert len(in_domain) == 7 * bool(grading) + (2 * len(LESIONS) + 2) * bool(segmentation)  # with DME and means
 
 
-def test_bad_paths_and_unreadable_files_get_one_line_errors(tiny_runs, external_trees, tmp_path, capsys):
+def test_bad_paths_and_unreadable_files_get_one_line_errors(tiny_runs, external_trees, tmp_path, capsys,
+                                                            monkeypatch):
+    monkeypatch.setenv("TQDM_DISABLE", "1")  # stderr holds the error line alone, without a cleared bar
     run = str(tiny_runs["classifier"])
     assert evaluate.main(["--run", run, "--data", f"ddr:{tmp_path / 'nowhere'}", "--device", "cpu"]) == 2
     error = capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""Run by torchrun (2 gloo processes) from test_weighting_multitask: for each weighting named in
+"""Run by torchrun (2 gloo processes) from test_weighting_ddp: for each weighting named in
 argv[1] (comma-separated), a few steps of the tiny multi-task model under DDP, each rank on its own
 half of the fixed batch.
 
