@@ -84,9 +84,12 @@ def test_a_channels_last_step_matches_the_contiguous_one(device, exact_float32):
     torch.testing.assert_close(second, first, rtol=1e-4, atol=1e-5)
     convs = [m.weight for m in channels_last.model.modules() if isinstance(m, torch.nn.Conv2d)]
     assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
-    # Another memory layout sums in another order: the first layer's gradient, summed over the batch
-    # and every pixel, differs by about 2e-3 of its norm on a one-thread CPU; a wrong layout differs by O(1).
-    assert_close_gradients(channels_last.model, contiguous.model, 1e-2)
+    # Another memory layout sums in another order, which BatchNorm amplifies in small gradients (a
+    # 1x1 projection's, of norm 5e-3, differs by 2 % on a one-thread CPU): the gradient of the whole
+    # model is compared, relative to its norm (1.7e-3 measured there); a wrong layout differs by O(1).
+    flat = [torch.cat([p.grad.float().reshape(-1).cpu() for p in m.parameters() if p.grad is not None])
+            for m in (channels_last.model, contiguous.model)]
+    assert float((flat[0] - flat[1]).norm()) <= 1e-2 * float(flat[1].norm())
 
 
 @pytest.mark.parametrize("device", CPU_AND_CUDA)
