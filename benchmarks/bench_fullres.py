@@ -209,8 +209,10 @@ def parse(argv):
     parser.add_argument("--train-images", type=int, default=6, help="synthetic training images")
     parser.add_argument("--test-images", type=int, default=2, help="synthetic test images")
     parser.add_argument("--ma-scale", type=float, default=1.0,
-                        help="synthetic microaneurysms' radii x this (1: 13-20 px across at 2144x1424; 0.4: "
-                             "5-8 px; see codebase.data.synthetic)")
+                        help="synthetic microaneurysms' diameters x this (1: 10-25 px across at 4288x2848, "
+                             "5-12.5 px at 2144x1424; see codebase.data.synthetic.lesions)")
+    parser.add_argument("--camera", default=None,
+                        help="camera profiles of the synthetic tree, NAME[,NAME...] (default: the generator's mix)")
     parser.add_argument("--size", type=int, nargs=2, default=(1424, 2144), metavar=("HEIGHT", "WIDTH"),
                         help="working resolution of the patch arm and of its sliding-window inference")
     parser.add_argument("--whole-size", type=int, nargs=2, default=(712, 1072), metavar=("HEIGHT", "WIDTH"),
@@ -285,7 +287,8 @@ def main(argv=None) -> int:
         if root is None:
             height, width = args.native
             root = ensure_dataset(Path(scratch) / "data", size=(width, height), seg_train=args.train_images,
-                                  seg_test=args.test_images, grade_train=0, grade_test=0, ma_scale=args.ma_scale)
+                                  seg_test=args.test_images, grade_train=0, grade_test=0, ma_scale=args.ma_scale,
+                                  camera=args.camera.split(",") if args.camera else None)
         sampling = {"lesion_share": args.lesion_share, "centre_weights": args.centre_weights,
                     "lesion_position": args.lesion_position}
         patches = PatchSegmentationDataset(root, "train", args.crop, image_size=args.size, cache_dir=cache_dir,

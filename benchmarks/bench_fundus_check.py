@@ -2,7 +2,9 @@
 
 Prints one table: per input its expected decision, the check's decision and reasons, and every
 feature (see codebase/evaluation/fundus_check.py for the thresholds set from this table). Inputs:
-1. synthetic fundus images (a synthetic IDRiD tree per size, written by codebase.data.synthetic);
+1. synthetic fundus images (a synthetic IDRiD tree per camera profile and size, written by
+   codebase.data.synthetic; an image with a recorded acquisition defect is expected to be a fundus,
+   and poor if the defect is blur; its other defects are not what the check grades);
 2. scikit-learn's sample photographs (china.jpg, flower.jpg), which are not fundus photographs;
 3. blurred (Gaussian), darkened and over-exposed copies of synthetic fundus images;
 4. synthetic non-fundus inputs: uniform grey, random noise, a greyscale photograph.
@@ -23,7 +25,7 @@ from PIL import Image, ImageFilter
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from codebase.data import idrid  # noqa: E402
-from codebase.data.synthetic import generate  # noqa: E402
+from codebase.data.synthetic import CAMERAS, generate, image_records  # noqa: E402
 from codebase.evaluation.fundus_check import check_fundus  # noqa: E402
 
 SHOWN = ("field_fraction", "disc_iou", "surround_fraction", "surround_ratio", "red_over_green",
@@ -42,16 +44,20 @@ def scaled(rgb, factor):
     return np.clip(rgb.astype(np.float32) * factor, 0, 255).astype(np.uint8)
 
 
-def synthetic_fundus(sizes, images):
-    """[(name, rgb)]: the first ``images`` grading-train images of a synthetic tree per size (W, H)."""
+def synthetic_fundus(sizes, images, cameras=tuple(CAMERAS)):
+    """[(name, rgb, defects)]: the ``images`` grading-train images of a synthetic tree per camera and size (W, H)."""
     found = []
     with tempfile.TemporaryDirectory() as folder:
-        for width, height in sizes:
-            root = generate(Path(folder) / f"{width}x{height}", seed=0, size=(width, height), seg_train=0,
-                            seg_test=0, grade_train=images, grade_test=0)
-            for record in idrid.grading_records(root, "train"):
-                path = idrid.grading_image_path(root, "train", record.name)
-                found.append((f"synthetic {width}x{height} {record.name}", np.asarray(Image.open(path).convert("RGB"))))
+        for camera in cameras:
+            for width, height in sizes:
+                root = generate(Path(folder) / f"{camera}-{width}x{height}", seed=0, size=(width, height), seg_train=0,
+                                seg_test=0, grade_train=images, grade_test=0, camera=camera)
+                records = image_records(root)
+                for record in idrid.grading_records(root, "train"):
+                    path = idrid.grading_image_path(root, "train", record.name)
+                    defects = records[path.relative_to(root).as_posix()]["defects"]
+                    found.append((f"synthetic {camera} {width}x{height} {record.name}",
+                                  np.asarray(Image.open(path).convert("RGB")), defects))
     return found
 
 
@@ -75,14 +81,20 @@ def main(argv=None):
     parser.add_argument("--sizes", nargs="+", default=["128x96", "192x128", "256x170", "576x384", "1072x712"],
                         help="synthetic image sizes WxH")
     parser.add_argument("--images", type=int, default=3, help="synthetic images per size")
-    parser.add_argument("--smoke", action="store_true", help="one 128x96 synthetic image: seconds")
+    parser.add_argument("--cameras", nargs="+", default=list(CAMERAS), choices=list(CAMERAS),
+                        help="camera profiles of the synthetic images (default: all)")
+    parser.add_argument("--smoke", action="store_true", help="one 128x96 synthetic image per camera: seconds")
     args = parser.parse_args(argv)
     if args.smoke:
         args.sizes, args.images = ["128x96"], 1
     sizes = [tuple(int(v) for v in text.split("x")) for text in args.sizes]
-    fundus = synthetic_fundus(sizes, args.images)
-    cases = [(name, rgb, "fundus, good") for name, rgb in fundus]
-    for name, rgb in fundus:
+    fundus = synthetic_fundus(sizes, args.images, args.cameras)
+    cases = [(name + (f" [{', '.join(defects)}]" if defects else ""), rgb,
+              "poor: blurred" if "blur" in defects else "fundus" if defects else "fundus, good")
+             for name, rgb, defects in fundus]
+    for name, rgb, defects in fundus:
+        if defects:
+            continue  # degraded copies of clean images only
         cases += [(f"{name} blurred", blurred(rgb), "poor: blurred"),
                   (f"{name} darkened x0.3", scaled(rgb, 0.3), "poor: too dark"),
                   (f"{name} over-exposed x2.5", scaled(rgb, 2.5), "poor: over-exposed")]
@@ -98,6 +110,8 @@ def main(argv=None):
             right = not check.is_fundus
         elif expected == "fundus, good":
             right = check.is_fundus and check.quality == "good"
+        elif expected == "fundus":
+            right = check.is_fundus
         else:
             right = check.quality == "poor" and expected.split(": ")[1] in check.reasons
         agree += right

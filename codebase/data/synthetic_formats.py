@@ -33,6 +33,8 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from codebase.data import synthetic
+from codebase.data.synthetic.cameras import CAMERAS as CAMERA_PROFILES
+from codebase.data.synthetic.grading import MER_MIX_WITH_LESIONS, RG_MIX, SEG_MER_MIX, SEG_RG_MIX
 from codebase.data.formats import FORMATS, aptos, ddr, eyepacs, fgadr, messidor2
 from codebase.data.formats.base import dme_from_mer
 from codebase.data.idrid import LESIONS
@@ -49,19 +51,19 @@ def draw_fundus(rng: np.random.Generator, size, rg: int, mer: int, camera: str, 
                 with_masks: bool = True):
     """One image of ``camera``: (uint8 [H, W, 3], masks bool [5, H, W] in LESIONS order or None, rg, mer);
     rg / mer are targets, the returned grades are those of what was drawn."""
-    if camera not in CAMERAS.values():
-        raise ValueError(f"camera {camera!r}: expected one of {', '.join(CAMERAS.values())}")
+    if camera not in CAMERA_PROFILES:
+        raise ValueError(f"camera {camera!r}: expected one of {', '.join(CAMERA_PROFILES)}")
     soft = bool(rng.random() < 0.4) if soft_exudates is None else soft_exudates
-    return synthetic.render(rng, tuple(size), rg, mer, soft, with_masks=with_masks)
+    return synthetic.render(rng, tuple(size), rg, mer, soft, with_masks=with_masks, camera=camera)
 
 
 def _targets(rng, count: int, lesions: bool = False) -> list[tuple[int, int]]:
     """(rg, mer) targets: the grading mix of the synthetic IDRiD, or its segmentation mix (lesions)."""
     if lesions:
-        rg = rng.choice(5, size=count, p=synthetic.SEG_RG_MIX)
-        return [(int(g), int(rng.choice(3, p=synthetic.SEG_MER_MIX))) for g in rg]
-    rg = rng.choice(5, size=count, p=synthetic.RG_MIX)
-    return [(int(g), int(rng.choice(3, p=synthetic.MER_MIX_WITH_LESIONS)) if g >= 2 else 0) for g in rg]
+        rg = rng.choice(5, size=count, p=SEG_RG_MIX)
+        return [(int(g), int(rng.choice(3, p=SEG_MER_MIX))) for g in rg]
+    rg = rng.choice(5, size=count, p=RG_MIX)
+    return [(int(g), int(rng.choice(3, p=MER_MIX_WITH_LESIONS)) if g >= 2 else 0) for g in rg]
 
 
 def _image_rng(seed: int, fmt: str, part: int, number: int) -> np.random.Generator:

@@ -18,9 +18,12 @@ medium detail (1-px minus 4-px blur), a ratio that does not depend on contrast o
 A non-fundus input is reported with quality "poor" (it cannot be graded).
 
 The thresholds below were set from `python benchmarks/bench_fundus_check.py`, which prints every
-feature on synthetic fundus images (several sizes; blurred, darkened and over-exposed copies),
-scikit-learn's sample photographs and synthetic non-fundus inputs. They are measured on synthetic
-images and two ordinary photographs, not on real fundus photographs: check them on your own data.
+feature on synthetic fundus images (four camera profiles: IDRiD-, DDR- and EyePACS-like colour and
+field shapes and a notched field; five sizes from 128x96 to 1072x712; blurred, darkened and
+over-exposed copies; images with recorded acquisition defects), scikit-learn's sample photographs
+and synthetic non-fundus inputs; the ranges quoted are that table's. They are measured on
+synthetic images and two ordinary photographs, not on real fundus photographs: check them on your
+own data.
 """
 from __future__ import annotations
 
@@ -36,21 +39,24 @@ WORK_SIDE = 512  # pixels: longest side of the working copy
 FIELD_RELATIVE_LEVEL = 0.2   # field = max channel above this fraction of the 99th percentile ...
 FIELD_MIN_LEVEL = 4.0        # ... and above this absolute level (JPEG noise on black)
 MIN_FIELD_FRACTION = 0.25    # the field covers at least this much of the frame
-MIN_DISC_IOU = 0.9           # field vs its fitted disc; synthetic fields 0.99-1.0, photographs 0.65-0.87
-MIN_SURROUND_FRACTION = 0.05  # dark surround: at least this much of the frame (synthetic 0.29-0.38)
-MAX_SURROUND_RATIO = 0.15    # surround mean / field mean (max channel); synthetic below 0.03, photographs 0.26-0.28
+MIN_DISC_IOU = 0.9           # field vs its fitted disc; synthetic fields 0.93-1.0 (IDRiD's cut circle lowest),
+#                              photographs 0.65-0.86
+MIN_SURROUND_FRACTION = 0.05  # dark surround: at least this much of the frame (synthetic 0.29-0.62)
+MAX_SURROUND_RATIO = 0.15    # surround mean / field mean (max channel); synthetic at most 0.03, photographs 0.26-0.28
 
 # Colour inside the field (means of the channels over the field).
-MIN_RED_OVER_GREEN = 1.2     # synthetic fundus 2.0-2.8, over-exposed copies 1.34-1.68; photographs 0.8-1.0
-MIN_RED_OVER_BLUE = 1.2      # synthetic fundus 4.5-6
+MIN_RED_OVER_GREEN = 1.1     # synthetic fundus 1.32-2.24 (EyePACS-like lowest: its published green/red is 0.70);
+#                              over-exposed copies 1.05-1.50; photographs 0.82-1.00 (a grey image is exactly 1)
+MIN_RED_OVER_BLUE = 1.2      # synthetic fundus about 2 and above (EyePACS' published blue/red is 0.50)
 
 # Exposure inside the field: luminance mean (0-255) and share of clipped pixels (a channel >= 250).
-MIN_FIELD_LUMINANCE = 45.0   # synthetic fundus 82-107; darkened copies (x0.3) 24-32
-MAX_FIELD_LUMINANCE = 170.0  # synthetic fundus at most 107; over-exposed copies (x2.5) 175-194
-MAX_CLIPPED_FRACTION = 0.25  # synthetic fundus 0.002-0.08 (bright discs, exudates); over-exposed copies above 0.9
+MIN_FIELD_LUMINANCE = 45.0   # synthetic fundus 86-122; darkened copies (x0.3) 25-36
+MAX_FIELD_LUMINANCE = 170.0  # synthetic fundus at most 122; over-exposed copies (x2.5) 180-237
+MAX_CLIPPED_FRACTION = 0.25  # synthetic fundus 0.00-0.03 (bright discs, exudates); over-exposed copies 0.80-0.99
 
 # Sharpness: std(fine detail) / std(medium detail) on green inside the eroded field.
-MIN_SHARPNESS = 0.35         # synthetic fundus 0.49-1.5 (lower at larger sizes); blurred copies 0.16-0.24
+MIN_SHARPNESS = 0.35         # synthetic fundus 0.60-1.01; blurred copies 0.15-0.24; a recorded blur defect is
+#                              flagged from 256x170 up (below a pixel's blur at smaller sizes)
 
 FINE_SIGMA, MEDIUM_SIGMA = 1.0, 4.0  # pixels of the working copy
 LUMINANCE = np.array([0.299, 0.587, 0.114], np.float32)

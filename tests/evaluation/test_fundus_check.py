@@ -1,4 +1,5 @@
 """The fundus check: synthetic fundus images pass, photographs and degraded copies are flagged."""
+import dataclasses
 import math
 
 import numpy as np
@@ -7,7 +8,7 @@ from PIL import Image, ImageFilter
 
 from benchmarks import bench_fundus_check
 from codebase.data import idrid
-from codebase.data.synthetic import render
+from codebase.data.synthetic import CAMERAS, image_records, render
 from codebase.evaluation.fundus_check import (
     FundusCheck,
     check_fundus,
@@ -17,8 +18,10 @@ from codebase.evaluation.fundus_check import (
 )
 
 
-def fundus(size, seed=0):
-    return render(np.random.default_rng(seed), size, 2, 1, True, with_masks=False)[0]
+def fundus(size, seed=0, camera="idrid"):
+    """A synthetic fundus photograph without acquisition defects."""
+    clean = dataclasses.replace(CAMERAS[camera], defect_rates={})
+    return render(np.random.default_rng(seed), size, 2, 1, True, with_masks=False, camera=clean)[0]
 
 
 def blurred(rgb, sigma=1.5):
@@ -39,16 +42,24 @@ def photographs():
 
 
 @pytest.mark.parametrize("size", [(128, 96), (192, 128), (256, 170)])
-@pytest.mark.parametrize("seed", [0, 1])
-def test_synthetic_fundus_is_fundus_and_good(size, seed):
-    check = check_fundus(fundus(size, seed))
+@pytest.mark.parametrize("camera", list(CAMERAS))
+def test_synthetic_fundus_of_every_camera_is_fundus_and_good(size, camera):
+    check = check_fundus(fundus(size, 0, camera))
     assert (check.is_fundus, check.quality, check.reasons) == (True, "good", [])
 
 
 def test_synthetic_jpegs_of_the_tree_pass(synthetic_root):
-    for record in idrid.grading_records(synthetic_root, "train")[:4]:
-        image = Image.open(idrid.grading_image_path(synthetic_root, "train", record.name))
-        assert check_fundus(image).as_dict() == {"is_fundus": True, "quality": "good", "reasons": []}
+    """Every image of the session's tree is a fundus, and those without a recorded defect are good.
+    (A recorded blur is below a pixel at this tree's 192x128, so it is not asserted here; the
+    benchmark flags it from 256x170 up.)"""
+    records = image_records(synthetic_root)
+    for record in idrid.grading_records(synthetic_root, "train"):
+        path = idrid.grading_image_path(synthetic_root, "train", record.name)
+        defects = records[path.relative_to(synthetic_root).as_posix()]["defects"]
+        check = check_fundus(Image.open(path))
+        assert check.is_fundus, (record.name, check.reasons)
+        if not defects:
+            assert check.as_dict() == {"is_fundus": True, "quality": "good", "reasons": []}, record.name
 
 
 def test_sklearn_photographs_are_not_fundus(photographs):

@@ -1,5 +1,6 @@
-"""Synthetic IDRiD generator: determinism, grading rules, masks that match the drawing, CLI."""
+"""The synthetic IDRiD tree: determinism, grades that follow the drawing, cameras recorded, CLI."""
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -8,11 +9,14 @@ import pytest
 from codebase.data import idrid, synthetic
 from codebase.data.images import read_size
 from codebase.data.synthetic import (
+    CAMERAS,
     ensure_dataset,
     generate,
+    image_records,
     macular_edema_risk,
     render,
     retinopathy_grade,
+    tree,
 )
 
 TINY = {"size": (96, 64), "seg_train": 2, "seg_test": 1, "grade_train": 5, "grade_test": 2}
@@ -72,44 +76,6 @@ def test_render_reaches_its_target_grade(rg, mer):
             assert "HE" in present
 
 
-def ring(mask: np.ndarray) -> np.ndarray:
-    """Pixels just outside a mask (4-neighbourhood)."""
-    grown = mask.copy()
-    grown[1:] |= mask[:-1]
-    grown[:-1] |= mask[1:]
-    grown[:, 1:] |= mask[:, :-1]
-    grown[:, :-1] |= mask[:, 1:]
-    return grown & ~mask
-
-
-@pytest.mark.parametrize("seed", [0, 1])
-def test_masks_match_the_drawn_lesions(seed):
-    image, masks, rg, mer = render(np.random.default_rng(seed), synthetic.DEFAULT_SIZE, 4, 2, soft_exudates=True)
-    assert image.dtype == np.uint8 and image.shape == (384, 576, 3) and masks.shape == (5, 384, 576)
-    red, green, blue = (image[..., c].astype(float) for c in range(3))
-    m = dict(zip(idrid.LESIONS, masks))
-    assert all(m[k].any() for k in idrid.LESIONS)
-    # bright lesions: every mask pixel is brighter in blue than any pixel just outside
-    for lesion in ("EX", "SE"):
-        assert blue[m[lesion]].min() > blue[ring(m[lesion])].max(), lesion
-    assert green[m["EX"]].mean() > 1.6 * green[ring(m["EX"])].mean()  # yellow
-    # dark red lesions: much darker green than their surroundings, still reddish
-    for lesion in ("MA", "HE"):
-        assert green[m[lesion]].mean() < 0.4 * green[ring(m[lesion])].mean(), lesion
-        assert red[m[lesion]].mean() > 2 * green[m[lesion]].mean()
-    assert blue[m["OD"]].mean() > 2.5 * blue[ring(m["OD"])].mean()
-    # dark surround outside the fundus field, darker macula than the field around it
-    assert image[0, 0].max() < 15 and image[-1, -1].max() < 15
-
-
-def test_lesion_size_scales_with_image():
-    small = render(np.random.default_rng(5), (288, 192), 1, 0, False)[1]
-    large = render(np.random.default_rng(5), (576, 384), 1, 0, False)[1]
-    ma = idrid.LESIONS.index("MA")
-    ratio = large[ma].sum() / small[ma].sum()
-    assert 2.5 < ratio < 6  # area grows with the square of the scale (4x), up to pixel rounding
-
-
 def test_command_line(tmp_path, capsys):
     out = tmp_path / "data"
     argv = [str(out), "--size", "96x64", "--seg-train", "1", "--seg-test", "1", "--grade-train", "3",
@@ -122,6 +88,9 @@ def test_command_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         synthetic.main([str(out), "--size", "big"])
     assert "expected WIDTHxHEIGHT" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        synthetic.main(["--help"])
+    assert "--camera" in capsys.readouterr().out
     assert synthetic.parse_size("4288x2848") == (4288, 2848)
 
 
@@ -132,7 +101,7 @@ def test_ensure_dataset_creates_once(tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("regenerated an existing tree")
 
-    monkeypatch.setattr(synthetic, "generate", fail)
+    monkeypatch.setattr(tree, "generate", fail)
     assert ensure_dataset(root, **TINY) == root
 
 
@@ -140,25 +109,42 @@ def test_interrupted_generation_leaves_nothing(tmp_path, monkeypatch):
     def crash(*args, **kwargs):
         raise RuntimeError("interrupted")
 
-    monkeypatch.setattr(synthetic, "_write_grading", crash)
+    monkeypatch.setattr(tree, "_write_grading", crash)
     with pytest.raises(RuntimeError):
         generate(tmp_path / "data", **TINY)
     assert list((tmp_path / "data").iterdir()) == []
 
 
-def test_ma_scale_draws_smaller_microaneurysms_and_is_recorded(tmp_path):
-    from scipy import ndimage
-
-    ma = idrid.LESIONS.index("MA")
-    areas, counts = {}, {}
-    for scale in (1.0, 0.4):
-        _, masks, rg, _ = render(np.random.default_rng(7), (1152, 768), rg=1, mer=0, soft_exudates=False,
-                                 ma_scale=scale)
-        assert rg == 1 and masks[ma].any()
-        areas[scale], counts[scale] = masks[ma].sum(), ndimage.label(masks[ma])[1]
-    assert counts[0.4] == counts[1.0]  # as many microaneurysms, each smaller
-    assert 0.08 < areas[0.4] / areas[1.0] < 0.3  # radius x0.4: area about x0.16
+def test_ma_scale_is_recorded_and_checked(tmp_path):
     assert "ma_scale" not in (generate(tmp_path / "a", **TINY) / "synthetic.json").read_text()
     assert '"ma_scale": 0.4' in (generate(tmp_path / "b", ma_scale=0.4, **TINY) / "synthetic.json").read_text()
     with pytest.raises(ValueError, match="ma_scale 0"):
         generate(tmp_path / "c", ma_scale=0, **TINY)
+
+
+def test_each_image_records_its_camera_and_the_default_tree_mixes_them(tmp_path):
+    root = generate(tmp_path / "mix", seed=0, size=(96, 64), seg_train=2, seg_test=1, grade_train=10, grade_test=2)
+    records = image_records(root)
+    images = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.jpg"))
+    assert sorted(records) == images
+    assert {r["camera"] for r in records.values()} == set(synthetic.DEFAULT_MIX)
+    assert all(set(r["defects"]) <= set(synthetic.cameras.DEFECTS) for r in records.values())
+    assert json.loads((root / "synthetic.json").read_text())["camera_mix"] == synthetic.DEFAULT_MIX
+
+
+@pytest.mark.parametrize("name", list(CAMERAS))
+def test_a_tree_of_one_camera_passes_the_check(tmp_path, name):
+    root = generate(tmp_path / name, seed=1, camera=name, **TINY)
+    assert {r["camera"] for r in image_records(root).values()} == {name}
+    assert idrid.check(root)[1] == []
+
+
+def test_camera_option_on_the_command_line(tmp_path, capsys):
+    out = tmp_path / "two"
+    argv = [str(out), "--size", "96x64", "--seg-train", "1", "--seg-test", "1", "--grade-train", "4",
+            "--grade-test", "1", "--camera", "ddr,eyepacs"]
+    assert synthetic.main(argv) == 0
+    assert {r["camera"] for r in image_records(out).values()} == {"ddr", "eyepacs"}
+    with pytest.raises(SystemExit):
+        synthetic.main([str(tmp_path / "x"), "--camera", "polaroid"])
+    assert "expected names from idrid" in capsys.readouterr().err

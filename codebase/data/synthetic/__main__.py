@@ -1,0 +1,5 @@
+import sys
+
+from codebase.data.synthetic.cli import main
+
+sys.exit(main())
