@@ -4,15 +4,21 @@
     python run_experiments.py moe --seeds 3 --data-root data --device cuda --out saved
     python run_experiments.py smoke --seeds 2 --set train.eval_batch_size=4
     python run_experiments.py weighting --seeds 1 --configs fixed,pcgrad   # part of a grid
+    python run_experiments.py generalization --seeds 3           # in domain, held-out camera, external formats
+    python run_experiments.py moe --seeds 3 --external ddr:data/DDR --external aptos:data/aptos
 
 Grids live in experiments/grids.py (configuration -> train script + --set overrides, a reference
 configuration, and the budget every configuration gets: input size, batch, optimizer steps).
 Each run is a train-script subprocess writing <out>/<grid>/<configuration>/seed_<S>/; finished
 runs are skipped and interrupted ones resumed, so re-running the same command carries on after a
-kill. Then every run is evaluated on the same test split with per-image records, and
+kill. Then every run is evaluated on the same test split with per-image records (and on each
+external dataset: the grid's own, e.g. the generalization grid's synthetic held-out camera and
+external formats, written when absent, and every --external FORMAT:PATH), and
 <out>/<grid>/results.md and results.json give per configuration and metric the mean and standard
 deviation over seeds, a bootstrap interval over test images, the paired difference against the
-reference, delta-m of the multi-task model against the single-task baselines, and the cost.
+reference, delta-m of the multi-task model against the single-task baselines, each configuration's
+generalization gap on every external set with paired intervals against the reference
+(experiments/external.py), and the cost.
 Exit code: 0 done, 1 a run failed, 2 bad grid or settings, 3 stopped by --max-runs before every run
 was trained, 130 interrupted (Ctrl-C; the running script keeps its last complete epoch).
 """
@@ -21,8 +27,11 @@ import dataclasses
 import sys
 from pathlib import Path
 
+from codebase.data.formats import dataset_argument, read_dataset
+from codebase.data.formats.base import DatasetError
 from codebase.data.idrid import IDRiDError, tree_present
 from codebase.data.synthetic import ensure_dataset
+from codebase.data.synthetic_formats import ensure_tree
 from codebase.errors import run_tool
 from codebase.runtime.device import resolve_device
 from codebase.training.run_folder import OutputError, is_run_folder, refuse_run_records
@@ -48,6 +57,9 @@ def parse_args(argv):
     parser.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the resamples (default 0)")
     parser.add_argument("--cost-images", type=int, default=2, help="test images the FLOPs are averaged over")
     parser.add_argument("--cost-repeats", type=int, default=5, help="timed forwards per latency")
+    parser.add_argument("--external", type=dataset_argument, action="append", default=[], metavar="FORMAT:PATH",
+                        help="also evaluate every run on this external dataset (repeatable; FORMAT as evaluate.py "
+                             "takes it); the grid's own external sets come first")
     parser.add_argument("--max-runs", type=int, help="train at most N runs, then stop (exit code 3); re-run to go on")
     args = parser.parse_args(argv)
     if args.seeds < 1 or args.resamples < 1:
@@ -91,9 +103,15 @@ def run_grid(argv=None):
             ensure_dataset(root)
         if not tree_present(root):
             raise GridError(f"--data-root {root}: no IDRiD tree there (see data/README.md)")
+        external = []
+        for fmt, path in grid.external:
+            if grid.demo:
+                ensure_tree(fmt, path, count=grid.external_count)
+            external.append((fmt, Path(path)))
+        external = [read_dataset(fmt, path) for fmt, path in external + args.external]
         planned = plan_runs(args.grid, grid, range(args.seeds), out, root, training_images(root, grid.budget.validation), args.set)
         unfinished = train_all(planned, root, grid.demo, args.device, args.max_runs)
-    except (GridError, IDRiDError, OutputError) as error:
+    except (GridError, IDRiDError, OutputError, DatasetError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except RuntimeError as error:
@@ -109,7 +127,7 @@ def run_grid(argv=None):
     device = resolve_device(args.device or "auto")
     results = report.analyse(args.grid, grid, planned, root, device, args.resamples, args.bootstrap_seed,
                              cost_images=args.cost_images, cost_repeats=args.cost_repeats,
-                             records_folder=out / args.grid / "records")
+                             records_folder=out / args.grid / "records", external=external)
     written = report.write(results, out / args.grid, planned)
     print(report.markdown(results))
     print(f"written: {', '.join(map(str, written))}")

@@ -59,8 +59,8 @@ def _lesion_mean(arrays, name, lesions):
         return np.where(finite.any(axis=0), np.where(finite, stacked, 0).sum(axis=0) / finite.sum(axis=0), np.nan)
 
 
-def gaps(external, in_domain, external_lesions, level=0.95):
-    """{metric: {"difference", "ci"}}: external minus in-domain, per resample, for the metrics both have;
+def gap_arrays(external, in_domain, external_lesions):
+    """{metric: float64 [R + 1]}: external minus in-domain, per resample, for the metrics both have;
     means over lesions taken over ``external_lesions`` on both sides."""
     result = {}
     for name, values in external.items():
@@ -72,10 +72,14 @@ def gaps(external, in_domain, external_lesions, level=0.95):
             reference = in_domain[name]
         else:
             continue
-        delta = values - reference
-        result[name] = {"difference": _number(delta[0]),
-                        "ci": [_number(v) for v in percentile_interval(delta[1:], level)]}
+        result[name] = values - reference
     return result
+
+
+def gaps(external, in_domain, external_lesions, level=0.95):
+    """{metric: {"difference", "ci"}}: `gap_arrays` with each difference's percentile interval."""
+    return {name: {"difference": _number(delta[0]), "ci": [_number(v) for v in percentile_interval(delta[1:], level)]}
+            for name, delta in gap_arrays(external, in_domain, external_lesions).items()}
 
 
 def dataset_entry(labelled, role, records, arrays, level=0.95):

@@ -42,6 +42,10 @@ class Grid:
     data_root: str = "data/synthetic"  # default --data-root (a synthetic tree is generated there if absent)
     description: str = ""
     overrides: tuple[str, ...] = field(default=())  # "key=value" applied to every configuration
+    # External datasets every run is also evaluated on, (format, path), beside any --external; in a demo
+    # grid a missing one is written as a synthetic tree (codebase.data.synthetic_formats.ensure_tree).
+    external: tuple[tuple[str, str], ...] = field(default=())
+    external_count: int = 60  # images per synthetic external tree (per split where a format has splits)
 
 
 MOE = Grid(
@@ -115,4 +119,23 @@ MOE_GPU = Grid(
     budget=Budget(image_size=(356, 536), batch_size=8, optimizer_steps=192),
 )
 
-GRIDS = {"moe": MOE, "moe_gpu": MOE_GPU, "smoke": SMOKE, "weighting": WEIGHTING}
+# The default synthetic tree's cameras (idrid, ddr, notched) against a camera held out of it and the
+# external formats' stand-ins, each drawn by a camera of its own (codebase/data/synthetic/cameras.py).
+SYNTHETIC_EXTERNAL = (("idrid", "data/synthetic_heldout"), ("aptos", "data/synthetic_aptos"),
+                      ("eyepacs", "data/synthetic_eyepacs"), ("messidor2", "data/synthetic_messidor2"),
+                      ("ddr", "data/synthetic_ddr"), ("fgadr", "data/synthetic_fgadr"))
+
+GENERALIZATION = Grid(
+    description="Generalization: the classifier, DeepLabV3+, the multi-task model with 1 expert (the reference) and "
+                "the default multi-task model, trained on the default synthetic cameras and evaluated in domain, on "
+                "an IDRiD-layout tree from a held-out camera and on each external format's synthetic tree.",
+    configurations={"classifier": Configuration(CLASSIFIER), "deeplabv3plus": Configuration(SEGMENTATION),
+                    "mlt_1_expert": Configuration(MULTITASK, ("model.num_experts=1",)),
+                    "mlt_default": Configuration(MULTITASK)},
+    reference="mlt_1_expert",
+    # The demo's own budget: 160 steps of batch 8 at 128x192 (train_mlt_model.py DEMO).
+    budget=Budget(image_size=(128, 192), batch_size=8, optimizer_steps=160),
+    external=SYNTHETIC_EXTERNAL,
+)
+
+GRIDS = {"generalization": GENERALIZATION, "moe": MOE, "moe_gpu": MOE_GPU, "smoke": SMOKE, "weighting": WEIGHTING}

@@ -14,6 +14,7 @@ from codebase.training.run_folder import TEST_METRICS_FILE, read_history, read_t
 from experiments.analysis import delta_m, difference, run_metrics, summary
 from experiments.bootstrap import resample_indices, resample_weights, with_full_set
 from experiments.cost import run_cost
+from experiments.external import analyse_external, markdown_lines
 from experiments.grids import CLASSIFIER, MULTITASK, SEGMENTATION
 from experiments.records import run_records
 from inference.report import STYLE, png_data_uri
@@ -71,8 +72,9 @@ def routing_summary(folders):
 
 
 def analyse(grid_name, grid, planned, root, device, resamples=1000, seed=0, level=0.95, cost_images=2,
-            cost_repeats=5, records_folder=None, log=print):
-    """The results dict of results.json (see results.md for the procedure)."""
+            cost_repeats=5, records_folder=None, log=print, external=()):
+    """The results dict of results.json (see results.md for the procedure); ``external``: LabelledSets every
+    run is also evaluated on (experiments.external)."""
     size = tuple(grid.budget.image_size)
     records_folder = Path(records_folder)
     n_grading, n_segmentation = len(grading_records(root, "test")), len(segmentation_records(root, "test"))
@@ -114,16 +116,20 @@ def analyse(grid_name, grid, planned, root, device, resamples=1000, seed=0, leve
     baseline_metrics = {m: v for name in baselines for m, v in metrics[name].items()}
     delta = {name: delta_m(metrics[name], baseline_metrics, level) for name, c in grid.configurations.items()
              if c.script == MULTITASK and baselines}
-    return {"grid": grid_name, "description": grid.description, "reference": grid.reference,
-            "data_root": str(root), "device": str(device), "torch": torch.__version__,
-            "demo": grid.demo,
-            "budget": {"image_size": list(size), "batch_size": grid.budget.batch_size,
-                       "optimizer_steps": grid.budget.optimizer_steps,
-                       "images_seen_per_side": grid.budget.batch_size * grid.budget.optimizer_steps,
-                       "settings": {run.configuration: run.settings for run in planned}},
-            "test_images": {"grading": n_grading, "segmentation": n_segmentation},
-            "bootstrap": {"resamples": resamples, "seed": seed, "level": level},
-            "single_task_baselines": baselines, "configurations": configurations, "delta_m": delta}
+    results = {"grid": grid_name, "description": grid.description, "reference": grid.reference,
+               "data_root": str(root), "device": str(device), "torch": torch.__version__,
+               "demo": grid.demo,
+               "budget": {"image_size": list(size), "batch_size": grid.budget.batch_size,
+                          "optimizer_steps": grid.budget.optimizer_steps,
+                          "images_seen_per_side": grid.budget.batch_size * grid.budget.optimizer_steps,
+                          "settings": {run.configuration: run.settings for run in planned}},
+               "test_images": {"grading": n_grading, "segmentation": n_segmentation},
+               "bootstrap": {"resamples": resamples, "seed": seed, "level": level},
+               "single_task_baselines": baselines, "configurations": configurations, "delta_m": delta}
+    if external:
+        results["external"] = analyse_external(grid, planned, metrics, external, device, resamples, seed, level,
+                                               records_folder, log)
+    return results
 
 
 def _cell(value, digits=3):
@@ -218,6 +224,8 @@ def markdown(results):
                                    f"{routing[task]['busiest_share_max']:.2f} / {routing[task]['least_share_min']:.2f}"
                                    f" ({routing[task]['experts_per_image']:.2f})" for task in tasks]
                          for name, routing in routed.items()])
+    if results.get("external"):
+        lines += [""] + markdown_lines(results["external"], results["reference"], label)
     lines += ["", "## Cost", "",
               f"Per image at batch 1 and {budget['image_size'][0]}x{budget['image_size'][1]} on "
               f"{results['device']} (torch {results['torch']}), of each configuration's first seed: "

@@ -242,6 +242,21 @@ def generate(fmt: str, out, seed: int = 0, count: int = DEFAULT_COUNT, size=None
     return expected
 
 
+def ensure_tree(fmt: str, out, seed: int = 1, count: int = DEFAULT_COUNT) -> Path:
+    """``out``, first writing a synthetic tree there if it holds none: a format of WRITERS, or "idrid" for
+    an IDRiD tree from the camera the default synthetic tree holds out (its test splits: ``count`` graded
+    and count // 5 segmentation images, at least 2). Seed 1 by default, so its images are not those of the
+    default tree (seed 0)."""
+    out = Path(out)
+    if out.is_dir() and FORMATS[fmt].detect(out):
+        return out
+    if fmt == "idrid":
+        return synthetic.generate(out, seed=seed, seg_train=2, seg_test=max(2, count // 5), grade_train=2,
+                                  grade_test=count, camera=synthetic.HELD_OUT_CAMERA)
+    generate(fmt, out, seed, count)
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m codebase.data.synthetic_formats",
                                      description="Write a synthetic dataset in an external dataset's layout.")

@@ -27,12 +27,13 @@ def without_latency(results):
 
 
 @pytest.fixture(scope="module")
-def grid_run(synthetic_root, tmp_path_factory):
+def grid_run(synthetic_root, external_trees, tmp_path_factory):
     """Runs the smoke grid the way a user whose runner was killed would: a first call stopped after two
     runs, a run killed after its last checkpoint but before model.pth, then the same command again."""
     out = tmp_path_factory.mktemp("experiments")
     argv = ["smoke", "--seeds", str(SEEDS), "--data-root", str(synthetic_root), "--out", str(out), "--device", "cpu",
-            "--resamples", "200", "--cost-images", "1", "--cost-repeats", "1"]
+            "--resamples", "200", "--cost-images", "1", "--cost-repeats", "1",
+            "--external", f"ddr:{external_trees['ddr'][0]}"]
     assert run_experiments.main(argv + ["--max-runs", "2"]) == 3
     grid = out / "smoke"
     # seed by seed: both configurations with seed 0 first
@@ -153,3 +154,21 @@ def test_rerun_evaluates_again_without_training_and_refuses_changed_settings(gri
     capsys.readouterr()
     assert run_experiments.main(grid_run["argv"] + ["--set", "train.eval_batch_size=3"]) == 2
     assert "trained with other settings" in capsys.readouterr().err
+
+
+def test_every_configuration_is_scored_on_the_external_set_with_its_gap_and_the_reference(grid_run):
+    external = grid_run["results"]["external"]["datasets"]
+    assert [entry["format"] for entry in external] == ["ddr"] and external[0]["split"] == "test"
+    entry = external[0]
+    assert set(entry["configurations"]) == set(SMOKE.configurations)
+    assert "OD" in entry["absent"] and "mer" in entry["absent"]  # DDR has no optic disc masks and no MER
+    for name, scores in entry["configurations"].items():
+        assert "rg_kappa" in scores["metrics"] and "rg_kappa" in scores["gap"]
+        in_domain = grid_run["results"]["configurations"][name]["metrics"]["rg_kappa"]["mean"]
+        assert scores["gap"]["rg_kappa"]["difference"] == pytest.approx(scores["metrics"]["rg_kappa"]["mean"] - in_domain)
+        assert ("gap_difference_to_reference" in scores) == (name != SMOKE.reference)
+    multitask = entry["configurations"]["mlt_2_experts"]
+    assert "MA_aupr" in multitask["metrics"] and "OD_aupr" not in multitask["metrics"]
+    assert "MA_aupr" not in entry["configurations"]["classifier"]["metrics"]  # the classifier segments nothing
+    text = grid_run["markdown"]
+    assert "## Generalization: external datasets" in text and "### DDR" in text and "vs ref" in text

@@ -18,12 +18,13 @@ Modules, each citing the facts it draws from:
   cli.py       the command line
 Same seed, same bytes.
 """
-from codebase.data.synthetic.cameras import CAMERAS, DEFAULT_CAMERA, DEFAULT_MIX, camera_named
+from codebase.data.synthetic.cameras import CAMERAS, DEFAULT_CAMERA, DEFAULT_MIX, HELD_OUT_CAMERA, camera_named
 from codebase.data.synthetic.cli import main, parse_size
 from codebase.data.synthetic.grading import SEVERE_HAEMORRHAGES, macular_edema_risk, retinopathy_grade
 from codebase.data.synthetic.render import render
 from codebase.data.synthetic.tree import DEFAULT_COUNTS, DEFAULT_SIZE, ensure_dataset, generate, image_records
 
-__all__ = ["CAMERAS", "DEFAULT_CAMERA", "DEFAULT_COUNTS", "DEFAULT_MIX", "DEFAULT_SIZE", "SEVERE_HAEMORRHAGES",
+__all__ = ["CAMERAS", "DEFAULT_CAMERA", "DEFAULT_COUNTS", "DEFAULT_MIX", "DEFAULT_SIZE", "HELD_OUT_CAMERA",
+           "SEVERE_HAEMORRHAGES",
            "camera_named", "ensure_dataset", "generate", "image_records", "macular_edema_risk", "main", "parse_size",
            "render", "retinopathy_grade"]
