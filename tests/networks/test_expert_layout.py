@@ -10,6 +10,7 @@ from codebase.evaluation.cost import forward_flops
 from codebase.model import build_model
 
 TINY = dict(aspp_channels=16, decoder_channels=8, head_hidden=16, gate_hidden=8)
+TWO = {"classification_rg": 5, "segmentation_od": 1}  # one task a side: fewer experts, a faster test
 
 
 def fix_gate(model, task, logits):
@@ -17,16 +18,16 @@ def fix_gate(model, task, logits):
 
 
 def test_a_shared_expert_runs_on_every_image_in_top_p_mode_and_gets_gradient():
-    model = small_model(shared_experts=1, **TINY).train()
-    images = torch.randn(3, 3, 64, 64)
-    for task in SPECS:  # routed expert 0 alone for every image: experts 1 and 2 skipped
+    model = small_model(TWO, shared_experts=1, **TINY).train()
+    images = torch.randn(3, 3, 32, 32)
+    for task in TWO:  # routed expert 0 alone for every image: experts 1 and 2 skipped
         fix_gate(model, task, torch.tensor([[6.0, -6.0, -12.0]]).expand(3, -1))
-    shared = {task: count_calls(model.shared_experts[task][0]) for task in SPECS}
-    skipped = {task: count_calls(model.experts[task][2]) for task in SPECS}
+    shared = {task: count_calls(model.shared_experts[task][0]) for task in TWO}
+    skipped = {task: count_calls(model.experts[task][2]) for task in TWO}
     out = model(images, dense=False)
-    assert all(shared[task] == [3] and skipped[task] == [] for task in SPECS)
+    assert all(shared[task] == [3] and skipped[task] == [] for task in TWO)
     sum(v.float().mean() for v in out["logits"].values()).backward()
-    for task in SPECS:
+    for task in TWO:
         assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.shared_experts[task][0].parameters())
         assert all(p.grad is None for p in model.experts[task][2].parameters())
     # The task's output: the routed mixture (expert 0, weight 1) plus the shared expert's output.
@@ -40,7 +41,7 @@ def test_a_shared_expert_runs_on_every_image_in_top_p_mode_and_gets_gradient():
 
 def test_several_shared_experts_add_their_mean_in_dense_mode():
     model = small_model(shared_experts=2, **TINY).eval()
-    images = torch.randn(2, 3, 64, 64)
+    images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         out = model(images, side="grading", dense=True)["logits"]["classification_mer"]
         high = model.backbone(images)[1]
@@ -111,9 +112,10 @@ def test_a_shared_pool_runs_each_expert_once_on_the_images_any_task_selected():
 def test_flops_count_the_shared_experts(pool):
     """The FLOP counter the cost reports use (forward_flops: compare_models.py, experiments/cost.py,
     benchmarks) counts the shared experts: with one per unit, the count grows by exactly their own FLOPs."""
-    images = torch.randn(1, 3, 64, 64)
-    without = small_model(expert_pool=pool, **TINY).eval()
-    model = small_model(expert_pool=pool, shared_experts=1, **TINY).eval()
+    images = torch.randn(1, 3, 32, 32)
+    specs = {"classification_rg": 5, "classification_mer": 3, "segmentation_od": 1}  # a pool shared by two tasks
+    without = small_model(specs, expert_pool=pool, **TINY).eval()
+    model = small_model(specs, expert_pool=pool, shared_experts=1, **TINY).eval()
     for dense in (True, False):
         added = (forward_flops(model, lambda: model(images, dense=dense))["total"]
                  - forward_flops(without, lambda: without(images, dense=dense))["total"])
