@@ -138,3 +138,15 @@ def test_each_setting_is_validated_by_name(setting, value, expected):
     with pytest.raises(ConfigError, match=expected):
         parse_cli(train_mlt_model.CONFIG, ["--demo", "--set", f"{setting}={value}"], train_mlt_model.DEMO,
                   validate=train_mlt_model.validate)
+
+
+@pytest.mark.parametrize("dense", [False, True])
+def test_the_export_wrapper_mixes_a_shared_pool_and_shared_experts_as_the_model_does(dense):
+    from inference.export import MixtureOfExpertsExport
+    model = small_model(TWO, expert_pool="shared", shared_experts=1, top_p=0.5, **TINY).eval()
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ours = MixtureOfExpertsExport(model, dense)(images)
+        theirs = model(images, dense=dense)["logits"]
+    for task, value in zip(TWO, ours):
+        assert torch.allclose(value, theirs[task], atol=1e-5), task
