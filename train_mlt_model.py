@@ -87,7 +87,8 @@ CONFIG = {
         "pretrained": "imagenet",          # "imagenet", "none", or a path to a torchvision state dict
         "num_experts": 3,
         "shared_experts": 0,               # always-on experts per task (per pool) beside the routed ones, not gated
-        "expert_pool": "task",             # "task": routed experts per task; "shared": one pool per side, a gate per task
+        "expert_pool": "task",             # "task": routed experts per task; "shared": one pool per side,
+                                           # a gate per task
         "init_from": None,                 # a saved multi-task run folder to upcycle from (backbone, ASPP, expert 0
                                            # copied into every expert with noise; codebase/training/upcycling.py)
         "task_specs": {"classification_rg": 5, "classification_mer": 3, "segmentation_ma": 1,

@@ -61,7 +61,8 @@ class MixtureOfExpertsExport(nn.Module):
             weights = weights.unsqueeze(-1)  # [B, E, 1, ...]
         mixed = (outputs * weights).sum(dim=1)
         if self.model.shared_experts is not None:  # always-on experts: their mean
-            mixed = mixed + torch.stack([e(*inputs) for e in self.model.shared_experts[unit].experts], dim=1).mean(dim=1)
+            always = [expert(*inputs) for expert in self.model.shared_experts[unit].experts]
+            mixed = mixed + torch.stack(always, dim=1).mean(dim=1)
         return mixed if self.model.task_outputs is None else self.model.task_outputs[task](mixed)
 
     def forward(self, images):

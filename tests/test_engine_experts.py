@@ -25,7 +25,8 @@ def config(root, save_dir, name, *extra):
 
 def test_shared_experts_and_a_shared_pool_train_and_learn(synthetic_root, tmp_path):
     """Four tiny epochs (dense warm-up, then top-p) with one always-on expert and one pool per side:
-    the training loss falls every epoch (by 9 % over the four on the synthetic tree), every pool expert and the shared ones moved, and the run reloads."""
+    the training loss falls every epoch (by 9 % over the four on the synthetic tree), every pool expert
+    and the shared ones moved, and the run reloads."""
     history = train_mlt_model.main(config(synthetic_root, tmp_path, "pool", "train.epochs=4",
                                           "model.shared_experts=1", "model.expert_pool=shared"))
     losses = [entry["train"]["loss"] for entry in history]

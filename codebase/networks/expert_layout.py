@@ -65,7 +65,8 @@ def build_layout(tasks, make_expert, feature_width, num_experts, shared_experts=
                                 for key, (side, out) in units.items()})
     task_outputs = None
     if pooled:
-        task_outputs = nn.ModuleDict({task.name: _output_layer(task, feature_width[task.side], prior) for task in tasks})
+        task_outputs = nn.ModuleDict({task.name: _output_layer(task, feature_width[task.side], prior)
+                                      for task in tasks})
         for bank in [*experts.values(), *(shared.values() if shared is not None else [])]:
             for expert in bank.experts:  # a feature, not a logit: no lesion prior in its bias
                 last = getattr(expert, "classifier", None)

@@ -47,7 +47,8 @@ def test_several_shared_experts_add_their_mean_in_dense_mode():
         high = model.backbone(images)[1]
         weights = torch.softmax(model.gates["classification_mer"](high.mean(dim=(2, 3))), -1)
         routed = sum(weights[:, e:e + 1] * model.experts["classification_mer"][e](high) for e in range(3))
-        always = (model.shared_experts["classification_mer"][0](high) + model.shared_experts["classification_mer"][1](high)) / 2
+        shared = model.shared_experts["classification_mer"]
+        always = (shared[0](high) + shared[1](high)) / 2
     assert torch.allclose(out, routed + always, atol=1e-5)
 
 
