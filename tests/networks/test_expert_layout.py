@@ -118,8 +118,8 @@ def test_flops_count_the_shared_experts(pool):
     without = small_model(specs, expert_pool=pool, **TINY).eval()
     model = small_model(specs, expert_pool=pool, shared_experts=1, **TINY).eval()
     for dense in (True, False):
-        added = (forward_flops(model, lambda: model(images, dense=dense))["total"]
-                 - forward_flops(without, lambda: without(images, dense=dense))["total"])
+        counted = forward_flops(model, lambda: model(images, dense=dense))
+        added = counted["total"] - forward_flops(without, lambda: without(images, dense=dense))["total"]
         with torch.no_grad():
             low, high = model.backbone(images)
             context = F.interpolate(model.aspp(high), size=low.shape[-2:], mode="bilinear")
@@ -128,6 +128,7 @@ def test_flops_count_the_shared_experts(pool):
             inputs = (high,) if "classification" in key or key == "pool_grading" else (context, low)
             direct += forward_flops(bank[0], lambda: bank[0](*inputs))["total"]
         assert direct > 0 and abs(added - direct) <= 0.01 * direct, (dense, added, direct)
+        assert abs(counted["shared_experts"] - direct) <= 0.01 * direct, (dense, counted["shared_experts"], direct)
 
 
 @pytest.mark.parametrize("setting, value, expected", [
