@@ -1,4 +1,5 @@
 """Sparse upcycling: a multi-task MoE model whose experts start as perturbed copies of a trained run's."""
+import copy
 import json
 
 import pytest
@@ -83,3 +84,17 @@ def test_upcycling_into_a_shared_pool_or_from_no_run_is_refused(source, tmp_path
         train_mlt_model.validate(tiny_config(expert_pool="shared", init_from=str(source[0])))
     with pytest.raises(ConfigError, match="model.init_from.*config.json"):
         train_mlt_model.validate(tiny_config(init_from=str(tmp_path)))
+
+
+def test_the_new_settings_fix_the_run_and_earlier_checkpoints_still_resume():
+    from codebase.config import resume_changes, upgrade_config
+    now = tiny_config()
+    earlier = copy.deepcopy(now)
+    for key in ("shared_experts", "expert_pool", "init_from"):
+        del earlier["model"][key]  # a checkpoint written before these settings existed
+    assert resume_changes(upgrade_config(earlier), now, train_mlt_model.RESUME_RULES)[0] == []
+    for key, value in (("shared_experts", 1), ("expert_pool", "shared"), ("init_from", "saved/dense")):
+        changed = copy.deepcopy(now)
+        changed["model"][key] = value
+        refused, _ = resume_changes(now, changed, train_mlt_model.RESUME_RULES)
+        assert [line.split(":")[0] for line in refused] == [f"model.{key}"]
