@@ -47,9 +47,12 @@ def test_shared_experts_and_a_shared_pool_train_and_learn(synthetic_root, tmp_pa
 
 def test_an_upcycled_run_starts_from_its_source_and_trains(synthetic_root, tmp_path):
     """A 1-expert run, then a 3-expert run upcycled from it: the log says so, and its first epoch's
-    training loss is below the from-scratch run's first epoch (it starts from trained weights)."""
+    optic-disc loss is well below the from-scratch run's first epoch (it starts from trained experts;
+    the total loss is not comparable, a 1-expert run has no gate losses). Measured: 0.43 against 0.81."""
     dense = train_mlt_model.main(config(synthetic_root, tmp_path, "dense", "train.epochs=2", "model.num_experts=1"))
     upcycled = train_mlt_model.main(config(synthetic_root, tmp_path, "moe", "train.epochs=1", "model.num_experts=3",
                                            f"model.init_from={tmp_path / 'dense'}"))
     assert "upcycled from" in (tmp_path / "moe" / "train_log.txt").read_text()
-    assert upcycled[0]["train"]["loss"] < dense[0]["train"]["loss"], (upcycled[0]["train"], dense[0]["train"])
+    key = "loss_segmentation_od"
+    first, scratch = upcycled[0]["train"]["components"][key], dense[0]["train"]["components"][key]
+    assert first < 0.75 * scratch, (first, scratch)
