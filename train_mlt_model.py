@@ -45,6 +45,7 @@ from codebase.errors import run_main
 from codebase.evaluation.fullres import FULLRES_EVAL, run_window
 from codebase.evaluation.previews import PredictionPreview
 from codebase.model import build_model, predict
+from codebase.networks.expert_layout import POOLS
 from codebase.runtime import distributed
 from codebase.runtime.device import make_grad_scaler
 from codebase.settings import COMMON_RESUME_RULES, COMMON_RULES, task_weights_rule
@@ -54,6 +55,7 @@ from codebase.training.losses import CLASSIFICATION_LOSSES
 from codebase.training.optim import make_optimizer, make_scheduler
 from codebase.training.run_folder import Run
 from codebase.training.selection import evaluation_plan, make_selection
+from codebase.training.upcycling import source_config, upcycle
 from codebase.training.weighting import WEIGHTINGS, install_problem, weighting_from_config
 from codebase.training.weighting import default_settings as weighting_defaults
 from codebase.training.weighting import resume_rules as weighting_resume_rules
@@ -84,6 +86,11 @@ CONFIG = {
         "backbone": "resnet50",
         "pretrained": "imagenet",          # "imagenet", "none", or a path to a torchvision state dict
         "num_experts": 3,
+        "shared_experts": 0,               # always-on experts per task (per pool) beside the routed ones, not gated
+        "expert_pool": "task",             # "task": routed experts per task; "shared": one pool per side,
+                                           # a gate per task
+        "init_from": None,                 # a saved multi-task run folder to upcycle from (backbone, ASPP, expert 0
+                                           # copied into every expert with noise; codebase/training/upcycling.py)
         "task_specs": {"classification_rg": 5, "classification_mer": 3, "segmentation_ma": 1,
                        "segmentation_he": 1, "segmentation_ex": 1, "segmentation_se": 1, "segmentation_od": 1},
         "aspp_channels": 256,
@@ -170,6 +177,9 @@ RULES = {
     "data.crop_size": optional(size_hw(32)),
     "data.persistent_workers": BOOLEAN,
     "model.num_experts": integer(1),
+    "model.shared_experts": integer(0),
+    "model.expert_pool": choice(*POOLS),
+    "model.init_from": optional(Rule(lambda path: isinstance(path, str) and bool(path), "a saved run folder")),
     "model.task_specs": Rule(lambda specs: isinstance(specs, dict) and bool(specs), "a dict {task name: outputs}"),
     "model.aspp_channels": integer(1),
     "model.decoder_channels": integer(1),
@@ -225,6 +235,8 @@ def validate(config):
     require(config, "data.crop_size", lambda c: c is None or (c[0] <= size[0] and c[1] <= size[1]),
             f"None or [height, width] no larger than data.segmentation_size={size}")
     validate_patch_settings(config, "data.patches")
+    if config["model"]["init_from"] is not None:
+        source_config(config)
 
 def main(config):
     """Train as configured; returns the history (one dict per epoch)."""
@@ -239,7 +251,10 @@ def main(config):
         datasets, streams, eval_loaders = build_loaders(config, splits, device, distributed.rank(),
                                                         distributed.world_size())
 
-        model = build_model(config).to(device)
+        model = build_model(config)
+        if config["model"]["init_from"] is not None and run.checkpoint is None:  # a resumed run has its weights
+            run.log(upcycle(model, config))
+        model = model.to(device)
         if train["channels_last"]:
             model = model.to(memory_format=torch.channels_last)
         if train["compile"]:
@@ -259,7 +274,8 @@ def main(config):
         run.log("images (train / validation / test): " + "; ".join(
             f"{side} {' / '.join(str(len(records)) for records in parts.values())}" for side, parts in splits.items()))
         run.log(f"multi-task model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, "
-                f"{len(model.task_specs)} tasks x {model.num_experts} experts; dense routing for the first "
+                f"{len(model.task_specs)} tasks, {model.num_experts} routed + {model.shared_count} shared experts "
+                f"{'per task' if model.expert_pool == 'task' else 'in one pool per side'}; dense routing for the first "
                 f"{warmup_epochs} epochs, then top-p with p={model.top_p}")
 
         training = MultiTaskTraining(step, weighting, optimizer, device, train["amp"], scaler, train["channels_last"],

@@ -29,6 +29,7 @@ from codebase.evaluation.cost import (  # noqa: E402
     synchronize,
 )
 from codebase.model import MultiTaskModel  # noqa: E402
+from codebase.networks.expert_layout import dispatch_routings  # noqa: E402
 from codebase.networks.routing import routing_weights, top_p_mask  # noqa: E402
 from codebase.training.losses import SegmentationLoss  # noqa: E402
 
@@ -39,8 +40,10 @@ def flops_table(model, size, device):
     sparse = forward_flops(model, lambda: model(image, dense=False))
     with torch.no_grad():
         routing = model(image, dense=False)["routing"]
+        routing = dispatch_routings(routing, model.owner)  # a shared pool's experts run on the union of its tasks'
     run_share = torch.stack([r.mask.float().mean() for r in routing.values()]).mean().item()
-    shared = sum(dense[name] for name in ("backbone", "aspp", "gates"))
+    # The always-on part: everything but the routed experts.
+    shared = sum(dense.get(name, 0) for name in ("backbone", "aspp", "gates", "shared_experts", "task_outputs"))
     predicted = shared + run_share * (dense["total"] - shared)
     rows = [["dense", dense["total"] / 1e9, "1.00x", "", ""],
             ["top-p", sparse["total"] / 1e9, ratio(sparse["total"], dense["total"]), predicted / 1e9,

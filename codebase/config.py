@@ -54,6 +54,10 @@ RENAMED_KEYS = {
                             {"MA": 2.0}),
 }
 
+# Multi-task model settings added later -> the value that gives the model runs written before them had,
+# filled into an earlier checkpoint's config so that such a run still resumes.
+ADDED_MULTITASK_KEYS = {"model.shared_experts": 0, "model.expert_pool": "task", "model.init_from": None}
+
 
 def upgrade_config(config: dict) -> dict:
     """A copy of a config written by an earlier release with its renamed keys in today's form
@@ -68,6 +72,10 @@ def upgrade_config(config: dict) -> dict:
         target = upgraded.setdefault(new_section, {})
         entries = {task: weight for task, weight in convert(holder.pop(leaf)).items() if weight != 1.0}
         target[new_leaf] = {**entries, **(target.get(new_leaf) or {})}
+    model = upgraded.get("model")
+    if isinstance(model, dict) and "task_specs" in model:
+        for key, value in ADDED_MULTITASK_KEYS.items():
+            model.setdefault(key.split(".")[1], value)
     return upgraded
 
 

@@ -7,13 +7,15 @@ gets DeepLabV3+ decoder experts fed by the shared ASPP. Adding a task is one ent
 Routing (see codebase/networks/routing.py): in dense mode every expert runs on every image and outputs are
 mixed by the routing weights; in top-p mode each image runs only the experts it selected, each
 expert runs only on the images that selected it, and an expert nobody selected does not run.
+``shared_experts`` adds always-on experts, ``expert_pool="shared"`` gives each side one pool of experts
+that its tasks' gates choose from (codebase/networks/expert_layout.py).
 """
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from codebase.networks.backbones import make_backbone
-from codebase.networks.experts import ExpertBank
+from codebase.networks.expert_layout import build_layout, combine, dispatch_routings
 from codebase.networks.layers import ASPP, ClassificationHead, DeepLabDecoder, Gate
 from codebase.networks.routing import dispatch_plan, route, update_selection_bias
 from codebase.tasks import SIDES as TASK_SIDES
@@ -27,7 +29,7 @@ class MultiTaskModel(nn.Module):
 
     def __init__(self, task_specs, backbone="resnet50", num_experts=3, pretrained="none", top_p=0.8,
                  aspp_channels=256, decoder_channels=256, head_hidden=256, gate_hidden=128, gate_noise=False,
-                 gate_detach=False):
+                 gate_detach=False, shared_experts=0, expert_pool="task"):
         super().__init__()
         if num_experts < 1:
             raise ValueError(f"num_experts must be at least 1, got {num_experts}")
@@ -43,14 +45,19 @@ class MultiTaskModel(nn.Module):
         high, low = self.backbone.high_level_channels, self.backbone.low_level_channels
         self.aspp = ASPP(high, aspp_channels, 16, separable=True) if self.segmentation_tasks else None
         self.gates = nn.ModuleDict({task: Gate(high, num_experts, gate_hidden, gate_noise) for task in self.task_specs})
-        self.experts = nn.ModuleDict()
-        for task in self.tasks:
-            if task.side == "grading":
-                experts = [ClassificationHead(high, task.outputs, head_hidden, conv=True) for _ in range(num_experts)]
-            else:
-                experts = [DeepLabDecoder(low, task.outputs, aspp_channels, channels=decoder_channels, separable=True)
-                           for _ in range(num_experts)]
-            self.experts[task.name] = ExpertBank(experts)
+
+        def make_expert(side, outputs):
+            if side == "grading":
+                return ClassificationHead(high, outputs, head_hidden, conv=True)
+            return DeepLabDecoder(low, outputs, aspp_channels, channels=decoder_channels, separable=True)
+
+        # Routed experts per task or per side's pool, and any always-on shared experts
+        # (codebase/networks/expert_layout.py); with the defaults only experts.<task>, as always.
+        self.shared_count, self.expert_pool = shared_experts, expert_pool
+        self.experts, shared, task_outputs, self.owner = build_layout(
+            self.tasks, make_expert, {"grading": head_hidden, "segmentation": decoder_channels}, num_experts,
+            shared_experts, expert_pool)
+        self.shared_experts, self.task_outputs = shared, task_outputs  # None (unregistered) when unused
 
     def update_selection_biases(self, routings, rate, reduce=None):
         """Loss-free load balancing after an optimizer step: move each routed task's selection bias
@@ -85,7 +92,7 @@ class MultiTaskModel(nn.Module):
             pooled = pooled.detach()
         routings = {task: route(self.gates[task](pooled), self.top_p, self.gates[task].selection_bias, dense)
                     for task in tasks}
-        plan = dispatch_plan(routings)  # one host read for all tasks
+        plan = dispatch_plan(dispatch_routings(routings, self.owner))  # one host read for all tasks
         logits = self._classify(high_level, routings, plan)
         logits.update(self._segment(low_level, high_level, routings, plan, images.shape[-2:]))
         return {"logits": logits, "routing": routings}
@@ -100,7 +107,10 @@ class MultiTaskModel(nn.Module):
 
     def _classify(self, high_level, routings, plan):
         tasks = [t for t in self.grading_tasks if t in routings]
-        return {t: self.experts[t].mix((high_level,), routings[t].mixture, plan[t]) for t in tasks}
+        return self._combine(tasks, (high_level,), routings, plan)
+
+    def _combine(self, tasks, inputs, routings, plan):
+        return combine(tasks, inputs, routings, plan, self.experts, self.shared_experts, self.task_outputs, self.owner)
 
     def _segment(self, low_level, high_level, routings, plan, size):
         tasks = [t for t in self.segmentation_tasks if t in routings]
@@ -108,7 +118,8 @@ class MultiTaskModel(nn.Module):
             return {}
         context = self.aspp(high_level)  # [B, 256, H/16, W/16]
         context = F.interpolate(context, size=low_level.shape[-2:], mode="bilinear", align_corners=False)
-        stride4 = [self.experts[t].mix((context, low_level), routings[t].mixture, plan[t]) for t in tasks]
+        outputs = self._combine(tasks, (context, low_level), routings, plan)
+        stride4 = [outputs[t] for t in tasks]
         # One upsampling for all tasks: [B, sum(outputs), H/4, W/4] -> [B, sum(outputs), H, W].
         full = F.interpolate(torch.cat(stride4, dim=1), size=size, mode="bilinear", align_corners=False)
         return dict(zip(tasks, full.split([self.task_specs[t] for t in tasks], dim=1)))
@@ -121,7 +132,8 @@ def build_model(config):
                           top_p=config["routing"]["top_p"], aspp_channels=model["aspp_channels"],
                           decoder_channels=model["decoder_channels"], head_hidden=model["head_hidden"],
                           gate_noise=config["routing"].get("noise", False),
-                          gate_detach=config["routing"].get("detach_gate_input", False))
+                          gate_detach=config["routing"].get("detach_gate_input", False),
+                          shared_experts=model.get("shared_experts", 0), expert_pool=model.get("expert_pool", "task"))
 
 
 def predict(model, images, side="all", dense=False):

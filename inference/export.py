@@ -54,11 +54,16 @@ class MixtureOfExpertsExport(nn.Module):
     def mix(self, task, inputs, pooled):
         gate = self.model.gates[task]
         mixture = route(gate(pooled), self.model.top_p, gate.selection_bias, self.dense).mixture  # [B, E]
-        outputs = torch.stack([expert(*inputs) for expert in self.model.experts[task].experts], dim=1)  # [B, E, ...]
+        unit = self.model.owner[task]  # the task itself, or its side's shared pool
+        outputs = torch.stack([expert(*inputs) for expert in self.model.experts[unit].experts], dim=1)  # [B, E, ...]
         weights = mixture.to(outputs.dtype)
         while weights.dim() < outputs.dim():
             weights = weights.unsqueeze(-1)  # [B, E, 1, ...]
-        return (outputs * weights).sum(dim=1)
+        mixed = (outputs * weights).sum(dim=1)
+        if self.model.shared_experts is not None:  # always-on experts: their mean
+            always = [expert(*inputs) for expert in self.model.shared_experts[unit].experts]
+            mixed = mixed + torch.stack(always, dim=1).mean(dim=1)
+        return mixed if self.model.task_outputs is None else self.model.task_outputs[task](mixed)
 
     def forward(self, images):
         model = self.model

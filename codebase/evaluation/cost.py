@@ -17,17 +17,27 @@ def count_parameters(module):
 def forward_flops(module, run):
     """FLOPs of ``run()`` (a forward through ``module``): {"total": n, "<child>": n per direct child}.
 
-    A child's count covers work inside its own forward; work a parent does with the child's
-    weights (the grouped expert path, say) counts in the total only.
+    A child's count covers work inside its own forward, or, for a container that is not called itself
+    (a ModuleDict of gates or experts), inside the forwards of its outermost modules that ran; work a
+    parent does with the child's weights (the grouped expert path, say) counts in the total only.
     """
     with torch.no_grad(), FlopCounterMode(display=False, depth=None) as counter:
         run()
-    counts = counter.get_flop_counts()
+    counts = {name: sum(by_op.values()) for name, by_op in counter.get_flop_counts().items()}
     root = type(module).__name__
     result = {"total": int(counter.get_total_flops())}
     for name, _ in module.named_children():
-        result[name] = int(sum(counts.get(f"{root}.{name}", {}).values()))
+        result[name] = int(_flops_inside(counts, f"{root}.{name}"))
     return result
+
+
+def _flops_inside(counts, prefix):
+    """FLOPs counted for module ``prefix``, or summed over its outermost descendants that ran."""
+    if prefix in counts:
+        return counts[prefix]
+    inside = [name for name in counts if name.startswith(prefix + ".")]
+    return sum(counts[name] for name in inside
+               if not any(name.startswith(other + ".") for other in inside if other != name))
 
 
 def synchronize(device):

@@ -157,12 +157,19 @@ class ExpertBank(nn.Module):
         inputs: tuple of [B, ...] tensors every expert takes; mixture [B, E]; plan: per expert the
         indices of the images it runs on, or None when it runs on none. -> [B, ...].
         """
+        return self.mix_many(inputs, [mixture], plan)[0]
+
+    def mix_many(self, inputs, mixtures, plan):
+        """Several weighted sums of the same expert outputs (the tasks sharing one pool of experts):
+        each expert runs once on the images of its plan, and each mixture [B, E] adds the output
+        with its own weights (zero for an image that mixture did not select). -> [[B, ...] per mixture].
+        """
         batch = inputs[0].shape[0]
         if all(indices is not None and indices.numel() == batch for indices in plan):
             outputs = self.run_all(inputs)  # [B, E, ...]
-            weights = mixture.to(outputs.dtype).view(*mixture.shape, *[1] * (outputs.dim() - 2))
-            return (outputs * weights).sum(dim=1)
-        mixed, untouched = None, []
+            shape = [1] * (outputs.dim() - 2)
+            return [(outputs * m.to(outputs.dtype).view(*m.shape, *shape)).sum(dim=1) for m in mixtures]
+        mixed, untouched = [None] * len(mixtures), []
         for expert_index, indices in enumerate(plan):
             if indices is None:
                 if self.keep_skipped_in_graph and self.training:
@@ -170,14 +177,17 @@ class ExpertBank(nn.Module):
                 continue
             if indices.numel() == batch:  # every image (the plan lists them in batch order): no gather, no scatter
                 out = self.experts[expert_index](*inputs)
-                part = out * mixture[:, expert_index].to(out.dtype).view(-1, *[1] * (out.dim() - 1))
-                mixed = part if mixed is None else mixed + part
+                for k, mixture in enumerate(mixtures):
+                    part = out * mixture[:, expert_index].to(out.dtype).view(-1, *[1] * (out.dim() - 1))
+                    mixed[k] = part if mixed[k] is None else mixed[k] + part
                 continue
             out = self.experts[expert_index](*(x.index_select(0, indices) for x in inputs))
-            weight = mixture[indices, expert_index].to(out.dtype).view(-1, *[1] * (out.dim() - 1))
-            if mixed is None:
-                mixed = out.new_zeros((batch, *out.shape[1:]))
-            mixed = mixed.index_add(0, indices, out * weight)
+            for k, mixture in enumerate(mixtures):
+                weight = mixture[indices, expert_index].to(out.dtype).view(-1, *[1] * (out.dim() - 1))
+                if mixed[k] is None:
+                    mixed[k] = out.new_zeros((batch, *out.shape[1:]))
+                mixed[k] = mixed[k].index_add(0, indices, out * weight)
         if untouched:
-            mixed = mixed + 0 * torch.stack(untouched).sum()
+            keep = 0 * torch.stack(untouched).sum()
+            mixed = [m + keep for m in mixed]
         return mixed
