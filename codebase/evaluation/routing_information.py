@@ -44,7 +44,8 @@ def table_information(table) -> float:
     joint = table / total
     rows, columns = joint.sum(axis=1, keepdims=True), joint.sum(axis=0, keepdims=True)
     kept = joint > 0
-    return max(float(np.sum(joint[kept] * np.log(joint[kept] / (rows @ columns)[kept]))), 0.0)
+    value = float(np.sum(joint[kept] * np.log(joint[kept] / (rows @ columns)[kept])))
+    return value if value > 1e-12 else 0.0  # rounding error of an independent table is no information
 
 
 def mutual_information(a, b) -> float:
