@@ -1,5 +1,6 @@
 """Training the multi-task model end to end: files, new tasks, two processes, learning."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from codebase.dataset import build_datasets
 from codebase.engine import evaluate
 from codebase.evaluation.fullres import fullres_metrics, with_fullres
 from codebase.tasks import on_side
+from codebase.training.tensorboard import history_scalars
 
 pytestmark = pytest.mark.slow  # trains models or runs scripts in subprocesses
 
@@ -102,8 +104,13 @@ def test_run_writes_its_folder_and_routes_sparsely_after_warm_up(tiny_run):
     assert [entry["train"]["dense_routing"] for entry in history] == [1.0, 0.0]
     routing = history[-1]["validation"]["routing"]
     assert set(routing) == set(config["model"]["task_specs"])
-    for stats in routing.values():
+    for task, stats in routing.items():
         assert 1.0 <= stats["experts_per_image"] <= 3.0 and len(stats["usage"]) == 3
+        # the routing's mutual information with the camera (synthetic.json) and, for grading, the grade
+        assert 0 <= stats["camera_mi"] <= math.log(3) + 1e-9 and stats["camera_mi_images"] > 0
+        assert ("grade_mi" in stats) == task.startswith("classification") != ("grade_mi_absent" in stats)
+        assert f"validation/routing/{task}/camera_mi" in history_scalars(history[-1])  # a TensorBoard scalar
+        assert "camera_mi" in tested["last"]["metrics"]["routing"][task]
     # loss-free balancing moved every gate's selection bias, by balance_rate per step (4 steps)
     state = torch.load(folder / "model.pth", weights_only=True)
     rate, steps = config["routing"]["balance_rate"], config["train"]["epochs"] * config["train"]["iterations"]
