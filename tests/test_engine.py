@@ -141,9 +141,13 @@ def test_a_task_added_through_task_specs_trains(synthetic_root, tmp_path):
     specs = {"classification_rg": 5, "classification_mer": 3, "classification_referable": 2,
              "segmentation_od": 1, "segmentation_red": 1}
     config = tiny_config(synthetic_root, tmp_path, f"model.task_specs={json.dumps(specs)}",
-                         "loss.weighting=uncertainty")
+                         "loss.weighting=uncertainty", "run.plots=true")
     history = train_mlt_model.main(config)
     last = history[-1]
+    plots = tmp_path / "mlt_demo" / "plots"  # the routing's figures, the test images of each expert among them
+    for name in ("router_usage.png", "router_information.png", "router_expert_images.png"):
+        assert (plots / name).read_bytes().startswith(b"\x89PNG"), name
+    assert "the test images each expert takes" in (tmp_path / "mlt_demo" / "train_log.txt").read_text()
     assert "referable_accuracy" in last["validation"]["grading"] and "RED" in last["validation"]["segmentation"]
     assert "loss_classification_referable" in last["train"]["components"]
     checkpoint = torch.load(tmp_path / "mlt_demo" / "checkpoint.pth", weights_only=True)
