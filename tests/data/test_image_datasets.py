@@ -68,7 +68,8 @@ def test_items_carry_the_camera_synthetic_json_records_and_none_where_unknown(tr
     expected = [records[r.image_path.relative_to(tree).as_posix()]["camera"] for r in grading.records]
     assert [grading[i]["camera"] for i in range(len(grading))] == expected and all(expected)
     segmentation = SegmentationDataset(tree, "test", SIZE, cache_dir=tmp_path / "cache")
-    assert segmentation[0]["camera"] == records[segmentation.records[0].image_path.relative_to(tree).as_posix()]["camera"]
+    first = segmentation.records[0].image_path.relative_to(tree).as_posix()
+    assert segmentation[0]["camera"] == records[first]["camera"]
     batch = next(iter(DataLoader(grading, batch_size=2)))
     assert batch["camera"] == expected[:2]  # strings batch as a list
     (tree / "synthetic.json").unlink()  # a real tree: no camera known

@@ -57,7 +57,8 @@ def routing_choosing(experts, count=3):
 def test_meter_counts_each_images_top_expert_against_its_labels_over_batches():
     meter = RoutingInformationMeter({"camera": 2, "grade": 5}, {"camera": "no camera", "grade": "no grade"})
     # camera 0 always to expert 2, camera 1 always to expert 0; grades independent of the expert
-    meter.update({"t": routing_choosing([2, 0, 2])}, {"camera": torch.tensor([0, 1, 0]), "grade": torch.tensor([1, 1, 3])})
+    meter.update({"t": routing_choosing([2, 0, 2])},
+                 {"camera": torch.tensor([0, 1, 0]), "grade": torch.tensor([1, 1, 3])})
     meter.update({"t": routing_choosing([0, 2])}, {"camera": torch.tensor([1, -1]), "grade": torch.tensor([3, 1])})
     stats = meter.compute()["t"]
     assert stats["camera_mi_images"] == 4  # the image of unknown camera is not counted

@@ -38,6 +38,7 @@ def test_results_md_shows_a_table_per_configuration_and_task_with_absent_values_
     routed = {"mlt_default": routing_summary([seed_folder(tmp_path, 0, 0.2, 0.1)])}
     text = "\n".join(information_lines(routed))
     assert "## Routing mutual information on the test split" in text
-    assert f"| mlt_default | classification_rg | 0.200 ({0.2 / math.log(2):.2f}) | 0.100 (0.10) | 0.050 / 0.200 |" in text
+    normalised = 0.2 / math.log(2)
+    assert f"| mlt_default | classification_rg | 0.200 ({normalised:.2f}) | 0.100 (0.10) | 0.050 / 0.200 |" in text
     assert "| mlt_default | segmentation_od | 0.000 (0.00) | – | 0.250 / – |" in text
     assert f"- grade not measured for segmentation_od: {NO_GRADE}." in text
