@@ -91,7 +91,7 @@ class RoutingInformationMeter:
             chosen = mixture.argmax(dim=-1)  # [B], the expert weighing most in each image's output
             for label, values in self.labels.items():
                 code = codes[label].to(mixture.device)
-                known = code >= 0
+                known = (code >= 0) & (code < values)  # a value outside the table is unknown too
                 flat = (code.clamp_min(0) * experts + chosen)[known]
                 counts = torch.bincount(flat, minlength=values * experts)[:values * experts].view(values, experts)
                 total = self.tables.get((task, label))
