@@ -42,6 +42,7 @@ from codebase.engine import (
     gate_weights,
 )
 from codebase.errors import run_main
+from codebase.evaluation.expert_images import EXPERT_IMAGES_FIGURE, write_expert_images
 from codebase.evaluation.fullres import FULLRES_EVAL, run_window
 from codebase.evaluation.previews import PredictionPreview
 from codebase.model import build_model, predict
@@ -53,7 +54,7 @@ from codebase.tasks import parse_tasks
 from codebase.training.loop import EpochPlan, fit
 from codebase.training.losses import CLASSIFICATION_LOSSES
 from codebase.training.optim import make_optimizer, make_scheduler
-from codebase.training.run_folder import Run
+from codebase.training.run_folder import PLOTS_FOLDER, Run
 from codebase.training.selection import evaluation_plan, make_selection
 from codebase.training.upcycling import source_config, upcycle
 from codebase.training.weighting import WEIGHTINGS, install_problem, weighting_from_config
@@ -301,7 +302,21 @@ def main(config):
                          selection=make_selection(train, model.tasks), test=test, loaders=loaders,
                          preview=PredictionPreview(model, predict, [datasets[side].get("validation")
                                                                     for side in datasets], model.tasks, device))
-        return fit(run, model, optimizer, scheduler, plan, train["epochs"], scaler, {"weighting": weighting})
+        history = fit(run, model, optimizer, scheduler, plan, train["epochs"], scaler, {"weighting": weighting})
+        if distributed.is_main_process() and config["run"]["plots"]:
+            draw_expert_images(run, model, {side: split["test"] for side, split in datasets.items() if "test" in split},
+                               device, train["amp"])
+        return history
+
+
+def draw_expert_images(run, model, datasets, device, amp):
+    """plots/router_expert_images.png: the test images that weigh most for each expert (the last
+    weights); a failure is only logged, as for the other plots."""
+    try:
+        path = write_expert_images(model, datasets, device, run.folder / PLOTS_FOLDER / EXPERT_IMAGES_FIGURE, amp=amp)
+        run.log(f"the test images each expert takes: {path}")
+    except Exception as error:  # a figure never costs the finished run
+        run.log(f"warning: could not draw {EXPERT_IMAGES_FIGURE}: {error!r}")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from inference.report import STYLE, png_data_uri
 PRIMARY = ["rg_kappa", "mer_kappa", "rg_accuracy", "mer_accuracy", "joint_accuracy"]
 PRIMARY += [f"{lesion}_{name}" for name in ("aupr", "dice") for lesion in ("MA", "HE", "EX", "SE", "OD")]
 PRIMARY += ["mean_aupr", "mean_dice"]
+INFORMATION_LABELS = ("camera", "grade")  # what routing's mutual information is measured against
 LABELS = {"rg_kappa": "RG quadratic weighted kappa", "mer_kappa": "MER quadratic weighted kappa",
           "rg_accuracy": "RG accuracy", "mer_accuracy": "MER accuracy", "joint_accuracy": "joint RG+MER accuracy",
           "mean_aupr": "mean AUPR", "mean_dice": "mean Dice"}
@@ -67,8 +68,64 @@ def routing_summary(folders):
                           "least_share": float(np.mean([min(r["usage"]) for r in runs])),
                           "busiest_share_max": float(max(r["busiest_share"] for r in runs)),
                           "least_share_min": float(min(min(r["usage"]) for r in runs)),
-                          "seeds": len(runs)}
+                          "seeds": len(runs), "information": information_summary(runs)}
     return summary_
+
+
+def information_summary(runs):
+    """Per label ("camera", "grade"), from one task's test routing statistics of each seed: the mutual
+    information between expert and label (nats; codebase/evaluation/routing_information.py), its
+    normalised value (None unless every seed has one) and the plug-in bias, each the mean over
+    seeds, and the seeds' own values; {"absent": reason} unless every seed measured it."""
+    result = {}
+    for label in INFORMATION_LABELS:
+        key = f"{label}_mi"
+        missing = [run for run in runs if key not in run]
+        if missing:
+            result[label] = {"absent": missing[0].get(f"{key}_absent", "not measured by the runs' evaluation")}
+            continue
+        normalised = [run.get(f"{key}_normalised") for run in runs]
+        result[label] = {"mi": float(np.mean([run[key] for run in runs])),
+                         "mi_normalised": None if None in normalised else float(np.mean(normalised)),
+                         "bias": float(np.mean([run[f"{key}_bias"] for run in runs])),
+                         "mi_per_seed": [run[key] for run in runs]}
+    return result
+
+
+def information_lines(routed):
+    """The results.md section on the routing's mutual information, from routing_summary() per
+    configuration ({configuration: {task: summary}})."""
+    lines = ["", "## Routing mutual information on the test split", "",
+             "Per multi-task configuration and task, the plug-in mutual information, in nats, between the expert "
+             "that weighs most in each test image's output and the image's camera profile (as the data root's "
+             "synthetic.json records it) or its retinopathy grade, mean over seeds; in brackets divided by log K, "
+             "K = min(label values among the images, experts): 0 when the expert says nothing about the label, "
+             "1 when each value has an expert of its own. Expert indices need not match across seeds; the MI "
+             "does not depend on them. With n images the plug-in estimate is biased upwards by about "
+             "(values - 1)(experts used - 1) / (2n) nats (the last column, mean over seeds): an MI near it is no "
+             "evidence that routing follows the label. – marks what could not be measured (below).", ""]
+    rows, reasons = [], {}
+    for name, routing in routed.items():
+        for task, stats in routing.items():
+            information = stats.get("information", {})
+            cells, biases = [], []
+            for label in INFORMATION_LABELS:
+                entry = information.get(label, {"absent": "not measured by the runs' evaluation"})
+                if "absent" in entry:
+                    reasons.setdefault((label, entry["absent"]), []).append(task)
+                    cells.append("–")
+                    biases.append("–")
+                    continue
+                normalised = entry["mi_normalised"]
+                cells.append(_cell(entry["mi"]) + ("" if normalised is None else f" ({normalised:.2f})"))
+                biases.append(_cell(entry["bias"]))
+            rows.append([name, task] + cells + [" / ".join(biases)])
+    lines += _table(["configuration", "task", "expert vs camera", "expert vs grade", "plug-in bias (camera / grade)"],
+                    rows)
+    if reasons:
+        lines += [""] + [f"- {label} not measured for {', '.join(dict.fromkeys(tasks))}: {reason}."
+                         for (label, reason), tasks in reasons.items()]
+    return lines
 
 
 def analyse(grid_name, grid, planned, root, device, resamples=1000, seed=0, level=0.95, cost_images=2,
@@ -224,6 +281,7 @@ def markdown(results):
                                    f"{routing[task]['busiest_share_max']:.2f} / {routing[task]['least_share_min']:.2f}"
                                    f" ({routing[task]['experts_per_image']:.2f})" for task in tasks]
                          for name, routing in routed.items()])
+        lines += information_lines(routed)
     if results.get("external"):
         lines += [""] + markdown_lines(results["external"], results["reference"], label)
     lines += ["", "## Cost", "",

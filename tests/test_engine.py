@@ -1,5 +1,6 @@
 """Training the multi-task model end to end: files, new tasks, two processes, learning."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from codebase.dataset import build_datasets
 from codebase.engine import evaluate
 from codebase.evaluation.fullres import fullres_metrics, with_fullres
 from codebase.tasks import on_side
+from codebase.training.tensorboard import history_scalars
 
 pytestmark = pytest.mark.slow  # trains models or runs scripts in subprocesses
 
@@ -102,8 +104,13 @@ def test_run_writes_its_folder_and_routes_sparsely_after_warm_up(tiny_run):
     assert [entry["train"]["dense_routing"] for entry in history] == [1.0, 0.0]
     routing = history[-1]["validation"]["routing"]
     assert set(routing) == set(config["model"]["task_specs"])
-    for stats in routing.values():
+    for task, stats in routing.items():
         assert 1.0 <= stats["experts_per_image"] <= 3.0 and len(stats["usage"]) == 3
+        # the routing's mutual information with the camera (synthetic.json) and, for grading, the grade
+        assert 0 <= stats["camera_mi"] <= math.log(3) + 1e-9 and stats["camera_mi_images"] > 0
+        assert ("grade_mi" in stats) == task.startswith("classification") != ("grade_mi_absent" in stats)
+        assert f"validation/routing/{task}/camera_mi" in history_scalars(history[-1])  # a TensorBoard scalar
+        assert "camera_mi" in tested["last"]["metrics"]["routing"][task]
     # loss-free balancing moved every gate's selection bias, by balance_rate per step (4 steps)
     state = torch.load(folder / "model.pth", weights_only=True)
     rate, steps = config["routing"]["balance_rate"], config["train"]["epochs"] * config["train"]["iterations"]
@@ -134,9 +141,13 @@ def test_a_task_added_through_task_specs_trains(synthetic_root, tmp_path):
     specs = {"classification_rg": 5, "classification_mer": 3, "classification_referable": 2,
              "segmentation_od": 1, "segmentation_red": 1}
     config = tiny_config(synthetic_root, tmp_path, f"model.task_specs={json.dumps(specs)}",
-                         "loss.weighting=uncertainty")
+                         "loss.weighting=uncertainty", "run.plots=true")
     history = train_mlt_model.main(config)
     last = history[-1]
+    plots = tmp_path / "mlt_demo" / "plots"  # the routing's figures, the test images of each expert among them
+    for name in ("router_usage.png", "router_information.png", "router_expert_images.png"):
+        assert (plots / name).read_bytes().startswith(b"\x89PNG"), name
+    assert "the test images each expert takes" in (tmp_path / "mlt_demo" / "train_log.txt").read_text()
     assert "referable_accuracy" in last["validation"]["grading"] and "RED" in last["validation"]["segmentation"]
     assert "loss_classification_referable" in last["train"]["components"]
     checkpoint = torch.load(tmp_path / "mlt_demo" / "checkpoint.pth", weights_only=True)

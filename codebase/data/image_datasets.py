@@ -13,6 +13,7 @@ from torch.utils.data import Dataset
 
 from codebase.data import idrid
 from codebase.data.cache import ResizedCache
+from codebase.data.provenance import camera_lookup
 from codebase.data.transforms import eval_transforms, to_tv_tensors, train_transforms
 
 
@@ -21,6 +22,15 @@ def _cache(root: Path, cache_dir) -> ResizedCache:
     if cache_dir is False:
         return ResizedCache(None)
     return ResizedCache(root / ".cache" if cache_dir is None else cache_dir)
+
+
+UNKNOWN_CAMERA = ""  # an item's "camera" where the data root records none (codebase.data.provenance)
+
+
+def image_cameras(root: Path, records) -> list[str]:
+    """Per record, the camera profile that took its image, or UNKNOWN_CAMERA."""
+    camera_of = camera_lookup(root)
+    return [camera_of(record.image_path) or UNKNOWN_CAMERA for record in records]
 
 
 def parse_size_hw(value, what: str) -> tuple[int, int]:
@@ -35,7 +45,8 @@ def parse_size_hw(value, what: str) -> tuple[int, int]:
 
 
 class GradingDataset(Dataset):
-    """Item: {"image": float32 [3,H,W] normalised, "rg": int64 [], "mer": int64 [], "name": str}."""
+    """Item: {"image": float32 [3,H,W] normalised, "rg": int64 [], "mer": int64 [], "name": str,
+    "camera": str (UNKNOWN_CAMERA where the root records none)}."""
 
     def __init__(self, root, split: str, image_size=(712, 1072), train: bool = False, cache_dir=None, records=None):
         """``split`` names the images: "train", "validation" or "test" (codebase.data.splits), with
@@ -45,6 +56,7 @@ class GradingDataset(Dataset):
         self.image_size = parse_size_hw(image_size, "image_size")
         self.train = train
         self.records = list(records) if records is not None else idrid.grading_records(self.root, split)
+        self.cameras = image_cameras(self.root, self.records)
         self.cache = _cache(self.root, cache_dir)
         self.transform = train_transforms() if train else eval_transforms()
 
@@ -65,11 +77,13 @@ class GradingDataset(Dataset):
             "rg": torch.tensor(record.retinopathy_grade, dtype=torch.int64),
             "mer": torch.tensor(record.macular_edema_risk, dtype=torch.int64),
             "name": record.name,
+            "camera": self.cameras[index],
         }
 
 
 class SegmentationDataset(Dataset):
-    """Item: {"image": float32 [3,h,w], "masks": uint8 [5,h,w] of 0/1 in LESIONS order, "name": str}.
+    """Item: {"image": float32 [3,h,w], "masks": uint8 [5,h,w] of 0/1 in LESIONS order, "name": str,
+    "camera": str (as for GradingDataset)}.
 
     (h, w) is crop_size when training with a crop, else image_size; eval never crops.
     """
@@ -85,6 +99,7 @@ class SegmentationDataset(Dataset):
             raise ValueError(f"crop_size={crop_size!r}: expected at most image_size={tuple(image_size)!r}")
         self.train = train
         self.records = list(records) if records is not None else idrid.segmentation_records(self.root, split)
+        self.cameras = image_cameras(self.root, self.records)
         self.cache = _cache(self.root, cache_dir)
         self.transform = train_transforms(self.crop_size) if train else eval_transforms()
 
@@ -109,4 +124,5 @@ class SegmentationDataset(Dataset):
             "image": sample["image"].as_subclass(torch.Tensor),
             "masks": sample["masks"].as_subclass(torch.Tensor),
             "name": record.name,
+            "camera": self.cameras[index],
         }

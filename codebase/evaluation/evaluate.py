@@ -11,6 +11,12 @@ import math
 import torch
 
 from codebase.evaluation.metrics import JointAccuracyMeter, SegmentationMeter
+from codebase.evaluation.routing_information import (
+    GRADE_CLASSES,
+    NO_CAMERA,
+    NO_GRADE,
+    RoutingInformationMeter,
+)
 from codebase.runtime import distributed
 from codebase.runtime.device import autocast
 from codebase.runtime.progress import progress
@@ -51,6 +57,29 @@ class RoutingMeter:
         return result
 
 
+def _information_meter(loader, graded):
+    """The meter of the mutual information between routing and the images' camera (as far as the
+    loader's dataset records one: its ``cameras``) and, for graded images, their retinopathy grade;
+    with a function from a batch to the meter's label codes."""
+    cameras = sorted({camera for camera in getattr(loader.dataset, "cameras", ()) if camera})
+    index = {camera: code for code, camera in enumerate(cameras)}
+    labels = {"camera": len(cameras), **({"grade": GRADE_CLASSES} if graded else {})}
+    meter = RoutingInformationMeter(labels, {"camera": NO_CAMERA, "grade": NO_GRADE})
+
+    def codes(batch):
+        size = batch["image"].shape[0]
+        camera = torch.tensor([index.get(name, -1) for name in batch.get("camera", [""] * size)], dtype=torch.int64)
+        return {"camera": camera, **({"grade": batch["rg"]} if graded else {})}
+    return meter, codes
+
+
+def _with_information(routing, information):
+    """The RoutingMeter's statistics with each task's mutual information beside them."""
+    for task, values in information.compute().items():
+        routing.setdefault(task, {}).update(values)
+    return routing
+
+
 def _reduce(meters):
     if distributed.is_distributed():
         distributed.all_reduce_sum([t for meter in meters for t in meter.state_tensors()])
@@ -67,6 +96,7 @@ def evaluate_grading(predict, loader, tasks, device, amp="off", desc="eval gradi
     by_key = {task.key: task.name for task in tasks}
     joint = JointAccuracyMeter() if {"rg", "mer"} <= set(by_key) else None
     routing = RoutingMeter()
+    information, codes = _information_meter(loader, graded=True)
     for batch in progress(loader, desc, total=len(loader)):
         images = batch["image"].to(device, non_blocking=True)
         with autocast(device, amp):
@@ -80,14 +110,15 @@ def evaluate_grading(predict, loader, tasks, device, amp="off", desc="eval gradi
             rg, mer = by_key["rg"], by_key["mer"]
             joint.update(logits[rg], logits[mer], targets[rg], targets[mer])
         routing.update(out.get("routing", {}))
-    _reduce(list(meters.values()) + [routing] + ([joint] if joint else []))
+        information.update(out.get("routing", {}), codes(batch))
+    _reduce(list(meters.values()) + [routing, information] + ([joint] if joint else []))
     results = {}
     for task in tasks:
         results.update({f"{task.key}_{name}": value for name, value in meters[task.name].compute().items()})
     if joint is not None:
         results["joint_accuracy"] = joint.compute()
     if routing.sums:
-        results["routing"] = routing.compute()
+        results["routing"] = _with_information(routing.compute(), information)
     return results
 
 
@@ -101,6 +132,7 @@ def evaluate_segmentation(predict, loader, tasks, device, amp="off", threshold=0
     """
     meter = SegmentationMeter([task.key for task in tasks], threshold=threshold)
     routing = RoutingMeter()
+    information, codes = _information_meter(loader, graded=False)
     for batch in progress(loader, desc, total=len(loader)):
         images = batch["image"].to(device, non_blocking=True)
         with autocast(device, amp):
@@ -109,8 +141,9 @@ def evaluate_segmentation(predict, loader, tasks, device, amp="off", threshold=0
         masks = {"masks": batch["masks"].to(device, non_blocking=True)}
         meter.update(probs, torch.cat([task.target_of(masks) for task in tasks], dim=1))
         routing.update(out.get("routing", {}))
-    _reduce([meter, routing])
+        information.update(out.get("routing", {}), codes(batch))
+    _reduce([meter, routing, information])
     results = meter.compute()
     if routing.sums:
-        results["routing"] = routing.compute()
+        results["routing"] = _with_information(routing.compute(), information)
     return (results, meter) if keep_meter else results

@@ -12,7 +12,8 @@ completed epoch,
          "grading": {"rg_accuracy": 0.71, "rg_kappa": 0.55, "rg_confusion": [[...]], ...},
          "segmentation": {"MA": {"iou": 0.2, "dice": 0.3, "aupr": 0.25, ...}, ...,
                           "mean_iou": 0.4, "mean_dice": 0.5, "mean_aupr": 0.45},
-         "routing": {"segmentation_ma": {"experts_per_image": 1.6, "usage": [0.5, 0.3, 0.2]}, ...}},
+         "routing": {"segmentation_ma": {"experts_per_image": 1.6, "usage": [0.5, 0.3, 0.2],
+                                         "camera_mi": 0.21, ...}, ...}},
      "monitor": 0.63}                 # the score model selection compares (epochs with an evaluation)
 
 "train" is what the engine's train_one_epoch returned and "validation" what evaluate returned: any
@@ -25,7 +26,9 @@ at any depth and in any section, so nothing here depends on a particular model:
   and "mean_iou", "mean_dice", "mean_aupr";
 - router_usage.png: "usage" lists under "routing" -> {task}: one line per expert, one small panel
   per task in a grid four wide; router_experts.png: "experts_per_image", "busiest_share" and
-  "usage_entropy" under "routing" -> {task}, a panel each;
+  "usage_entropy" under "routing" -> {task}, a panel each; router_information.png: the mutual
+  information between each image's expert and its camera ("camera_mi") and its grade ("grade_mi"),
+  in nats, under "routing" -> {task}, a panel each with one curve per task;
 - task_weights.png: the loss weighting's per-task weights, leaves under "task_weights" -> {task}
   (the train section's mean weight per epoch; equal weighting is 1 per task);
 - learning_rate.png: "lr".
@@ -55,6 +58,8 @@ MAIN_SECTIONS = ("validation", "eval")
 RENAMED_FIGURES = {"classification": "grading"}
 ROUTER_STATISTICS = {"experts_per_image": "experts per image", "busiest_share": "busiest expert's share",
                      "usage_entropy": "usage entropy / log E"}
+ROUTER_INFORMATION = {"camera_mi": "expert vs camera: mutual information (nats)",
+                      "grade_mi": "expert vs grade: mutual information (nats)"}
 
 
 def plot_history(history: list[dict], out_dir: str | Path) -> list[Path]:
@@ -90,6 +95,9 @@ def history_figures(history: list[dict]) -> dict[str, Figure]:
         "router_experts": _panels({title: {
             _task_label(path): curve for path, curve in scalars.items() if _under_routing(path) and path[-1] == leaf}
             for leaf, title in ROUTER_STATISTICS.items()}),
+        "router_information": _panels({title: {
+            _task_label(path): curve for path, curve in scalars.items() if _under_routing(path) and path[-1] == leaf}
+            for leaf, title in ROUTER_INFORMATION.items()}, ylabel="nats"),
         "task_weights": _panels({"task weights (mean over the epoch's steps)": {
             _weighted_task_label(path): curve for path, curve in scalars.items() if _under_task_weights(path)}},
             ylabel="weight"),

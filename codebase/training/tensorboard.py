@@ -11,7 +11,8 @@ steps into the current one, kept in the checkpoint), so all curves share one x a
 - each epoch, at its last step: every number of the history entry that `fit` appends to
   history.json, tagged by its key path (``lr``, ``monitor``, ``epoch``, ``time``, ``train/loss``,
   ``train/task_weights/<task>``, ``validation/grading/rg_kappa``,
-  ``validation/segmentation/MA/aupr``, ``validation/routing/<task>/experts_per_image``, ...);
+  ``validation/segmentation/MA/aupr``, ``validation/routing/<task>/experts_per_image``,
+  ``validation/routing/<task>/camera_mi``, ...; strings such as ``camera_mi_absent`` are left out);
   a list of numbers becomes one tag per item (``.../routing/<task>/usage/expert_<e>``, other
   lists ``.../<i>``); matrices such as confusion matrices are left to history.json;
 - each evaluation: ``preview/<name>`` images from the train script's preview callback.

@@ -10,7 +10,8 @@ from torch.utils.data import DataLoader
 
 from codebase.data import idrid
 from codebase.data.cache import ResizedCache, load_resized_mask
-from codebase.data.image_datasets import GradingDataset, SegmentationDataset
+from codebase.data.image_datasets import UNKNOWN_CAMERA, GradingDataset, SegmentationDataset
+from codebase.data.provenance import image_records
 from codebase.data.images import ImageFileError
 from codebase.data.transforms import (
     IMAGENET_MEAN,
@@ -28,7 +29,7 @@ def tree(synthetic_root, tmp_path):
 def test_grading_items(synthetic_root, tmp_path):
     dataset = GradingDataset(synthetic_root, "train", SIZE, train=False, cache_dir=tmp_path)
     item = dataset[0]
-    assert set(item) == {"image", "rg", "mer", "name"}
+    assert set(item) == {"image", "rg", "mer", "name", "camera"}
     assert item["image"].shape == (3, *SIZE) and item["image"].dtype == torch.float32
     assert type(item["image"]) is torch.Tensor
     assert item["rg"].dtype == torch.int64 and item["rg"].shape == () and item["mer"].dtype == torch.int64
@@ -50,7 +51,7 @@ def test_segmentation_items(synthetic_root, tmp_path):
     assert len(dataset) == 2
     for index, record in enumerate(dataset.records):
         item = dataset[index]
-        assert set(item) == {"image", "masks", "name"} and item["name"] == record.name
+        assert set(item) == {"image", "masks", "name", "camera"} and item["name"] == record.name
         assert item["image"].shape == (3, *SIZE)  # eval: no crop
         assert item["masks"].shape == (5, *SIZE) and item["masks"].dtype == torch.uint8
         assert set(item["masks"].unique().tolist()) <= {0, 1}
@@ -59,6 +60,20 @@ def test_segmentation_items(synthetic_root, tmp_path):
             expected = np.zeros(SIZE, np.uint8) if path is None else load_resized_mask(path, SIZE)
             np.testing.assert_array_equal(item["masks"][channel].numpy(), expected)
     assert item["masks"][idrid.LESIONS.index("OD")].sum() > 0
+
+
+def test_items_carry_the_camera_synthetic_json_records_and_none_where_unknown(tree, tmp_path):
+    records = image_records(tree)
+    grading = GradingDataset(tree, "test", SIZE, cache_dir=tmp_path / "cache")
+    expected = [records[r.image_path.relative_to(tree).as_posix()]["camera"] for r in grading.records]
+    assert [grading[i]["camera"] for i in range(len(grading))] == expected and all(expected)
+    segmentation = SegmentationDataset(tree, "test", SIZE, cache_dir=tmp_path / "cache")
+    first = segmentation.records[0].image_path.relative_to(tree).as_posix()
+    assert segmentation[0]["camera"] == records[first]["camera"]
+    batch = next(iter(DataLoader(grading, batch_size=2)))
+    assert batch["camera"] == expected[:2]  # strings batch as a list
+    (tree / "synthetic.json").unlink()  # a real tree: no camera known
+    assert GradingDataset(tree, "test", SIZE, cache_dir=tmp_path / "cache").cameras == [UNKNOWN_CAMERA] * len(grading)
 
 
 def test_absent_mask_gives_an_empty_channel(synthetic_root, tmp_path):

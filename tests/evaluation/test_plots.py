@@ -17,8 +17,10 @@ def _entry(epoch: int) -> dict:
                  "segmentation": {"MA": {"iou": score, "dice": 2 * score, "aupr": score},
                                   "HE": {"iou": score / 2, "dice": score, "aupr": score / 3},
                                   "mean_iou": 0.75 * score, "mean_dice": 1.5 * score},
-                 "routing": {"segmentation_ma": {"experts_per_image": 1.5, "usage": [0.7, 0.2, 0.1][:epoch + 1]},
-                             "classification_rg": {"experts_per_image": 1.0, "usage": [1.0, 0.0]}}},
+                 "routing": {"segmentation_ma": {"experts_per_image": 1.5, "usage": [0.7, 0.2, 0.1][:epoch + 1],
+                                                 "camera_mi": 0.1 * epoch, "grade_mi_absent": "not graded"},
+                             "classification_rg": {"experts_per_image": 1.0, "usage": [1.0, 0.0],
+                                                   "camera_mi": 0.05, "grade_mi": 0.2 * epoch}}},
     }
 
 
@@ -26,7 +28,8 @@ def test_plot_history_draws_every_kind_of_curve(tmp_path):
     written = plots.plot_history([_entry(1), _entry(2), _entry(3)], tmp_path / "plots")
     names = {path.name for path in written}
     assert names == {"loss.png", "loss_components.png", "grading.png", "segmentation.png",
-                     "router_usage.png", "router_experts.png", "task_weights.png", "learning_rate.png"}
+                     "router_usage.png", "router_experts.png", "router_information.png", "task_weights.png",
+                     "learning_rate.png"}
     for path in written:
         assert path.read_bytes().startswith(b"\x89PNG")
     assert sorted(path.name for path in (tmp_path / "plots").iterdir()) == sorted(names), "no temp files left"
@@ -41,6 +44,10 @@ def test_curves_are_labelled_per_lesion_task_and_expert():
     assert usage_titles == ["segmentation_ma (train)", "segmentation_ma", "classification_rg"]
     eval_usage = figures["router_usage"].axes[1]
     assert [line.get_label() for line in eval_usage.get_lines()] == ["expert 0", "expert 1", "expert 2"]
+    camera, grade = figures["router_information"].axes
+    assert [line.get_label() for line in camera.get_lines()] == ["segmentation_ma", "classification_rg"]
+    assert [line.get_label() for line in grade.get_lines()] == ["classification_rg"]
+    assert list(grade.get_lines()[0].get_ydata()) == [0.2, 0.4]
     components = [line.get_label() for line in figures["loss_components"].axes[0].get_lines()]
     assert components == ["train/loss_focal", "train/gate_loss"]
 

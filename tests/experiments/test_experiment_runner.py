@@ -133,6 +133,9 @@ def test_results_give_the_routing_of_each_multitask_configuration_on_the_test_sp
     assert f"{ma['busiest_share_max']:.2f} / {ma['least_share_min']:.2f} ({ma['experts_per_image']:.2f})" \
         in grid_run["markdown"]
     assert "## Routing on the test split" in grid_run["markdown"]
+    assert "## Routing mutual information on the test split" in grid_run["markdown"]
+    assert routing["segmentation_ma"]["information"]["camera"]["mi_per_seed"] == [
+        s["camera_mi"] for s in seeds_ma]  # the synthetic tree records every image's camera
 
 
 def test_report_html_holds_the_tables_and_embedded_curves_and_links_no_file(grid_run):

@@ -13,7 +13,8 @@ Modules, each citing the facts it draws from:
   grading.py   the rules by which grades follow the drawn lesions
   cameras.py   camera profiles: field shape, colour response, illumination, blur, noise, JPEG, defects
   render.py    one photograph: scene, then camera
-  tree.py      the tree on disk and synthetic.json (each image's camera and defects)
+  tree.py      the tree on disk and synthetic.json (each image's camera and defects; read back by
+               codebase.data.provenance)
   preview.py   the preview grid and the statistics table
   cli.py       the command line
 Same seed, same bytes.
@@ -22,7 +23,8 @@ from codebase.data.synthetic.cameras import CAMERAS, DEFAULT_CAMERA, DEFAULT_MIX
 from codebase.data.synthetic.cli import main, parse_size
 from codebase.data.synthetic.grading import SEVERE_HAEMORRHAGES, macular_edema_risk, retinopathy_grade
 from codebase.data.synthetic.render import render
-from codebase.data.synthetic.tree import DEFAULT_COUNTS, DEFAULT_SIZE, ensure_dataset, generate, image_records
+from codebase.data.provenance import image_records
+from codebase.data.synthetic.tree import DEFAULT_COUNTS, DEFAULT_SIZE, ensure_dataset, generate
 
 __all__ = ["CAMERAS", "DEFAULT_CAMERA", "DEFAULT_COUNTS", "DEFAULT_MIX", "DEFAULT_SIZE", "HELD_OUT_CAMERA",
            "SEVERE_HAEMORRHAGES",

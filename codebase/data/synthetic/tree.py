@@ -185,12 +185,6 @@ def generate(out, seed: int = 0, size: tuple[int, int] = DEFAULT_SIZE, seg_train
     return out
 
 
-def image_records(root) -> dict[str, dict]:
-    """{path in the tree: {"camera", "defects"}} from a synthetic tree's synthetic.json ({} if absent)."""
-    path = Path(root) / "synthetic.json"
-    return json.loads(path.read_text()).get("images", {}) if path.exists() else {}
-
-
 def ensure_dataset(root, **kwargs) -> Path:
     """Return `root`, first generating a synthetic tree there (kwargs as `generate`) if none exists."""
     root = Path(root)
