@@ -34,7 +34,10 @@ def test_one_window_over_the_whole_image_gives_the_resized_metrics(loader):
     assert windowed["resolution"] == "sliding window 64x96 over 64x96"
     for task in TASKS:
         for name in ("aupr", "dice", "iou"):
-            assert windowed[task.key][name] == pytest.approx(whole[task.key][name], abs=1e-3), (task.key, name)
+            # undefined (NaN) on both sides where the resized test masks hold no pixel of the lesion (the
+            # synthetic microaneurysms, 10-25 px across at 4288x2848, vanish at 64x96)
+            assert windowed[task.key][name] == pytest.approx(whole[task.key][name], abs=1e-3, nan_ok=True), \
+                (task.key, name)
 
 
 def test_full_resolution_only_for_the_idrid_lesions_and_the_meter_on_request(loader):
