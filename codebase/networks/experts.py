@@ -105,6 +105,12 @@ def grouped_classification_heads(heads, features):
     return _grouped_linear(hidden, [h.mlp[3] for h in heads])
 
 
+def _against(weights, out, lead=1):
+    """Weights [*L, *S] (``lead`` dims L; S empty, or the output's trailing spatial size, per-pixel
+    weights) viewed to multiply ``out`` [*L, ..., *S]."""
+    return weights.to(out.dtype).view(*weights.shape[:lead], *[1] * (out.dim() - weights.dim()), *weights.shape[lead:])
+
+
 def _groupable(experts):
     if all(isinstance(e, DeepLabDecoder) for e in experts):
         return all(isinstance(stage[0], DepthwiseSeparableConv2d) for e in experts for stage in e.refine)
@@ -154,14 +160,14 @@ class ExpertBank(nn.Module):
     def mix(self, inputs, mixture, plan):
         """Weighted sum of expert outputs per image.
 
-        inputs: tuple of [B, ...] tensors every expert takes; mixture [B, E]; plan: per expert the
-        indices of the images it runs on, or None when it runs on none. -> [B, ...].
+        inputs: tuple of [B, ...] tensors every expert takes; mixture [B, E], or [B, E, h, w] per-pixel
+        weights of outputs [B, C, h, w] (region routing); plan: per expert the indices of the images it
+        runs on, or None when it runs on none. -> [B, ...].
         """
         batch = inputs[0].shape[0]
         if all(indices is not None and indices.numel() == batch for indices in plan):
             outputs = self.run_all(inputs)  # [B, E, ...]
-            weights = mixture.to(outputs.dtype).view(*mixture.shape, *[1] * (outputs.dim() - 2))
-            return (outputs * weights).sum(dim=1)
+            return (outputs * _against(mixture, outputs, lead=2)).sum(dim=1)
         mixed, untouched = None, []
         for expert_index, indices in enumerate(plan):
             if indices is None:
@@ -170,11 +176,11 @@ class ExpertBank(nn.Module):
                 continue
             if indices.numel() == batch:  # every image (the plan lists them in batch order): no gather, no scatter
                 out = self.experts[expert_index](*inputs)
-                part = out * mixture[:, expert_index].to(out.dtype).view(-1, *[1] * (out.dim() - 1))
+                part = out * _against(mixture[:, expert_index], out)
                 mixed = part if mixed is None else mixed + part
                 continue
             out = self.experts[expert_index](*(x.index_select(0, indices) for x in inputs))
-            weight = mixture[indices, expert_index].to(out.dtype).view(-1, *[1] * (out.dim() - 1))
+            weight = _against(mixture[indices, expert_index], out)
             if mixed is None:
                 mixed = out.new_zeros((batch, *out.shape[1:]))
             mixed = mixed.index_add(0, indices, out * weight)
