@@ -45,6 +45,8 @@ from codebase.errors import run_main
 from codebase.evaluation.fullres import FULLRES_EVAL, run_window
 from codebase.evaluation.previews import PredictionPreview
 from codebase.model import build_model, predict
+from codebase.networks.layers import ROUTERS
+from codebase.networks.regions import GATE_INPUTS, GRANULARITIES
 from codebase.runtime import distributed
 from codebase.runtime.device import make_grad_scaler
 from codebase.settings import COMMON_RESUME_RULES, COMMON_RULES, task_weights_rule
@@ -97,6 +99,13 @@ CONFIG = {
         "balance_rate": 0.05,              # loss-free balancing: per-step move of each expert's selection bias
         "detach_gate_input": True,         # the gates read the pooled features detached: routing losses stay
                                            # out of the backbone
+        "gate_input": "high",              # what the gates read, averaged: "high" (stride-16) features, "low"
+                                           # (stride-4: colour, illumination, blur), or "both" concatenated
+        "granularity": "image",            # segmentation tasks: "image" (one choice per image) or "region"
+                                           # (per cell of region_grid, per-pixel mixture; docs/multitask_model.md)
+        "region_grid": [4, 6],             # [rows, columns] of the region grid over the high-level features
+        "router": "linear",                # "linear" gate logits, or "cosine" (X-MoE: cosine to learned expert
+                                           # embeddings over a learned, clamped temperature)
     },
     "loss": {
         "classification": "focal",         # "focal" or "ce"
@@ -179,6 +188,10 @@ RULES = {
     "routing.noise": BOOLEAN,
     "routing.balance_rate": number(0),
     "routing.detach_gate_input": BOOLEAN,
+    "routing.gate_input": choice(*GATE_INPUTS),
+    "routing.granularity": choice(*GRANULARITIES),
+    "routing.region_grid": Rule(lambda grid: size_hw(1, 64).check(grid), "[rows, columns], integers in [1, 64]"),
+    "routing.router": choice(*ROUTERS),
     "loss.classification": choice(*CLASSIFICATION_LOSSES),
     "loss.focal_gamma": number(0),
     "loss.segmentation_alpha": number(0, 1),
