@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from tiny_models import count_calls, small_model
 
 import train_mlt_model
-from codebase.config import ConfigError, with_defaults
+from codebase.config import FIXES_THE_RUN, ConfigError, resume_changes, resume_rule, with_defaults
 from codebase.engine import GATE_REGULARISERS
 from codebase.evaluation.cost import forward_flops, predicted_top_p_flops
 from codebase.evaluation.evaluate import RoutingMeter
@@ -179,3 +179,14 @@ def test_each_new_routing_setting_is_validated_by_name(key, value):
     config["routing"][key.split(".")[1]] = value
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         train_mlt_model.validate(config)
+
+
+@pytest.mark.parametrize("key, value", [("granularity", "region"), ("gate_input", "both"), ("router", "cosine"),
+                                        ("region_grid", [2, 3])])
+def test_each_new_routing_setting_fixes_the_run_on_resume(key, value):
+    old = with_defaults(train_mlt_model.CONFIG)
+    new = copy.deepcopy(old)
+    new["routing"][key] = value
+    refused, applied = resume_changes(old, new, train_mlt_model.RESUME_RULES)
+    assert resume_rule(f"routing.{key}", train_mlt_model.RESUME_RULES) == FIXES_THE_RUN
+    assert len(refused) == 1 and refused[0].startswith(f"routing.{key}:") and not applied
