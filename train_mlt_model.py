@@ -47,6 +47,8 @@ from codebase.evaluation.fullres import FULLRES_EVAL, run_window
 from codebase.evaluation.previews import PredictionPreview
 from codebase.model import build_model, predict
 from codebase.networks.expert_layout import POOLS
+from codebase.networks.layers import ROUTERS
+from codebase.networks.regions import GATE_INPUTS, GRANULARITIES
 from codebase.runtime import distributed
 from codebase.runtime.device import make_grad_scaler
 from codebase.settings import COMMON_RESUME_RULES, COMMON_RULES, task_weights_rule
@@ -105,6 +107,13 @@ CONFIG = {
         "balance_rate": 0.05,              # loss-free balancing: per-step move of each expert's selection bias
         "detach_gate_input": True,         # the gates read the pooled features detached: routing losses stay
                                            # out of the backbone
+        "gate_input": "high",              # what the gates read, averaged: "high" (stride-16) features, "low"
+                                           # (stride-4: colour, illumination, blur), or "both" concatenated
+        "granularity": "image",            # segmentation tasks: "image" (one choice per image) or "region"
+                                           # (per cell of region_grid, per-pixel mixture; docs/multitask_model.md)
+        "region_grid": [4, 6],             # [rows, columns] of the region grid over the high-level features
+        "router": "linear",                # "linear" gate logits, or "cosine" (X-MoE: cosine to learned expert
+                                           # embeddings over a learned, clamped temperature)
     },
     "loss": {
         "classification": "focal",         # "focal" or "ce"
@@ -190,6 +199,10 @@ RULES = {
     "routing.noise": BOOLEAN,
     "routing.balance_rate": number(0),
     "routing.detach_gate_input": BOOLEAN,
+    "routing.gate_input": choice(*GATE_INPUTS),
+    "routing.granularity": choice(*GRANULARITIES),
+    "routing.region_grid": Rule(lambda grid: size_hw(1, 64).check(grid), "[rows, columns], integers in [1, 64]"),
+    "routing.router": choice(*ROUTERS),
     "loss.classification": choice(*CLASSIFICATION_LOSSES),
     "loss.focal_gamma": number(0),
     "loss.segmentation_alpha": number(0, 1),
@@ -226,7 +239,7 @@ RESUME_RULES = {
 
 def validate(config):
     """ConfigError naming the first setting that breaks its rule (RULES), a wrong task, an unknown
-    task in loss.task_weights, or a crop larger than the image."""
+    task in loss.task_weights, a crop larger than the image, or region routing with a shared pool."""
     check_settings(config, RULES)
     weights = task_weights_rule(task.name for task in parse_tasks(config["model"]["task_specs"]))
     require(config, "loss.task_weights", weights.check, weights.expected)
@@ -236,8 +249,12 @@ def validate(config):
     require(config, "data.crop_size", lambda c: c is None or (c[0] <= size[0] and c[1] <= size[1]),
             f"None or [height, width] no larger than data.segmentation_size={size}")
     validate_patch_settings(config, "data.patches")
+    pool = config["model"]["expert_pool"]
+    require(config, "routing.granularity", lambda g: g == "image" or pool == "task",
+            f"'image' with model.expert_pool={pool!r} (region routing needs per-task experts)")
     if config["model"]["init_from"] is not None:
         source_config(config)
+
 
 def main(config):
     """Train as configured; returns the history (one dict per epoch)."""

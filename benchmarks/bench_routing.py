@@ -1,8 +1,8 @@
 """Routing that saves compute: FLOPs, step and inference time of top-p against dense routing.
 
 Prints four tables, each against a baseline measured in the same run:
-1. forward FLOPs per image, dense vs top-p, and the top-p figure predicted as
-   shared part + (experts run / experts) x expert part;
+1. forward FLOPs per image, dense vs top-p, and the top-p figure predicted as the dense count
+   less each expert's count where it does not run (codebase/evaluation/cost.py predicted_top_p_flops);
 2. a training step of the segmentation side and inference at batch 1, dense vs top-p, with a
    router that picks one expert per task;
 3. top-p selection for a batch of 256, vectorised vs a per-image Python loop;
@@ -26,6 +26,7 @@ from codebase.evaluation.cost import (  # noqa: E402
     forward_flops,
     machine,  # noqa: E402
     median_seconds,
+    predicted_top_p_flops,
     synchronize,
 )
 from codebase.model import MultiTaskModel  # noqa: E402
@@ -38,13 +39,11 @@ def flops_table(model, size, device):
     image = torch.randn(1, 3, *size, device=device)
     dense = forward_flops(model, lambda: model(image, dense=True))
     sparse = forward_flops(model, lambda: model(image, dense=False))
-    with torch.no_grad():
-        routing = model(image, dense=False)["routing"]
-        routing = dispatch_routings(routing, model.owner)  # a shared pool's experts run on the union of its tasks'
-    run_share = torch.stack([r.mask.float().mean() for r in routing.values()]).mean().item()
+    predicted, routing = predicted_top_p_flops(model, image)  # per-image dispatch (cells and shared pools included)
+    routing = dispatch_routings(routing, model.owner)  # a shared pool's experts run on the union of its tasks'
+    run_share = torch.stack([r.image_mask.float().mean() for r in routing.values()]).mean().item()
     # The always-on part: everything but the routed experts.
     shared = sum(dense.get(name, 0) for name in ("backbone", "aspp", "gates", "shared_experts", "task_outputs"))
-    predicted = shared + run_share * (dense["total"] - shared)
     rows = [["dense", dense["total"] / 1e9, "1.00x", "", ""],
             ["top-p", sparse["total"] / 1e9, ratio(sparse["total"], dense["total"]), predicted / 1e9,
              f"{100 * (sparse['total'] - predicted) / predicted:+.2f}%"]]

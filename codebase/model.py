@@ -8,7 +8,8 @@ Routing (see codebase/networks/routing.py): in dense mode every expert runs on e
 mixed by the routing weights; in top-p mode each image runs only the experts it selected, each
 expert runs only on the images that selected it, and an expert nobody selected does not run.
 ``shared_experts`` adds always-on experts, ``expert_pool="shared"`` gives each side one pool of experts
-that its tasks' gates choose from (codebase/networks/expert_layout.py).
+that its tasks' gates choose from (codebase/networks/expert_layout.py). What the gates read, and region
+routing for the segmentation tasks (experts chosen per cell of a coarse grid): codebase/networks/regions.py.
 """
 import torch
 import torch.nn.functional as F
@@ -17,6 +18,7 @@ from torch import nn
 from codebase.networks.backbones import make_backbone
 from codebase.networks.expert_layout import build_layout, combine, dispatch_routings
 from codebase.networks.layers import ASPP, ClassificationHead, DeepLabDecoder, Gate
+from codebase.networks.regions import GRANULARITIES, gate_features, gate_input_channels, pixel_weights
 from codebase.networks.routing import dispatch_plan, route, update_selection_bias
 from codebase.tasks import SIDES as TASK_SIDES
 from codebase.tasks import on_side, parse_tasks
@@ -29,8 +31,13 @@ class MultiTaskModel(nn.Module):
 
     def __init__(self, task_specs, backbone="resnet50", num_experts=3, pretrained="none", top_p=0.8,
                  aspp_channels=256, decoder_channels=256, head_hidden=256, gate_hidden=128, gate_noise=False,
-                 gate_detach=False, shared_experts=0, expert_pool="task"):
+                 gate_detach=False, shared_experts=0, expert_pool="task", gate_input="high", granularity="image",
+                 region_grid=(4, 6), router="linear"):
         super().__init__()
+        if granularity not in GRANULARITIES:
+            raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+        if granularity == "region" and expert_pool == "shared":  # a pool's dispatch unites its tasks' images
+            raise ValueError("granularity 'region' needs expert_pool 'task': a shared pool routes whole images")
         if num_experts < 1:
             raise ValueError(f"num_experts must be at least 1, got {num_experts}")
         self.tasks = parse_tasks(task_specs)
@@ -40,11 +47,16 @@ class MultiTaskModel(nn.Module):
         self.num_experts = num_experts
         self.top_p = top_p
         self.gate_detach = gate_detach  # the gates read the pooled features without sending gradients back
+        self.gate_input = gate_input
+        self.region_grid = tuple(region_grid)
+        self.region_tasks = self.segmentation_tasks if granularity == "region" else []  # grading: per image
 
         self.backbone = make_backbone(backbone, 16, pretrained)
         high, low = self.backbone.high_level_channels, self.backbone.low_level_channels
         self.aspp = ASPP(high, aspp_channels, 16, separable=True) if self.segmentation_tasks else None
-        self.gates = nn.ModuleDict({task: Gate(high, num_experts, gate_hidden, gate_noise) for task in self.task_specs})
+        width = gate_input_channels(low, high, gate_input)
+        self.gates = nn.ModuleDict({task: Gate(width, num_experts, gate_hidden, gate_noise, router)
+                                    for task in self.task_specs})
 
         def make_expert(side, outputs):
             if side == "grading":
@@ -87,11 +99,14 @@ class MultiTaskModel(nn.Module):
             raise ValueError(f"side must be one of {SIDES}, got {side!r}")
         tasks = [task.name for task in self.tasks if side == "all" or task.side == side]
         low_level, high_level = self.backbone(images)  # [B, Cl, H/4, W/4], [B, Ch, H/16, W/16]
-        pooled = high_level.mean(dim=(2, 3))           # [B, Ch]
+        grids = {task: self.region_grid if task in self.region_tasks else None for task in tasks}
+        inputs = {grid: gate_features(low_level, high_level, self.gate_input, grid)  # [B, C] or [B * cells, C]
+                  for grid in set(grids.values())}
         if self.gate_detach:
-            pooled = pooled.detach()
-        routings = {task: route(self.gates[task](pooled), self.top_p, self.gates[task].selection_bias, dense)
-                    for task in tasks}
+            inputs = {grid: features.detach() for grid, features in inputs.items()}
+        routings = {task: route(self.gates[task](inputs[grid]), self.top_p, self.gates[task].selection_bias, dense,
+                                grid[0] * grid[1] if grid else 1)
+                    for task, grid in grids.items()}
         plan = dispatch_plan(dispatch_routings(routings, self.owner))  # one host read for all tasks
         logits = self._classify(high_level, routings, plan)
         logits.update(self._segment(low_level, high_level, routings, plan, images.shape[-2:]))
@@ -109,8 +124,10 @@ class MultiTaskModel(nn.Module):
         tasks = [t for t in self.grading_tasks if t in routings]
         return self._combine(tasks, (high_level,), routings, plan)
 
-    def _combine(self, tasks, inputs, routings, plan):
-        return combine(tasks, inputs, routings, plan, self.experts, self.shared_experts, self.task_outputs, self.owner)
+    def _combine(self, tasks, inputs, routings, plan, mixtures=None):
+        """{task: output}; mixtures: {task: weights} where not the routing's own per-image mixture."""
+        mixtures = {t: (mixtures or {}).get(t, routings[t].mixture) for t in tasks}
+        return combine(tasks, inputs, mixtures, plan, self.experts, self.shared_experts, self.task_outputs, self.owner)
 
     def _segment(self, low_level, high_level, routings, plan, size):
         tasks = [t for t in self.segmentation_tasks if t in routings]
@@ -118,11 +135,19 @@ class MultiTaskModel(nn.Module):
             return {}
         context = self.aspp(high_level)  # [B, 256, H/16, W/16]
         context = F.interpolate(context, size=low_level.shape[-2:], mode="bilinear", align_corners=False)
-        outputs = self._combine(tasks, (context, low_level), routings, plan)
+        outputs = self._combine(tasks, (context, low_level), routings, plan,
+                                {t: self._mixture(routings[t], low_level) for t in tasks})
         stride4 = [outputs[t] for t in tasks]
         # One upsampling for all tasks: [B, sum(outputs), H/4, W/4] -> [B, sum(outputs), H, W].
         full = F.interpolate(torch.cat(stride4, dim=1), size=size, mode="bilinear", align_corners=False)
         return dict(zip(tasks, full.split([self.task_specs[t] for t in tasks], dim=1)))
+
+
+    def _mixture(self, routing, low_level):
+        """[B, E] per image, or with region routing per-pixel weights [B, E, H/4, W/4]."""
+        if routing.cells == 1:
+            return routing.mixture
+        return pixel_weights(routing.mixture, self.region_grid, low_level.shape[-2:])
 
 
 def build_model(config):
@@ -133,7 +158,11 @@ def build_model(config):
                           decoder_channels=model["decoder_channels"], head_hidden=model["head_hidden"],
                           gate_noise=config["routing"].get("noise", False),
                           gate_detach=config["routing"].get("detach_gate_input", False),
-                          shared_experts=model.get("shared_experts", 0), expert_pool=model.get("expert_pool", "task"))
+                          shared_experts=model.get("shared_experts", 0), expert_pool=model.get("expert_pool", "task"),
+                          **{key: config["routing"][key] for key in ROUTING_OPTIONS if key in config["routing"]})
+
+
+ROUTING_OPTIONS = ("gate_input", "granularity", "region_grid", "router")  # absent in older runs: the defaults
 
 
 def predict(model, images, side="all", dense=False):

@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from codebase.networks.expert_layout import dispatch_routings
+
 
 def count_parameters(module):
     return sum(p.numel() for p in module.parameters())
@@ -109,3 +111,34 @@ def machine(device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+
+
+def predicted_top_p_flops(model, images, side="all"):
+    """FLOPs a top-p forward of the multi-task model on ``images`` should count, predicted from the
+    dense forward's: each expert's dense count (every image) scaled by the share of the images that
+    run it, ``Routing.image_mask`` (with region routing: the images some cell of which chose it).
+    Returns (predicted, routings: each task's own). Eval-mode routing; the experts counted one after another (the
+    grouped form does the same arithmetic but counts it outside the expert modules).
+    """
+    banks = list(model.experts.values())
+    grouped = [bank.grouped for bank in banks]
+    for bank in banks:
+        bank.grouped = False
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False, depth=None) as counter:
+            model(images, side=side, dense=True)
+            counts = counter.get_flop_counts()
+            dense = counter.get_total_flops()
+    finally:
+        for bank, value in zip(banks, grouped):
+            bank.grouped = value
+    with torch.no_grad():
+        routings = model(images, side=side)["routing"]
+    root, predicted = type(model).__name__, float(dense)
+    # per unit owning routed experts (a task, or a side's shared pool run on the union of its tasks' images);
+    # always-on shared experts and output layers stay counted in full
+    for owner, routing in dispatch_routings(routings, model.owner).items():
+        share = routing.image_mask.float().mean(dim=0).tolist()  # [E]: share of the images that run expert e
+        for expert, run in enumerate(share):
+            predicted -= (1 - run) * sum(counts.get(f"{root}.experts.{owner}.experts.{expert}", {}).values())
+    return predicted, routings

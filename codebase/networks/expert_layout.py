@@ -103,15 +103,16 @@ def dispatch_routings(routings, owner):
     return result
 
 
-def combine(tasks, inputs, routings, plan, experts, shared, task_outputs, owner):
-    """{task: output} for ``tasks``: the routed mixture (each expert run once per its plan), plus the
-    mean of the always-on experts, through the task's output layer where it has one."""
+def combine(tasks, inputs, mixtures, plan, experts, shared, task_outputs, owner):
+    """{task: output} for ``tasks``: the routed mixture (each expert run once per its plan; mixtures:
+    {task: [B, E] weights, or [B, E, h, w] per pixel with region routing}), plus the mean of the
+    always-on experts, through the task's output layer where it has one."""
     groups = {}
     for task in tasks:
         groups.setdefault(owner[task], []).append(task)
     result = {}
     for key, members in groups.items():
-        mixed = experts[key].mix_many(inputs, [routings[t].mixture for t in members], plan[key])
+        mixed = experts[key].mix_many(inputs, [mixtures[t] for t in members], plan[key])
         always = shared[key].run_all(inputs).mean(dim=1) if shared is not None else None
         for task, out in zip(members, mixed):
             if always is not None:

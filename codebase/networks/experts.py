@@ -105,6 +105,12 @@ def grouped_classification_heads(heads, features):
     return _grouped_linear(hidden, [h.mlp[3] for h in heads])
 
 
+def _against(weights, out, lead=1):
+    """Weights [*L, *S] (``lead`` dims L; S empty, or the output's trailing spatial size, per-pixel
+    weights) viewed to multiply ``out`` [*L, ..., *S]."""
+    return weights.to(out.dtype).view(*weights.shape[:lead], *[1] * (out.dim() - weights.dim()), *weights.shape[lead:])
+
+
 def _groupable(experts):
     if all(isinstance(e, DeepLabDecoder) for e in experts):
         return all(isinstance(stage[0], DepthwiseSeparableConv2d) for e in experts for stage in e.refine)
@@ -154,21 +160,22 @@ class ExpertBank(nn.Module):
     def mix(self, inputs, mixture, plan):
         """Weighted sum of expert outputs per image.
 
-        inputs: tuple of [B, ...] tensors every expert takes; mixture [B, E]; plan: per expert the
-        indices of the images it runs on, or None when it runs on none. -> [B, ...].
+        inputs: tuple of [B, ...] tensors every expert takes; mixture [B, E], or [B, E, h, w] per-pixel
+        weights of outputs [B, C, h, w] (region routing); plan: per expert the indices of the images it
+        runs on, or None when it runs on none. -> [B, ...].
         """
         return self.mix_many(inputs, [mixture], plan)[0]
 
     def mix_many(self, inputs, mixtures, plan):
         """Several weighted sums of the same expert outputs (the tasks sharing one pool of experts):
-        each expert runs once on the images of its plan, and each mixture [B, E] adds the output
-        with its own weights (zero for an image that mixture did not select). -> [[B, ...] per mixture].
+        each expert runs once on the images of its plan, and each mixture ([B, E], or per-pixel
+        [B, E, h, w] as in `mix`) adds the output with its own weights (zero for an image that mixture
+        did not select). -> [[B, ...] per mixture].
         """
         batch = inputs[0].shape[0]
         if all(indices is not None and indices.numel() == batch for indices in plan):
             outputs = self.run_all(inputs)  # [B, E, ...]
-            shape = [1] * (outputs.dim() - 2)
-            return [(outputs * m.to(outputs.dtype).view(*m.shape, *shape)).sum(dim=1) for m in mixtures]
+            return [(outputs * _against(m, outputs, lead=2)).sum(dim=1) for m in mixtures]
         mixed, untouched = [None] * len(mixtures), []
         for expert_index, indices in enumerate(plan):
             if indices is None:
@@ -178,12 +185,12 @@ class ExpertBank(nn.Module):
             if indices.numel() == batch:  # every image (the plan lists them in batch order): no gather, no scatter
                 out = self.experts[expert_index](*inputs)
                 for k, mixture in enumerate(mixtures):
-                    part = out * mixture[:, expert_index].to(out.dtype).view(-1, *[1] * (out.dim() - 1))
+                    part = out * _against(mixture[:, expert_index], out)
                     mixed[k] = part if mixed[k] is None else mixed[k] + part
                 continue
             out = self.experts[expert_index](*(x.index_select(0, indices) for x in inputs))
             for k, mixture in enumerate(mixtures):
-                weight = mixture[indices, expert_index].to(out.dtype).view(-1, *[1] * (out.dim() - 1))
+                weight = _against(mixture[indices, expert_index], out)
                 if mixed[k] is None:
                     mixed[k] = out.new_zeros((batch, *out.shape[1:]))
                 mixed[k] = mixed[k].index_add(0, indices, out * weight)

@@ -108,8 +108,19 @@ class ClassificationHead(nn.Module):
         return self.mlp(self.conv(x).mean(dim=(2, 3)))
 
 
+ROUTERS = ("linear", "cosine")
+
+
 class Gate(nn.Module):
-    """Router scores: pooled features [B, C] -> expert logits [B, E]; softmax gives routing weights.
+    """Router scores: gate input [N, C] -> expert logits [N, E]; softmax gives routing weights.
+
+    N is the batch's images, or with region routing its grid cells (codebase/networks/regions.py).
+    ``router``: "linear", a two-layer MLP whose last layer gives the logits; "cosine" (X-MoE, Chi et
+    al. 2022; GMoE), the MLP projects to ``cosine_dim`` (16) features and the logits are the cosine
+    similarities between that projection and E learned expert embeddings divided by a learned
+    temperature tau = exp(log_temperature), clamped to [0.01, 1] (it starts at 0.07): every logit is
+    in [-1 / tau, 1 / tau], at most 100 in size, so no expert's score grows without bound with the
+    input's norm.
 
     With ``noise`` (noisy gating, Shazeer et al. 2017), training adds Gaussian noise to the logits
     with a learned per-image, per-expert scale softplus(x W_noise), which starts at softplus(0) = 0.69
@@ -120,9 +131,18 @@ class Gate(nn.Module):
     (codebase/networks/routing.py `route`, `update_selection_bias`); zero until training moves it.
     """
 
-    def __init__(self, in_channels, num_experts, hidden=128, noise=False):
+    TEMPERATURE_RANGE = (0.01, 1.0)
+
+    def __init__(self, in_channels, num_experts, hidden=128, noise=False, router="linear", cosine_dim=16):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(in_channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_experts))
+        if router not in ROUTERS:
+            raise ValueError(f"router must be one of {ROUTERS}, got {router!r}")
+        self.router = router
+        out = num_experts if router == "linear" else cosine_dim
+        self.net = nn.Sequential(nn.Linear(in_channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out))
+        if router == "cosine":
+            self.expert_embeddings = nn.Parameter(torch.randn(num_experts, cosine_dim) / math.sqrt(cosine_dim))
+            self.log_temperature = nn.Parameter(torch.tensor(math.log(0.07)))
         self.noise = nn.Linear(in_channels, num_experts) if noise else None
         if noise:
             nn.init.zeros_(self.noise.weight)
@@ -134,8 +154,15 @@ class Gate(nn.Module):
         state_dict.setdefault(prefix + "selection_bias", torch.zeros_like(self.selection_bias))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def forward(self, pooled):
-        logits = self.net(pooled)  # [B, E]
+    @property
+    def temperature(self):
+        return self.log_temperature.exp().clamp(*self.TEMPERATURE_RANGE)
+
+    def forward(self, features):
+        logits = self.net(features)  # [N, E], or [N, cosine_dim] for the cosine router
+        if self.router == "cosine":
+            similarity = F.normalize(logits, dim=-1) @ F.normalize(self.expert_embeddings, dim=-1).t()  # [N, E]
+            logits = similarity / self.temperature
         if self.noise is not None and self.training:
-            logits = logits + torch.randn_like(logits) * F.softplus(self.noise(pooled))
+            logits = logits + torch.randn_like(logits) * F.softplus(self.noise(features))
         return logits

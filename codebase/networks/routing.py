@@ -44,27 +44,38 @@ class Routing:
     mask: torch.Tensor     # [B, E] bool, experts that run for each image
     dense: bool = False    # every expert on every image, known without looking at the mask
     choice: torch.Tensor | None = None  # [B] long, each image's first choice after the selection bias
+    cells: int = 1         # routed items per image: 1 (image routing) or the region grid's cells; with
+                           # cells > 1 every [B, E] above is [B * cells, E], cells of an image consecutive
 
     @property
     def experts_per_image(self):
-        return self.mask.sum(dim=-1).float()  # [B]
+        return self.mask.sum(dim=-1).float()  # [B] (per routed item: per cell with region routing)
+
+    @property
+    def image_mask(self):
+        """[images, E] bool: the experts that run on each image (with regions: some cell of it chose them)."""
+        if self.cells == 1:
+            return self.mask
+        return self.mask.view(-1, self.cells, self.mask.shape[-1]).any(dim=1)
 
 
-def route(gate_logits, top_p, bias=None, dense=False):
+def route(gate_logits, top_p, bias=None, dense=False, cells=1):
     """Top-p routing, or with ``dense`` every expert with the softmax weights (warm-up).
 
     bias [E] (optional): the selection bias of auxiliary-loss-free load balancing (Wang et al.
     2024, as in DeepSeek-V3). It is added to the logits for choosing the experts only: top-p runs
     on softmax(logits + bias), while the outputs are mixed with the unbiased weights renormalised
     over the chosen experts, so the bias steers which experts run without entering any gradient.
+    cells: routed items per image (region routing: gate_logits are [B * cells, E]); recorded only.
     """
     weights = routing_weights(gate_logits)
     selection = weights if bias is None else routing_weights(gate_logits.detach() + bias)
     choice = selection.detach().argmax(dim=-1)
     if dense:
-        return Routing(weights, weights, torch.ones_like(weights, dtype=torch.bool), dense=True, choice=choice)
+        return Routing(weights, weights, torch.ones_like(weights, dtype=torch.bool), dense=True, choice=choice,
+                       cells=cells)
     mask = top_p_mask(selection.detach(), top_p)
-    return Routing(weights, renormalise(weights, mask), mask, choice=choice)
+    return Routing(weights, renormalise(weights, mask), mask, choice=choice, cells=cells)
 
 
 def first_choice_shares(routing, reduce=None):
@@ -88,7 +99,8 @@ def update_selection_bias(bias, routing, rate, reduce=None):
 
 
 def dispatch_plan(routings):
-    """For each task, the images each expert must run on.
+    """For each task, the images each expert must run on (with region routing: the images of which
+    some cell chose it, `Routing.image_mask`).
 
     routings: {task: Routing} -> {task: [index tensor or None per expert]}; None means no image
     selected that expert, so it is not run. One host read for all sparse tasks together, none
@@ -97,12 +109,12 @@ def dispatch_plan(routings):
     plan = {}
     for name, routing in routings.items():
         if routing.dense:
-            everyone = torch.arange(routing.mask.shape[0], device=routing.mask.device)
+            everyone = torch.arange(routing.image_mask.shape[0], device=routing.mask.device)
             plan[name] = [everyone] * routing.mask.shape[1]
     names = [name for name in routings if name not in plan]
     if not names:
         return plan
-    masks = torch.stack([routings[name].mask for name in names])  # [T, B, E]
+    masks = torch.stack([routings[name].image_mask for name in names])  # [T, B, E]
     counts = masks.sum(dim=1).tolist()  # [T][E], the single synchronisation
     # Stable sort puts, per expert column, the selecting images first and in batch order.
     order = torch.argsort((~masks).to(torch.uint8), dim=1, stable=True)  # [T, B, E]
