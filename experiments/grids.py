@@ -140,4 +140,23 @@ GENERALIZATION = Grid(
     external=SYNTHETIC_EXTERNAL,
 )
 
-GRIDS = {"generalization": GENERALIZATION, "moe": MOE, "moe_gpu": MOE_GPU, "smoke": SMOKE, "weighting": WEIGHTING}
+EXPERTS = Grid(
+    description="What the experts buy, in domain and out of domain: one expert (hard parameter sharing, the "
+                "reference) against the default routed experts and the variants of docs/multitask_model.md: an "
+                "always-on shared expert, one pool of experts per side shared by its tasks' gates, region routing "
+                "of the lesions, gates reading low-level or both features, and the cosine router. Upcycling "
+                "(model.init_from) needs a trained source run per seed and is not in the grid.",
+    configurations={"mlt_1_expert": Configuration(MULTITASK, ("model.num_experts=1",)),
+                    "mlt_default": Configuration(MULTITASK),
+                    "mlt_shared_expert": Configuration(MULTITASK, ("model.shared_experts=1",)),
+                    "mlt_shared_pool": Configuration(MULTITASK, ("model.expert_pool=shared",)),
+                    "mlt_region": Configuration(MULTITASK, ("routing.granularity=region",)),
+                    "mlt_gate_low": Configuration(MULTITASK, ("routing.gate_input=low",)),
+                    "mlt_gate_both": Configuration(MULTITASK, ("routing.gate_input=both",)),
+                    "mlt_cosine": Configuration(MULTITASK, ("routing.router=cosine",))},
+    reference="mlt_1_expert",
+    budget=GENERALIZATION.budget,  # 192 steps of batch 8 at 128x192; run it with --seeds 5
+    external=SYNTHETIC_EXTERNAL,
+)
+
+GRIDS = {"generalization": GENERALIZATION, "experts": EXPERTS, "moe": MOE, "moe_gpu": MOE_GPU, "smoke": SMOKE, "weighting": WEIGHTING}
