@@ -61,7 +61,8 @@ def _information_meter(loader, graded):
     """The meter of the mutual information between routing and the images' camera (as far as the
     loader's dataset records one: its ``cameras``) and, for graded images, their retinopathy grade;
     with a function from a batch to the meter's label codes."""
-    cameras = sorted({camera for camera in getattr(loader.dataset, "cameras", ()) if camera})
+    dataset = getattr(loader, "dataset", None)  # a plain list of batches has none
+    cameras = sorted({camera for camera in getattr(dataset, "cameras", ()) if camera})
     index = {camera: code for code, camera in enumerate(cameras)}
     labels = {"camera": len(cameras), **({"grade": GRADE_CLASSES} if graded else {})}
     meter = RoutingInformationMeter(labels, {"camera": NO_CAMERA, "grade": NO_GRADE})

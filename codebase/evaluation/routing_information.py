@@ -89,8 +89,11 @@ class RoutingInformationMeter:
             mixture = routing.mixture.detach()
             experts = mixture.shape[1]
             chosen = mixture.argmax(dim=-1)  # [B], the expert weighing most in each image's output
+            cells = getattr(routing, "cells", 1)  # region routing: [B * cells] choices, each cell an item
             for label, values in self.labels.items():
                 code = codes[label].to(mixture.device)
+                if cells > 1:
+                    code = code.repeat_interleave(cells)
                 known = (code >= 0) & (code < values)  # a value outside the table is unknown too
                 flat = (code.clamp_min(0) * experts + chosen)[known]
                 counts = torch.bincount(flat, minlength=values * experts)[:values * experts].view(values, experts)
