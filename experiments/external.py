@@ -27,7 +27,7 @@ from experiments.analysis import pooled, run_metrics, summary
 from experiments.bootstrap import percentile_interval
 from experiments.dataset_records import dataset_records
 from experiments.generalization import SIDES, bootstrap_weights, gap_arrays
-from experiments.records import file_sha256
+from experiments.records import check_same_images, file_sha256
 from inference.runs import load_run
 
 # The rows of results.md's generalization tables: the primary scores a set may have.
@@ -59,12 +59,6 @@ def external_records(folder, labelled, device, cache_file):
     return records
 
 
-def _names_match(per_run, side, title):
-    names = {tuple(records[side]["names"]) for records in per_run if records.get(side) is not None}
-    if len(names) > 1:
-        raise ValueError(f"{title}: the runs scored different {side} images")
-
-
 def _difference(values, reference, level):
     delta = values - reference
     return {"difference": float(delta[0]), "ci": list(percentile_interval(delta[1:], level))}
@@ -86,7 +80,7 @@ def analyse_external(grid, planned, in_domain, datasets, device, resamples, seed
                 external_records(run.folder, labelled, device, cache))
         every = [records for runs in per_configuration.values() for records in runs]
         for side in SIDES:
-            _names_match(every, side, title)
+            check_same_images(every, side, title)
         sizes = {side: next((len(r[side]["names"]) for r in every if r.get(side) is not None), 0) for side in SIDES}
         weights = {side: bootstrap_weights(n, resamples, [seed, 100 + position, tag])
                    for side, tag in SIDES.items() if (n := sizes[side])}

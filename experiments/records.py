@@ -26,6 +26,17 @@ from inference.runs import load_run
 HISTOGRAM_BINS = SegmentationMeter(("MA",)).bins  # the meter's own resolution
 
 
+def check_same_images(per_run, side, where):
+    """ValueError when the runs' `side` records ("grading" or "segmentation") list different images.
+
+    Runs compared image by image (paired intervals, pooled resamples) must have scored one test set;
+    `where` names it in the message (the in-domain split or an external dataset).
+    """
+    names = {tuple(records[side]["names"]) for records in per_run if records.get(side) is not None}
+    if len(names) > 1:
+        raise ValueError(f"{where}: the runs' {side} records list different images; evaluate them on one data root")
+
+
 def file_sha256(path):
     digest = hashlib.sha256()
     with open(path, "rb") as file:

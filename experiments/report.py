@@ -16,7 +16,7 @@ from experiments.bootstrap import resample_indices, resample_weights, with_full_
 from experiments.cost import run_cost
 from experiments.external import analyse_external, markdown_lines
 from experiments.grids import CLASSIFIER, MULTITASK, SEGMENTATION
-from experiments.records import run_records
+from experiments.records import check_same_images, run_records
 from inference.report import STYLE, png_data_uri
 
 PRIMARY = ["rg_kappa", "mer_kappa", "rg_accuracy", "mer_accuracy", "joint_accuracy"]
@@ -33,12 +33,6 @@ def label(metric):
         return LABELS[metric]
     lesion, name = metric.split("_", 1)
     return f"{lesion} {'AUPR' if name == 'aupr' else 'Dice'}"
-
-
-def _names_match(per_run, side):
-    names = {tuple(records[side]["names"]) for records in per_run if records.get(side) is not None}
-    if len(names) > 1:
-        raise ValueError(f"the runs' {side} test records list different images; evaluate them on one data root")
 
 
 def routing_summary(folders):
@@ -70,6 +64,29 @@ def routing_summary(folders):
                           "least_share_min": float(min(min(r["usage"]) for r in runs)),
                           "seeds": len(runs), "information": information_summary(runs)}
     return summary_
+
+
+VALIDATION_METRICS = (("grading", "rg_kappa"), ("grading", "mer_kappa"), ("segmentation", "mean_aupr"))
+
+
+def validation_summary(folders):
+    """The validation split's scores at each run's best evaluation (the epoch best.pth holds, the highest
+    monitored score in history.json): {"monitor": {"mean", "std", "per_seed"}, metric: {...}} over the
+    seeds, for choosing between configurations without the test split. {} when a run has no
+    monitored evaluation (no validation split)."""
+    best = []
+    for folder in folders:
+        evaluated = [entry for entry in read_history(folder) if entry.get("monitor") is not None]
+        if not evaluated:
+            return {}
+        best.append(max(evaluated, key=lambda entry: entry["monitor"]))
+    values = {"monitor": [entry["monitor"] for entry in best]}
+    for side, metric in VALIDATION_METRICS:
+        scores = [(entry.get("validation") or {}).get(side, {}).get(metric) for entry in best]
+        if all(isinstance(score, (int, float)) for score in scores):
+            values[metric] = scores
+    return {name: {"mean": float(np.mean(v)), "std": float(np.std(v)), "per_seed": [float(x) for x in v]}
+            for name, v in values.items()}
 
 
 def information_summary(runs):
@@ -145,7 +162,7 @@ def analyse(grid_name, grid, planned, root, device, resamples=1000, seed=0, leve
         entry["records"].append(records)
         entry["seeds"].append(run.seed)
     for side in ("grading", "segmentation"):
-        _names_match([r for entry in per_configuration.values() for r in entry["records"]], side)
+        check_same_images([r for entry in per_configuration.values() for r in entry["records"]], side, "test split")
 
     metrics = {}  # configuration -> metric -> [S, R + 1]
     for name, entry in per_configuration.items():
@@ -164,7 +181,8 @@ def analyse(grid_name, grid, planned, root, device, resamples=1000, seed=0, leve
             "difference_to_reference": {m: difference(values, reference[m], level)
                                         for m, values in metrics[name].items() if m in reference and name != grid.reference},
             "cost": run_cost(first.folder, root, size, device, cost_images, cost_repeats),
-            "routing": routing_summary([run.folder for run in planned if run.configuration == name])}
+            "routing": routing_summary([run.folder for run in planned if run.configuration == name]),
+            "validation": validation_summary([run.folder for run in planned if run.configuration == name])}
     single_task = {}
     for name, configuration in grid.configurations.items():
         if configuration.script in (CLASSIFIER, SEGMENTATION):
@@ -202,6 +220,24 @@ def _interval(ci, digits=3):
 def _table(header, rows):
     return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"] + \
         ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def validation_lines(configurations):
+    """The validation section: each configuration's scores at its best epoch, and the one to choose."""
+    chosen = {name: c["validation"] for name, c in configurations.items() if c.get("validation")}
+    if not chosen:
+        return []
+    metrics = [m for _, m in VALIDATION_METRICS if all(m in v for v in chosen.values())]
+    best = max(chosen, key=lambda name: chosen[name]["monitor"]["mean"])
+    lines = ["## Validation (for choosing a configuration)", "",
+             "Each run's validation split at its best evaluation (the weights in best.pth, the highest monitored "
+             "score), mean ± standard deviation over seeds. Choose between configurations here, never on the "
+             f"test split. Highest monitored score: `{best}`. The validation split is small (20 % of the "
+             "training images), so a difference within the seeds' spread chooses nothing.", ""]
+    lines += _table(["configuration", "monitored score"] + [label(m) for m in metrics],
+                    [[name] + [f"{_cell(v[m]['mean'])} ± {_cell(v[m]['std'])}" for m in ["monitor"] + metrics]
+                     for name, v in chosen.items()])
+    return lines + [""]
 
 
 def markdown(results):
@@ -256,6 +292,7 @@ def markdown(results):
                                "–" if d is None else f"{_cell(d['difference'], 3)} {_interval(d['ci'])}")
             rows.append(row)
         lines += _table(["metric"] + names, rows) + [""]
+    lines += validation_lines(configurations)
     lines += ["## Multi-task model against the single-task baselines (delta-m)", ""]
     if not results["delta_m"]:
         lines.append("(needs a multi-task configuration and a classifier and/or DeepLabV3+ configuration)")
@@ -288,9 +325,12 @@ def markdown(results):
               f"Per image at batch 1 and {budget['image_size'][0]}x{budget['image_size'][1]} on "
               f"{results['device']} (torch {results['torch']}), of each configuration's first seed: "
               "parameters, forward FLOPs (torch.utils.flop_counter, a multiply-add is 2 FLOPs; mean over test "
-              "images), median latency. The multi-task model routes top-p, as it is used.", ""]
-    lines += _table(["configuration", "parameters (M)", "GFLOPs", "latency (ms)"],
+              "images), median latency. The multi-task model routes top-p, as it is used; its dense GFLOPs run every "
+              "expert on every image (the same weights), and top-p / dense is their ratio.", ""]
+    lines += _table(["configuration", "parameters (M)", "GFLOPs", "dense GFLOPs", "top-p / dense", "latency (ms)"],
                     [[name, _cell(c["cost"]["parameters"] / 1e6, 2), _cell(c["cost"]["flops"] / 1e9, 3),
+                      _cell((c["cost"].get("dense_flops") or math.nan) / 1e9, 3),
+                      _cell(c["cost"]["flops"] / c["cost"]["dense_flops"], 2) if c["cost"].get("dense_flops") else "–",
                       _cell(c["cost"]["latency_s"] * 1e3, 1)] for name, c in configurations.items()])
     return "\n".join(lines) + "\n"
 

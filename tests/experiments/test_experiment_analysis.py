@@ -76,3 +76,12 @@ def test_run_metrics_of_hand_records():
     assert metrics["OD_aupr"][0] == pytest.approx(0.25)  # one bin: precision 3/12 at recall 1
     assert math.isnan(metrics["OD_aupr"][1]) and math.isnan(metrics["OD_dice"][1])  # no OD pixel in the resample
     assert metrics["mean_aupr"][1] == pytest.approx(metrics["EX_aupr"][1])  # undefined lesions left out
+
+
+def test_runs_that_scored_different_images_are_refused_by_name():
+    from experiments.records import check_same_images
+    same = [{"grading": {"names": ["a", "b"]}}, {"grading": {"names": ["a", "b"]}, "segmentation": None}]
+    check_same_images(same, "grading", "test split")
+    check_same_images(same, "segmentation", "test split")  # no run scored this side: nothing to compare
+    with pytest.raises(ValueError, match=r"aptos: the runs' grading records list different images"):
+        check_same_images(same + [{"grading": {"names": ["a", "c"]}}], "grading", "aptos")

@@ -72,6 +72,10 @@ def test_every_row_has_mean_spread_and_interval(grid_run):
                 assert summary["std"] is not None and summary["ci"][0] <= summary["ci"][1]
                 assert summary["resamples_used"] > 0
         assert entry["cost"]["parameters"] > 0 and entry["cost"]["flops"] > 0 and entry["cost"]["latency_s"] > 0
+    assert configurations["classifier"]["cost"]["dense_flops"] is None  # nothing routed
+    routed = configurations["mlt_2_experts"]["cost"]
+    assert routed["dense_flops"] >= routed["flops"]  # top-p runs a subset of the experts dense runs
+    assert "| top-p / dense |" in grid_run["markdown"]
     differences = configurations["mlt_2_experts"]["difference_to_reference"]
     assert set(differences) == set(expected["classifier"])  # the metrics both configurations have
     assert all(len(d["ci"]) == 2 for d in differences.values())
