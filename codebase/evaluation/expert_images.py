@@ -27,7 +27,8 @@ class ExpertImages:
     weigh most for it."""
 
     side: str
-    weights: torch.Tensor  # [N, E] routing weights (the router's softmax, before top-p selection)
+    weights: torch.Tensor  # [N, E] routing weights (the router's softmax, before top-p selection; with region
+                           # routing the mean over each image's cells)
     top: list[list[int]]   # per expert, dataset indices by descending weight for it (at most ``count``)
 
     def chosen(self, expert: int) -> int:
@@ -45,7 +46,7 @@ def expert_images(predict, datasets: dict, device, count: int = 4, batch_size: i
             with autocast(torch.device(device), amp):
                 routings = predict(batch["image"].to(device), side).get("routing", {})
             for task, routing in routings.items():
-                weights.setdefault(task, (side, []))[1].append(routing.weights.detach().float().cpu())
+                weights.setdefault(task, (side, []))[1].append(routing.image_weights.detach().float().cpu())
     result = {}
     for task, (side, parts) in weights.items():
         stacked = torch.cat(parts)  # [N, E]

@@ -52,6 +52,13 @@ class Routing:
         return self.mask.sum(dim=-1).float()  # [B] (per routed item: per cell with region routing)
 
     @property
+    def image_weights(self):
+        """[images, E] routing weights per image (with regions: the mean over the image's cells)."""
+        if self.cells == 1:
+            return self.weights
+        return self.weights.view(-1, self.cells, self.weights.shape[-1]).mean(dim=1)
+
+    @property
     def image_mask(self):
         """[images, E] bool: the experts that run on each image (with regions: some cell of it chose them)."""
         if self.cells == 1:

@@ -61,3 +61,21 @@ def test_the_figure_of_a_multitask_model_is_written(synthetic_root, tmp_path):
                 "segmentation": SegmentationDataset(synthetic_root, "test", SIZE, cache_dir=tmp_path)}
     path = write_expert_images(model, datasets, "cpu", tmp_path / "plots" / "router_expert_images.png", count=2)
     assert path.read_bytes().startswith(b"\x89PNG") and not model.training
+
+
+def test_region_routing_ranks_images_by_the_mean_weight_of_their_cells(datasets):
+    def region_router(images, side):  # 2x2 cells per image: the left cells weigh for expert 0, the right for 1
+        cells = torch.nn.functional.adaptive_avg_pool2d(images.mean(dim=1, keepdim=True), (2, 2))  # [B, 1, 2, 2]
+        logits = torch.stack([cells[:, 0, :, 0], cells[:, 0, :, 1]], dim=-1).repeat_interleave(2, dim=1)
+        weights = torch.softmax(5 * logits.reshape(-1, 2), dim=-1)  # [B * 4, 2], an image's cells consecutive
+        task = "classification_rg" if side == "grading" else "segmentation_od"
+        return {"routing": {task: Routing(weights, weights, torch.ones_like(weights, dtype=torch.bool), cells=4)}}
+
+    picks = expert_images(region_router, datasets, "cpu", count=3, batch_size=4)
+    images = torch.stack([datasets["grading"][i]["image"] for i in range(len(datasets["grading"]))])
+    expected = region_router(images, "grading")["routing"]["classification_rg"].weights.view(-1, 4, 2).mean(dim=1)
+    grading = picks["classification_rg"]
+    assert grading.weights.shape == (len(datasets["grading"]), 2)  # one row per image, not per cell
+    torch.testing.assert_close(grading.weights, expected)
+    assert grading.top[1] == expected[:, 1].argsort(descending=True, stable=True)[:3].tolist()
+    expert_images_figure(picks, datasets)  # every pick is an image of the dataset
