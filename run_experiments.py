@@ -68,7 +68,8 @@ def parse_args(argv):
 
 
 def select_configurations(name, grid, configs):
-    """The grid restricted to the comma-separated ``configs`` (and its reference); all when None."""
+    """The grid restricted to the comma-separated ``configs`` (and its reference, and the configurations
+    the chosen ones upcycle from); all when None."""
     if configs is None:
         return grid
     chosen = [c.strip() for c in configs.split(",") if c.strip()]
@@ -76,8 +77,9 @@ def select_configurations(name, grid, configs):
     if unknown or not chosen:
         raise GridError(f"--configs {configs!r}: grid {name!r} has no configuration {', '.join(unknown) or '(none given)'}"
                         f"; it has {', '.join(grid.configurations)}")
+    sources = {grid.configurations[c].upcycle_from for c in chosen}  # an upcycled run needs its source's
     return dataclasses.replace(grid, configurations={c: configuration for c, configuration in grid.configurations.items()
-                                                     if c in chosen or c == grid.reference})
+                                                     if c in chosen or c == grid.reference or c in sources})
 
 
 def main(argv=None):

@@ -149,10 +149,39 @@ def check_grid(name, grid, common=()):
         if configuration.script not in SCRIPTS:
             raise GridError(f"grid {name!r}, configuration {config_name!r}: script {configuration.script!r} is not "
                             f"one of {', '.join(SCRIPTS)}")
+        check_upcycling(name, grid, config_name)
         for assignments, where in ((configuration.overrides, f"grid {name!r}, configuration {config_name!r}"),
                                    (grid.overrides, f"grid {name!r} (overrides for all configurations)"),
                                    (common, "--set")):
             check_overrides(configuration.script, assignments, where, budget_keys(configuration.script))
+
+
+def configuration_steps(grid, configuration):
+    """The optimizer steps one configuration's runs take: its own, else the grid's budget's."""
+    return grid.budget.optimizer_steps if configuration.optimizer_steps is None else configuration.optimizer_steps
+
+
+def check_upcycling(name, grid, config_name):
+    """GridError unless a configuration's own steps fit the budget and its upcycling source is a multi-task
+    configuration listed before it whose steps and its own add up to the budget's."""
+    configuration, where = grid.configurations[config_name], f"grid {name!r}, configuration {config_name!r}"
+    steps = configuration_steps(grid, configuration)
+    if not 0 < steps <= grid.budget.optimizer_steps:
+        raise GridError(f"{where}: optimizer_steps={steps}; expected 1 to the budget's {grid.budget.optimizer_steps}")
+    source_name = configuration.upcycle_from
+    if source_name is None:
+        return
+    names = list(grid.configurations)
+    if source_name not in grid.configurations or names.index(source_name) > names.index(config_name):
+        raise GridError(f"{where}: upcycle_from={source_name!r} is not a configuration listed before it "
+                        f"({', '.join(names[:names.index(config_name)]) or 'none'})")
+    source = grid.configurations[source_name]
+    if MULTITASK not in (configuration.script, source.script) or configuration.script != source.script:
+        raise GridError(f"{where}: upcycling needs two {MULTITASK} configurations; {source_name!r} runs {source.script}")
+    total = steps + configuration_steps(grid, source)
+    if total != grid.budget.optimizer_steps:
+        raise GridError(f"{where}: its {steps} steps and {source_name!r}'s add up to {total}; the budget's "
+                        f"{grid.budget.optimizer_steps} keep the comparison with training from scratch at equal steps")
 
 
 def cli_text(value):

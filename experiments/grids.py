@@ -31,6 +31,11 @@ class Budget:
 class Configuration:
     script: str                      # train script at the repository root
     overrides: tuple[str, ...] = ()  # "key=value", as after --set
+    # Sparse upcycling (model.init_from): the configuration, listed earlier in the grid, whose run with the
+    # same seed this one's experts start from. Its steps and this one's add up to the budget's, so the
+    # upcycled model is compared with training from scratch at equal total optimizer steps.
+    upcycle_from: str | None = None
+    optimizer_steps: int | None = None  # this configuration's own steps (None: the budget's)
 
 
 @dataclass(frozen=True)
@@ -144,8 +149,9 @@ EXPERTS = Grid(
     description="What the experts buy, in domain and out of domain: one expert (hard parameter sharing, the "
                 "reference) against the default routed experts and the variants of docs/multitask_model.md: an "
                 "always-on shared expert, one pool of experts per side shared by its tasks' gates, region routing "
-                "of the lesions, gates reading low-level or both features, and the cosine router. Upcycling "
-                "(model.init_from) needs a trained source run per seed and is not in the grid.",
+                "of the lesions, gates reading low-level or both features, the cosine router, and sparse upcycling "
+                "(the default's experts started from a 1-expert run of half the steps, trained for the other "
+                "half: equal total steps).",
     configurations={"mlt_1_expert": Configuration(MULTITASK, ("model.num_experts=1",)),
                     "mlt_default": Configuration(MULTITASK),
                     "mlt_shared_expert": Configuration(MULTITASK, ("model.shared_experts=1",)),
@@ -153,7 +159,11 @@ EXPERTS = Grid(
                     "mlt_region": Configuration(MULTITASK, ("routing.granularity=region",)),
                     "mlt_gate_low": Configuration(MULTITASK, ("routing.gate_input=low",)),
                     "mlt_gate_both": Configuration(MULTITASK, ("routing.gate_input=both",)),
-                    "mlt_cosine": Configuration(MULTITASK, ("routing.router=cosine",))},
+                    "mlt_cosine": Configuration(MULTITASK, ("routing.router=cosine",)),
+                    # sparse upcycling at equal total steps: 96 steps of one expert, then the default's
+                    # routed experts started from it for the other 96
+                    "mlt_1_expert_96_steps": Configuration(MULTITASK, ("model.num_experts=1",), optimizer_steps=96),
+                    "mlt_upcycled": Configuration(MULTITASK, upcycle_from="mlt_1_expert_96_steps", optimizer_steps=96)},
     reference="mlt_1_expert",
     budget=GENERALIZATION.budget,  # 192 steps of batch 8 at 128x192; run it with --seeds 5
     external=SYNTHETIC_EXTERNAL,

@@ -7,6 +7,7 @@ script's own --resume. So a killed runner, re-run with the same command, carries
 folder another live process holds (a second runner on the same grid, for example one per GPU) is
 left to that process: this runner moves on, and a later run of the command finds it finished.
 """
+import dataclasses
 import json
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from codebase.training.run_folder import (
     HISTORY_FILE,
     MODEL_FILE,
 )
-from experiments.budget import REPO, GridError, budget_overrides, cli_text
+from experiments.budget import REPO, GridError, budget_overrides, cli_text, configuration_steps
 
 
 @dataclass
@@ -31,6 +32,7 @@ class PlannedRun:
     script: str
     folder: Path
     settings: list[str]  # "key=value" for --set, in order (budget, grid, configuration, command line)
+    source: Path | None = None  # the run folder an upcycled run starts from (model.init_from)
 
     @property
     def name(self):
@@ -44,15 +46,20 @@ def plan_runs(grid_name, grid, seeds, out, data_root, image_counts, common=()):
     early holds every configuration at the seeds it finished, which `--seeds` can then compare."""
     settings = {}
     for configuration_name, configuration in grid.configurations.items():
-        budget = budget_overrides(configuration.script, grid.budget, *image_counts)
+        steps = dataclasses.replace(grid.budget, optimizer_steps=configuration_steps(grid, configuration))
+        budget = budget_overrides(configuration.script, steps, *image_counts)
         settings[configuration_name] = ([f"{key}={cli_text(value)}" for key, value in budget.items()]
                                         + list(grid.overrides) + list(configuration.overrides) + list(common))
     planned = []
     for seed in seeds:
         for configuration_name, configuration in grid.configurations.items():
             folder = Path(out) / grid_name / configuration_name / f"seed_{seed}"
+            source = None
+            if configuration.upcycle_from is not None:  # the source's run with the same seed, planned before
+                source = Path(out) / grid_name / configuration.upcycle_from / f"seed_{seed}"
             planned.append(PlannedRun(configuration_name, seed, configuration.script, folder,
-                                      settings[configuration_name]))
+                                      settings[configuration_name] + ([f"model.init_from={source}"] if source else []),
+                                      source))
     return planned
 
 
@@ -127,6 +134,10 @@ def train_all(planned, data_root, demo, device=None, max_runs=None, log=print):
         busy = holder(run.folder)
         if busy:
             log(f"[experiments] {run.name}: being trained by {busy}, left to it")
+            continue
+        if run.source is not None and not is_finished(run.source):  # its source is another process's to finish
+            log(f"[experiments] {run.name}: waits for {run.source} to finish (it starts from that run); "
+                "run the same command again later")
             continue
         arguments = command(run, data_root, demo, device)
         log(f"[experiments] {run.name}: {'resuming' if '--resume' in arguments else 'training'} "

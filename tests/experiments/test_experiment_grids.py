@@ -174,3 +174,54 @@ def test_a_run_another_process_is_training_is_left_to_it(tmp_path, monkeypatch):
     assert any("busy/seed_0: being trained by process" in line for line in lines), lines
     assert unfinished == 2  # neither has model.pth: a later run of the command picks the busy one up
     assert holder(busy) is None  # released
+
+
+def test_an_upcycled_configuration_starts_from_its_sources_run_of_the_same_seed(tmp_path):
+    import train_mlt_model
+    from experiments.runner import command, plan_runs
+
+    grid = GRIDS["experts"]
+    chosen = run_experiments.select_configurations("experts", grid, "mlt_upcycled")
+    assert list(chosen.configurations) == ["mlt_1_expert", "mlt_1_expert_96_steps", "mlt_upcycled"]  # source kept
+    planned = plan_runs("experts", chosen, [0, 1], tmp_path, tmp_path / "data", (128, 24))
+    names = [run.name for run in planned]
+    for seed in (0, 1):
+        upcycled = planned[names.index(f"mlt_upcycled/seed_{seed}")]
+        source = tmp_path / "experts" / "mlt_1_expert_96_steps" / f"seed_{seed}"
+        assert upcycled.source == source and names.index(f"mlt_1_expert_96_steps/seed_{seed}") < names.index(
+            upcycled.name)  # planned, so trained, before the run that starts from it
+        config = parse_cli(train_mlt_model.CONFIG, command(upcycled, tmp_path / "data", demo=True)[2:],
+                           train_mlt_model.DEMO)  # not validated: that reads the source run, untrained here
+        assert config["model"]["init_from"] == str(source) and config["model"]["num_experts"] == 3
+        assert config["train"]["epochs"] * config["train"]["iterations"] == 96  # + the source's 96 = the budget
+    reference = planned[names.index("mlt_1_expert/seed_0")]
+    assert reference.source is None and not any(s.startswith("model.init_from") for s in reference.settings)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"upcycle_from": "mlt_later"}, r"upcycle_from='mlt_later' is not a configuration listed before it"),
+    ({"optimizer_steps": 64}, r"its 64 steps and 'source''s add up to 160; the budget's 192"),
+    ({"optimizer_steps": 400}, r"optimizer_steps=400; expected 1 to the budget's 192"),
+])
+def test_upcycling_that_cannot_compare_at_equal_steps_is_refused_by_name(change, message):
+    upcycled = dataclasses.replace(Configuration(MULTITASK, upcycle_from="source", optimizer_steps=96), **change)
+    grid = dataclasses.replace(GRIDS["experts"], configurations={
+        "mlt_1_expert": Configuration(MULTITASK), "source": Configuration(MULTITASK, optimizer_steps=96),
+        "upcycled": upcycled, "mlt_later": Configuration(MULTITASK)})
+    with pytest.raises(GridError, match=rf"configuration 'upcycled': {message}"):
+        check_grid("experts", grid)
+    classifier_source = dataclasses.replace(grid, configurations={
+        **grid.configurations, "source": Configuration(CLASSIFIER), "upcycled": Configuration(
+            MULTITASK, upcycle_from="source", optimizer_steps=96)})
+    with pytest.raises(GridError, match=r"upcycling needs two train_mlt_model.py configurations"):
+        check_grid("experts", classifier_source)
+
+
+def test_an_upcycled_run_waits_while_its_source_is_unfinished(tmp_path, monkeypatch):
+    launched = []
+    monkeypatch.setattr(runner.subprocess, "Popen", lambda arguments, cwd: launched.append(arguments))
+    source, upcycled = tmp_path / "source" / "seed_0", tmp_path / "upcycled" / "seed_0"
+    planned = [runner.PlannedRun("upcycled", 0, MULTITASK, upcycled, [f"model.init_from={source}"], source)]
+    lines = []
+    assert runner.train_all(planned, tmp_path, demo=True, log=lines.append) == 1
+    assert not launched and any(f"waits for {source} to finish" in line for line in lines), lines
