@@ -27,6 +27,7 @@ CLASSES = {"rg": NUM_RG_CLASSES, "mer": NUM_MER_CLASSES, "dme": 2}
 # The primary score of each task, higher is better; delta-m averages these.
 TASK_SCORES = {"classification_rg": "rg_kappa", "classification_mer": "mer_kappa"}
 LESION_SCORE = "aupr"
+PRIMARY_MEAN = "mean_primary"  # the mean of each task's primary score, as train.monitor's mean_primary
 BLOCK = 64  # resamples per block when summing histograms (bounds memory: 64 x 2 x 2**16 x 8 bytes)
 
 
@@ -60,6 +61,9 @@ def run_metrics(records, grading_weights, segmentation_weights):
         for name in ("dice", "aupr"):
             stacked = np.stack([metrics[f"{lesion}_{name}"] for lesion in lesions])  # [L, R + 1]
             metrics[f"mean_{name}"] = _nanmean(stacked, axis=0)
+    if grading is not None and segmentation is not None:  # a multi-task model scored on both sides
+        # as train.monitor's mean_primary: each task's primary score (kappa, a lesion's AUPR), undefined ones left out
+        metrics[PRIMARY_MEAN] = _nanmean(np.stack([metrics[m] for m in task_scores(metrics).values()]), axis=0)
     return metrics
 
 

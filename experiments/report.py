@@ -21,11 +21,12 @@ from inference.report import STYLE, png_data_uri
 
 PRIMARY = ["rg_kappa", "mer_kappa", "rg_accuracy", "mer_accuracy", "joint_accuracy"]
 PRIMARY += [f"{lesion}_{name}" for name in ("aupr", "dice") for lesion in ("MA", "HE", "EX", "SE", "OD")]
-PRIMARY += ["mean_aupr", "mean_dice"]
+PRIMARY += ["mean_aupr", "mean_dice", "mean_primary"]
 INFORMATION_LABELS = ("camera", "grade")  # what routing's mutual information is measured against
 LABELS = {"rg_kappa": "RG quadratic weighted kappa", "mer_kappa": "MER quadratic weighted kappa",
           "rg_accuracy": "RG accuracy", "mer_accuracy": "MER accuracy", "joint_accuracy": "joint RG+MER accuracy",
-          "mean_aupr": "mean AUPR", "mean_dice": "mean Dice"}
+          "mean_aupr": "mean AUPR", "mean_dice": "mean Dice",
+          "mean_primary": "mean primary score (kappa per grade, AUPR per lesion)"}
 
 
 def label(metric):

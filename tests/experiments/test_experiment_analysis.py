@@ -76,6 +76,10 @@ def test_run_metrics_of_hand_records():
     assert metrics["OD_aupr"][0] == pytest.approx(0.25)  # one bin: precision 3/12 at recall 1
     assert math.isnan(metrics["OD_aupr"][1]) and math.isnan(metrics["OD_dice"][1])  # no OD pixel in the resample
     assert metrics["mean_aupr"][1] == pytest.approx(metrics["EX_aupr"][1])  # undefined lesions left out
+    tasks = ("rg_kappa", "mer_kappa", "EX_aupr", "OD_aupr")  # the monitor's mean_primary: one score per task
+    assert metrics["mean_primary"][0] == pytest.approx(sum(metrics[m][0] for m in tasks) / 4)
+    assert metrics["mean_primary"][1] == pytest.approx(sum(metrics[m][1] for m in tasks[:3]) / 3)  # OD undefined
+    assert "mean_primary" not in run_metrics({"grading": records["grading"]}, grading_weights, None)
 
 
 def test_runs_that_scored_different_images_are_refused_by_name():

@@ -119,3 +119,15 @@ def test_scored_tasks_name_what_the_run_cannot_predict():
     assert grades == ["rg"] and lesions == []
     assert "does not segment" in absent["MA"] and absent["OD"] == "no optic disc masks"
     assert absent["mer"] == "DDR has no macular edema label"
+
+
+def test_the_mean_primary_gap_takes_the_in_domain_mean_over_the_external_sets_tasks():
+    from experiments.generalization import gap_arrays
+    in_domain = {"rg_kappa": np.array([0.6, 0.5]), "mer_kappa": np.array([0.4, 0.3]),
+                 "HE_aupr": np.array([0.8, np.nan]), "OD_aupr": np.array([0.9, 0.9])}
+    in_domain["mean_primary"] = np.array([0.675, 0.567])  # over four tasks: not what a set without OD compares
+    external = {"rg_kappa": np.array([0.5, 0.4]), "mer_kappa": np.array([0.2, 0.2]), "HE_aupr": np.array([0.6, 0.7]),
+                "mean_primary": np.array([0.4, 0.5])}  # a set with no OD masks
+    gap = gap_arrays(external, in_domain, ["HE"])
+    np.testing.assert_allclose(gap["mean_primary"], [0.4 - 0.6, 0.5 - 0.4])  # in domain: (rg, mer, HE), HE undefined
+    assert "mean_primary" not in gap_arrays(external, {"rg_kappa": in_domain["rg_kappa"]}, ["HE"])  # tasks missing
