@@ -12,6 +12,7 @@ from codebase.evaluation.plots import history_figures
 from codebase.runtime.atomic import atomic_write_text
 from codebase.training.run_folder import TEST_METRICS_FILE, read_history, read_test_metrics
 from experiments.analysis import delta_m, difference, run_metrics, summary
+from experiments.budget import configuration_steps
 from experiments.bootstrap import resample_indices, resample_weights, with_full_set
 from experiments.cost import run_cost
 from experiments.external import analyse_external, markdown_lines
@@ -183,7 +184,8 @@ def analyse(grid_name, grid, planned, root, device, resamples=1000, seed=0, leve
                                         for m, values in metrics[name].items() if m in reference and name != grid.reference},
             "cost": run_cost(first.folder, root, size, device, cost_images, cost_repeats),
             "routing": routing_summary([run.folder for run in planned if run.configuration == name]),
-            "validation": validation_summary([run.folder for run in planned if run.configuration == name])}
+            "validation": validation_summary([run.folder for run in planned if run.configuration == name]),
+            "optimizer_steps": configuration_steps(grid, configuration), "upcycle_from": configuration.upcycle_from}
     single_task = {}
     for name, configuration in grid.configurations.items():
         if configuration.script in (CLASSIFIER, SEGMENTATION):
@@ -241,6 +243,16 @@ def validation_lines(configurations):
     return lines + [""]
 
 
+def step_exceptions(configurations, budget_steps):
+    """Lines naming the configurations that take steps of their own (an upcycled one and its source)."""
+    own = {name: c for name, c in configurations.items() if c.get("optimizer_steps", budget_steps) != budget_steps}
+    if not own:
+        return []
+    return [f"Except: `{name}` takes {c['optimizer_steps']} steps" + (
+        f", starting from `{c['upcycle_from']}`'s run of the same seed (upcycled; the two add up to the budget's "
+        f"{budget_steps})" if c.get("upcycle_from") else "") + "." for name, c in own.items()] + [""]
+
+
 def markdown(results):
     """results.md from the results dict."""
     budget, boot, tests = results["budget"], results["bootstrap"], results["test_images"]
@@ -260,6 +272,7 @@ def markdown(results):
              "plus the settings below.", "",
              f"Seeds: {', '.join(map(str, seeds))}. Test images: {tests['grading']} grading, "
              f"{tests['segmentation']} segmentation.", ""]
+    lines += step_exceptions(configurations, budget["optimizer_steps"])
     lines += _table(["configuration", "script", "settings"],
                     [[name, c["script"], " ".join(f"`{s}`" for s in budget["settings"][name])]
                      for name, c in configurations.items()])

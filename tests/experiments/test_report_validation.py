@@ -42,3 +42,15 @@ def test_the_section_names_the_configuration_best_on_validation(tmp_path):
     assert "| mlt_default | 0.700 ± 0.000 | 0.600 ± 0.000 | 0.300 ± 0.000 | 0.700 ± 0.000 |" in text
     assert "classifier" not in text
     assert validation_lines({"classifier": {"validation": {}}}) == []
+
+
+def test_the_budget_paragraph_names_configurations_with_steps_of_their_own():
+    from experiments.report import step_exceptions
+    configurations = {"mlt_1_expert": {"optimizer_steps": 192, "upcycle_from": None},
+                      "mlt_1_expert_96_steps": {"optimizer_steps": 96, "upcycle_from": None},
+                      "mlt_upcycled": {"optimizer_steps": 96, "upcycle_from": "mlt_1_expert_96_steps"}}
+    assert step_exceptions(configurations, 192) == [
+        "Except: `mlt_1_expert_96_steps` takes 96 steps.",
+        "Except: `mlt_upcycled` takes 96 steps, starting from `mlt_1_expert_96_steps`'s run of the same seed "
+        "(upcycled; the two add up to the budget's 192).", ""]
+    assert step_exceptions({"mlt_1_expert": configurations["mlt_1_expert"]}, 192) == []

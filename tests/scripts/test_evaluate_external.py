@@ -91,7 +91,12 @@ def test_in_domain_metrics_equal_the_runs_own_test_metrics(kind, tiny_runs, exte
         for metric in ("aupr", "dice"):
             expected, value = segmentation[lesion][metric], in_domain[f"{lesion}_{metric}"]["value"]
             assert value is None if expected != expected else value == pytest.approx(expected, abs=1e-6)
-    assert len(in_domain) == 7 * bool(grading) + (2 * len(LESIONS) + 2) * bool(segmentation)  # with DME and means
+    both = bool(grading) and bool(segmentation)  # the multi-task model also gets the mean of its tasks' scores
+    assert len(in_domain) == 7 * bool(grading) + (2 * len(LESIONS) + 2) * bool(segmentation) + both  # DME, means
+    if both:
+        scores = [in_domain[m]["value"] for m in ("rg_kappa", "mer_kappa") + tuple(f"{lesion}_aupr" for lesion in LESIONS)]
+        defined = [v for v in scores if v is not None]
+        assert in_domain["mean_primary"]["value"] == pytest.approx(sum(defined) / len(defined), abs=1e-9)
 
 
 def test_bad_paths_and_unreadable_files_get_one_line_errors(tiny_runs, external_trees, tmp_path, capsys,
