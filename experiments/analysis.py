@@ -60,14 +60,15 @@ def run_metrics(records, grading_weights, segmentation_weights):
                 for start in range(0, segmentation_weights.shape[0], BLOCK)])
         for name in ("dice", "aupr"):
             stacked = np.stack([metrics[f"{lesion}_{name}"] for lesion in lesions])  # [L, R + 1]
-            metrics[f"mean_{name}"] = _nanmean(stacked, axis=0)
+            metrics[f"mean_{name}"] = finite_mean(stacked, axis=0)
     if grading is not None and segmentation is not None:  # a multi-task model scored on both sides
         # as train.monitor's mean_primary: each task's primary score (kappa, a lesion's AUPR), undefined ones left out
-        metrics[PRIMARY_MEAN] = _nanmean(np.stack([metrics[m] for m in task_scores(metrics).values()]), axis=0)
+        metrics[PRIMARY_MEAN] = finite_mean(np.stack([metrics[m] for m in task_scores(metrics).values()]), axis=0)
     return metrics
 
 
-def _nanmean(values, axis):
+def finite_mean(values, axis=0):
+    """Mean along ``axis`` of the finite values; NaN where none is (an undefined metric left out)."""
     finite = np.isfinite(values)
     total = np.where(finite, values, 0.0).sum(axis=axis)
     count = finite.sum(axis=axis)
@@ -76,7 +77,7 @@ def _nanmean(values, axis):
 
 def pooled(per_seed):
     """[S, R + 1] -> [R + 1]: per test set / resample, the mean over seeds where defined."""
-    return _nanmean(np.asarray(per_seed), axis=0)
+    return finite_mean(np.asarray(per_seed), axis=0)
 
 
 def summary(per_seed, level=0.95):

@@ -176,7 +176,7 @@ def check_upcycling(name, grid, config_name):
         raise GridError(f"{where}: upcycle_from={source_name!r} is not a configuration listed before it "
                         f"({', '.join(names[:names.index(config_name)]) or 'none'})")
     source = grid.configurations[source_name]
-    if MULTITASK not in (configuration.script, source.script) or configuration.script != source.script:
+    if configuration.script != MULTITASK or source.script != MULTITASK:
         raise GridError(f"{where}: upcycling needs two {MULTITASK} configurations; {source_name!r} runs {source.script}")
     total = steps + configuration_steps(grid, source)
     if total != grid.budget.optimizer_steps:

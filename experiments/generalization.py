@@ -16,7 +16,7 @@ import numpy as np
 
 from codebase.data.formats import FORMATS
 from codebase.data.idrid import LESIONS
-from experiments.analysis import PRIMARY_MEAN, run_metrics, task_scores
+from experiments.analysis import PRIMARY_MEAN, finite_mean, run_metrics, task_scores
 from experiments.bootstrap import percentile_interval, resample_indices, resample_weights, with_full_set
 
 SIDES = {"grading": 0, "segmentation": 1}
@@ -53,14 +53,7 @@ def summarise(arrays, level=0.95):
 
 
 def _lesion_mean(arrays, name, lesions):
-    return _finite_mean(np.stack([arrays[f"{lesion}_{name.split('_', 1)[1]}"] for lesion in lesions]))
-
-
-def _finite_mean(stacked):
-    """Mean over the first axis of the finite values; NaN where none is."""
-    finite = np.isfinite(stacked)
-    with np.errstate(invalid="ignore"):
-        return np.where(finite.any(axis=0), np.where(finite, stacked, 0).sum(axis=0) / finite.sum(axis=0), np.nan)
+    return finite_mean(np.stack([arrays[f"{lesion}_{name.split('_', 1)[1]}"] for lesion in lesions]))
 
 
 def gap_arrays(external, in_domain, external_lesions):
@@ -77,7 +70,7 @@ def gap_arrays(external, in_domain, external_lesions):
             tasks = list(task_scores(external).values())
             if not all(task in in_domain for task in tasks):
                 continue
-            reference = _finite_mean(np.stack([in_domain[task] for task in tasks]))
+            reference = finite_mean(np.stack([in_domain[task] for task in tasks]))
         elif name in in_domain:
             reference = in_domain[name]
         else:
