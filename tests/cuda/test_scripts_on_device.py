@@ -1,7 +1,8 @@
 """The scripts on each device: the three train scripts end to end, train.compile, a checkpoint that
 moves between the CPU and a GPU, predict.py, export.py and the sliding window on a run trained
 there, torchrun, and the collectives and a DDP step in a process group (NCCL on CUDA, gloo on the
-CPU). Each test runs on the CPU too; its ``cuda`` cases need a GPU."""
+CPU). Each test runs on the CPU too, but torchrun (two CPU processes: tests/test_engine.py); its ``cuda``
+cases need a GPU."""
 import gc
 import json
 import socket
@@ -93,7 +94,9 @@ def test_predict_export_and_the_sliding_window_on_a_run_trained_on_the_device(de
     assert done.returncode == 0, done.stderr[-3000:]
     predictions = json.loads((tmp_path / "predicted" / "predictions.json").read_text())
     assert len(predictions["images"]) == len(images) and not predictions["failed"]
-    for form, file in (("onnx", "model.onnx"), ("torchscript", "model.torchscript.pt")):
+    # a run trained on the CPU exports as tests/inference/test_export.py checks (half of this test's time there)
+    exported = (("onnx", "model.onnx"), ("torchscript", "model.torchscript.pt")) if device != "cpu" else ()
+    for form, file in exported:
         done = run_script("export.py", "--run", folder, "--format", form, "--out", tmp_path / file)
         assert done.returncode == 0, done.stderr[-3000:]
         assert (tmp_path / file).stat().st_size > 0
@@ -118,10 +121,11 @@ def free_port():
         return probe.getsockname()[1]
 
 
-@pytest.mark.parametrize("device", CPU_AND_CUDA)
+@pytest.mark.parametrize("device", [CUDA])
 def test_torchrun_trains_on_every_gpu_present(device, synthetic_root, tmp_path):
-    """One process per GPU (NCCL from two GPUs on; a one-GPU machine runs one process), two on the CPU (gloo)."""
-    processes = torch.cuda.device_count() if device == "cuda" else 2
+    """One process per GPU (NCCL from two GPUs on; a one-GPU machine runs one process). Two gloo processes
+    on the CPU: tests/test_engine.py's test_two_processes_write_once_match_single_process_evaluation_and_resume_in_one."""
+    processes = torch.cuda.device_count()
     script, sets = TRAINERS["multitask"]
     argv = ["--demo", "--device", device, "--data-root", str(synthetic_root), "--run-name", "spread",
             "--set", f"run.save_dir={tmp_path}"]

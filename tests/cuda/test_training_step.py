@@ -1,11 +1,12 @@
 """The multi-task training step on each device: autocast (bf16, fp16 with the GradScaler, an overflow
 skipped and recovered), channels_last, grouped experts, the loss weightings, host synchronisation,
-the demo step's peak memory. Each test runs on the CPU too; its ``cuda`` case needs a GPU."""
+the demo step's peak memory. Each test runs on the CPU too (but the loss weightings' comparison with the
+CPU); its ``cuda`` case needs a GPU."""
 import contextlib
 
 import pytest
 import torch
-from devices import CPU_AND_CUDA
+from devices import CPU_AND_CUDA, CUDA
 from step_setup import SIZE, batch_pair, make_training
 from tiny_models import small_model
 
@@ -175,12 +176,12 @@ def test_top_p_step_synchronises_only_to_plan_its_dispatch(device, monkeypatch):
     assert all(0 < usage["experts_per_image"] <= 3 for usage in meter.compute().values())
 
 
-@pytest.mark.parametrize("device", CPU_AND_CUDA)
+@pytest.mark.parametrize("device", [CUDA])  # on the CPU it would compare the CPU with itself
 @pytest.mark.parametrize("method", ["pcgrad", "famo"])
 def test_loss_weightings_step_on_the_device_as_on_the_cpu(device, method, exact_float32):
     """Three fp32 steps of a gradient method and of one that needs the losses after the step give the
     CPU's losses and task weights (tests/training/weighting runs every method on a toy on each device);
-    on CUDA also under fp16 + GradScaler."""
+    also under fp16 + GradScaler."""
     results = {}
     for where in ("cpu", device):
         training = make_training(where, weighting=method, dropout=False)
@@ -189,11 +190,10 @@ def test_loss_weightings_step_on_the_device_as_on_the_cpu(device, method, exact_
     torch.testing.assert_close(results[device][0], results["cpu"][0], rtol=2e-3, atol=2e-3)
     for task, weight in results["cpu"][1].items():
         assert results[device][1][task] == pytest.approx(weight, rel=2e-3, abs=2e-3), task
-    if device == "cuda":
-        training = make_training(device, "fp16", weighting=method)
-        for s in range(1, 4):
-            check_finite(training.train_step(batch_pair(seed=s), True, 1, s)[0])
-        assert all(torch.isfinite(torch.tensor(w)) for w in training.weighting.task_weights().values())
+    training = make_training(device, "fp16", weighting=method)
+    for s in range(1, 4):
+        check_finite(training.train_step(batch_pair(seed=s), True, 1, s)[0])
+    assert all(torch.isfinite(torch.tensor(w)) for w in training.weighting.task_weights().values())
 
 
 @pytest.mark.parametrize("device", CPU_AND_CUDA)

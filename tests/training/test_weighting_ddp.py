@@ -14,12 +14,11 @@ import torch
 
 from codebase.training.weighting import WEIGHTINGS, installed_weightings
 from codebase.training.weighting.torchjd_adapter import TorchJDWeighting
-from tests.training.test_weighting_multitask import TASK_SPECS
+from tests.training.test_weighting_multitask import TASK_SPECS, TORCHJD_REPRESENTATIVES
 
 pytestmark = pytest.mark.slow  # runs two processes
 
 REPO = Path(__file__).resolve().parents[2]
-TORCHJD_REPRESENTATIVES = ("mgda", "gradvac")
 
 
 def ddp_methods():

@@ -27,6 +27,8 @@ SIZE = (64, 96)
 TASK_SPECS = {"classification_rg": 5, "classification_mer": 3, "segmentation_ma": 1, "segmentation_he": 1,
               "segmentation_ex": 1, "segmentation_se": 1, "segmentation_od": 1}
 GATES = {"sparsity": 0.01, "load_balance": 0.01}
+# torchjd's methods all go through one adapter: these two (stateless, stateful) train the real model
+TORCHJD_REPRESENTATIVES = ("mgda", "gradvac")
 
 
 def fixed_batches(root):

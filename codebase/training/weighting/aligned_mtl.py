@@ -1,5 +1,4 @@
 """Aligned-MTL, independent component alignment (Senushkin et al., CVPR 2023), from torchjd."""
-from torchjd.aggregation import AlignedMTLWeighting
 
 from codebase.training.weighting.registry import Setting, register
 from codebase.training.weighting.torchjd_adapter import TorchJDWeighting
@@ -20,4 +19,5 @@ class AlignedMTL(TorchJDWeighting):
                                       "one of " + ", ".join(map(repr, SCALE_MODES)))}
 
     def __init__(self, tasks, scale_mode="min"):
+        from torchjd.aggregation import AlignedMTLWeighting  # here, not at import: torchjd costs a script's start 0.4 s
         super().__init__(tasks, AlignedMTLWeighting(scale_mode=scale_mode))

@@ -1,6 +1,5 @@
 """DualProj, the mean gradient projected onto the dual cone (Lopez-Paz & Ranzato's GEM projection, NeurIPS
 2017, as a multi-task aggregator in Quinton & Rey 2024), from torchjd."""
-from torchjd.aggregation import DualProjWeighting
 
 from codebase.training.weighting.registry import register
 from codebase.training.weighting.torchjd_adapter import PROJECTOR_SETTINGS, TorchJDWeighting, projector
@@ -18,4 +17,5 @@ class DualProj(TorchJDWeighting):
     settings = PROJECTOR_SETTINGS
 
     def __init__(self, tasks, norm_eps=0.0001, reg_eps=0.0001):
+        from torchjd.aggregation import DualProjWeighting  # here, not at import: torchjd costs a script's start 0.4 s
         super().__init__(tasks, DualProjWeighting(projector=projector(norm_eps, reg_eps)))

@@ -1,5 +1,4 @@
 """FairGrad, alpha-fair resource allocation (Ban & Ji, ICML 2024), from torchjd."""
-from torchjd.aggregation import FairGradWeighting
 
 from codebase.training.weighting.registry import Setting, positive, register
 from codebase.training.weighting.torchjd_adapter import TorchJDWeighting
@@ -18,4 +17,5 @@ class FairGrad(TorchJDWeighting):
     settings = {"alpha": Setting(1.0, float, positive, "> 0")}
 
     def __init__(self, tasks, alpha=1.0):
+        from torchjd.aggregation import FairGradWeighting  # here, not at import: torchjd costs a script's start 0.4 s
         super().__init__(tasks, FairGradWeighting(alpha=alpha))

@@ -1,6 +1,5 @@
 """Gradient Vaccine, GradVac (Wang, Tsvetkov, Firat & Cao, ICLR 2021), from torchjd."""
 import torch
-from torchjd.aggregation import GradVacWeighting
 
 from codebase.training.weighting.registry import Setting, non_negative, register
 from codebase.training.weighting.torchjd_adapter import TorchJDWeighting
@@ -26,6 +25,7 @@ class GradVac(TorchJDWeighting):
                 "seed": Setting(0, int, non_negative, ">= 0")}
 
     def __init__(self, tasks, beta=0.5, eps=1e-8, seed=0):
+        from torchjd.aggregation import GradVacWeighting  # here, not at import: torchjd costs a script's start 0.4 s
         super().__init__(tasks, GradVacWeighting(beta=beta, eps=eps))
         self.register_buffer("cosine_targets", torch.zeros(len(self.tasks), len(self.tasks)))
         self.generator = torch.Generator().manual_seed(seed)

@@ -1,5 +1,4 @@
 """IMTL-G, the gradient half of Impartial Multi-task Learning (Liu et al., ICLR 2021), from torchjd."""
-from torchjd.aggregation import IMTLGWeighting
 
 from codebase.training.weighting.registry import register
 from codebase.training.weighting.torchjd_adapter import TorchJDWeighting
@@ -13,4 +12,5 @@ class IMTLG(TorchJDWeighting):
     """
 
     def __init__(self, tasks):
+        from torchjd.aggregation import IMTLGWeighting  # here, not at import: torchjd costs a script's start 0.4 s
         super().__init__(tasks, IMTLGWeighting())

@@ -1,6 +1,5 @@
 """MGDA, multiple-gradient descent as multi-task learning (Désidéri 2012; Sener & Koltun, NeurIPS 2018),
 from torchjd."""
-from torchjd.aggregation import MGDAWeighting
 
 from codebase.training.weighting.registry import Setting, positive, register
 from codebase.training.weighting.torchjd_adapter import TorchJDWeighting
@@ -19,4 +18,5 @@ class MGDA(TorchJDWeighting):
                 "max_iters": Setting(100, int, positive, "> 0")}
 
     def __init__(self, tasks, epsilon=0.001, max_iters=100):
+        from torchjd.aggregation import MGDAWeighting  # here, not at import: torchjd costs a script's start 0.4 s
         super().__init__(tasks, MGDAWeighting(epsilon=epsilon, max_iters=max_iters))

@@ -6,7 +6,6 @@ error that says so.
 """
 import numpy as np
 import torch
-from torchjd.aggregation import NashMTL as TorchJDNashMTL
 
 from codebase.training.weighting.registry import Setting, non_negative, positive, register
 from codebase.training.weighting.torchjd_adapter import TorchJDWeighting
@@ -49,6 +48,7 @@ class NashMTL(TorchJDWeighting):
 
     def new_solver(self, count: int) -> torch.nn.Module:
         """torchjd's Nash-MTL weighting (the aggregator's, on a matrix) for ``count`` tasks, fresh."""
+        from torchjd.aggregation import NashMTL as TorchJDNashMTL  # here: torchjd costs a script's start 0.4 s
         return TorchJDNashMTL(n_tasks=count, **self.options).weighting
 
     def get_extra_state(self):

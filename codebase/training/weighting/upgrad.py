@@ -1,6 +1,5 @@
 """UPGrad, unconflicting projection of gradients (Quinton & Rey, "Jacobian Descent for Multi-Objective
 Optimization", 2024), from torchjd."""
-from torchjd.aggregation import UPGradWeighting
 
 from codebase.training.weighting.registry import register
 from codebase.training.weighting.torchjd_adapter import PROJECTOR_SETTINGS, TorchJDWeighting, projector
@@ -19,4 +18,5 @@ class UPGrad(TorchJDWeighting):
     settings = PROJECTOR_SETTINGS
 
     def __init__(self, tasks, norm_eps=0.0001, reg_eps=0.0001):
+        from torchjd.aggregation import UPGradWeighting  # here, not at import: torchjd costs a script's start 0.4 s
         super().__init__(tasks, UPGradWeighting(projector=projector(norm_eps, reg_eps)))
