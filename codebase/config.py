@@ -56,7 +56,9 @@ RENAMED_KEYS = {
 
 # Multi-task model settings added later -> the value that gives the model runs written before them had,
 # filled into an earlier checkpoint's config so that such a run still resumes.
-ADDED_MULTITASK_KEYS = {"model.shared_experts": 0, "model.expert_pool": "task", "model.init_from": None}
+ADDED_MULTITASK_KEYS = {"model.shared_experts": 0, "model.expert_pool": "task", "model.init_from": None,
+                        "routing.gate_input": "high", "routing.granularity": "image", "routing.router": "linear",
+                        "routing.region_grid": [4, 6]}  # (the grid only matters at granularity "region")
 
 
 def upgrade_config(config: dict) -> dict:
@@ -75,7 +77,9 @@ def upgrade_config(config: dict) -> dict:
     model = upgraded.get("model")
     if isinstance(model, dict) and "task_specs" in model:
         for key, value in ADDED_MULTITASK_KEYS.items():
-            model.setdefault(key.split(".")[1], value)
+            section, leaf = key.split(".")
+            if isinstance(upgraded.get(section), dict):
+                upgraded[section].setdefault(leaf, copy.deepcopy(value))
     return upgraded
 
 

@@ -2,19 +2,23 @@
 
 A run goes to <out>/<grid>/<configuration>/seed_<S>/. A folder that holds a finished run
 (model.pth, and history.json up to config.json's train.epochs) is skipped, after checking that
-it was trained with the settings asked for now; one with a checkpoint is resumed by the
+it was trained with the settings asked for now, and that its script, run today with the same
+command line, would train it the same way (a default changed since, such as the multi-task
+model's expert layout, makes the run stale: an error, never a silent mix); one with a checkpoint is resumed by the
 script's own --resume. So a killed runner, re-run with the same command, carries on. A run whose
 folder another live process holds (a second runner on the same grid, for example one per GPU) is
 left to that process: this runner moves on, and a later run of the command finds it finished.
 """
 import dataclasses
+import functools
+import importlib.util
 import json
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from codebase.config import ConfigError, get_value, parse_value
+from codebase.config import ConfigError, get_value, parse_cli, parse_value, resume_changes, upgrade_config
 from codebase.runtime.lock import holder
 from codebase.training.run_folder import (
     CHECKPOINT_FILE,
@@ -90,8 +94,31 @@ def is_finished(folder):
         return False
 
 
-def check_matches(run, data_root):
-    """GridError when a finished run's config.json differs from the settings asked for now."""
+@functools.cache
+def script_module(script):
+    """The train script ``script`` (a path relative to the repository) imported as a module, for its
+    CONFIG, DEMO and RESUME_RULES."""
+    spec = importlib.util.spec_from_file_location(f"grid_script_{Path(script).stem}", REPO / script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def stale_settings(run, config, data_root, demo):
+    """The settings that fix a run (the script's RESUME_RULES) in which the finished run's config.json
+    (upgraded as a resume upgrades it) differs from what its script resolves today for the same
+    command line: "key: value in the run -> value now" (data.root and the run folder left out)."""
+    module = script_module(run.script)
+    arguments = [argument for argument in command(run, data_root, demo)[2:] if argument != "--resume"]
+    now = parse_cli(module.CONFIG, arguments, module.DEMO)
+    refused, _ = resume_changes(upgrade_config(config), now, module.RESUME_RULES)
+    return [line.replace(" (checkpoint)", " in the run").replace(" (now)", " now") for line in refused
+            if not line.startswith(("data.root:", "run."))]
+
+
+def check_matches(run, data_root, demo=None):
+    """GridError when a finished run's config.json differs from the settings asked for now, or (with
+    ``demo``, the grid's --demo flag) from what its script would train today with them."""
     path = run.folder / CONFIG_FILE
     try:
         config = json.loads(path.read_text())
@@ -116,6 +143,12 @@ def check_matches(run, data_root):
     if differences:
         raise GridError(f"{run.folder} holds a finished run trained with other settings:\n  "
                         + "\n  ".join(differences) + "\nMove it away, or choose another --out.")
+    if demo is not None:
+        stale = stale_settings(run, config, data_root, demo)
+        if stale:
+            raise GridError(f"{run.folder} holds a finished run that {run.script} would train differently today "
+                            "(its defaults changed since):\n  " + "\n  ".join(stale)
+                            + "\nMove it away (the grid then trains it again), or choose another --out.")
 
 
 def train_all(planned, data_root, demo, device=None, max_runs=None, log=print):
@@ -126,7 +159,7 @@ def train_all(planned, data_root, demo, device=None, max_runs=None, log=print):
     trained = 0
     for run in planned:
         if is_finished(run.folder):
-            check_matches(run, data_root)
+            check_matches(run, data_root, demo)
             log(f"[experiments] {run.name}: finished run in {run.folder}, skipped")
             continue
         if max_runs is not None and trained >= max_runs:

@@ -1,5 +1,6 @@
 """Grids: validation against the train scripts' CONFIG keys, and the budget as each script's overrides."""
 import dataclasses
+import json
 
 import pytest
 
@@ -225,3 +226,42 @@ def test_an_upcycled_run_waits_while_its_source_is_unfinished(tmp_path, monkeypa
     lines = []
     assert runner.train_all(planned, tmp_path, demo=True, log=lines.append) == 1
     assert not launched and any(f"waits for {source} to finish" in line for line in lines), lines
+
+
+def finished_run(folder, config):
+    """A run folder that counts as finished (runner.is_finished) with ``config`` as its config.json."""
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "history.json").write_text(json.dumps([{"epoch": config["train"]["epochs"]}]))
+    (folder / "model.pth").write_bytes(b"")
+
+
+def test_a_finished_run_its_script_would_now_train_differently_is_refused_by_name(tmp_path, monkeypatch):
+    """A default of the script changed since a finished run was trained (the expert layout, say): the grid
+    names the setting instead of mixing the stale run into today's comparison; a run from before a
+    setting existed, trained as its earlier behaviour (upgrade_config), still counts."""
+    import train_mlt_model
+
+    monkeypatch.setattr(runner.subprocess, "Popen", lambda *args, **kwargs: pytest.fail("nothing is trained"))
+    (tmp_path / "data").mkdir()
+    run = runner.PlannedRun("mlt", 0, MULTITASK, tmp_path / "grid" / "mlt" / "seed_0", ["train.epochs=2"])
+    today = parse_cli(train_mlt_model.CONFIG, runner.command(run, tmp_path / "data", demo=True)[2:],
+                      train_mlt_model.DEMO)
+    older = json.loads(json.dumps(today))
+    for key in ("gate_input", "granularity", "router", "region_grid"):
+        older["routing"].pop(key)  # written before these settings: their values now are its behaviour
+    finished_run(run.folder, older)
+    lines = []
+    assert runner.train_all([run], tmp_path / "data", demo=True, log=lines.append) == 0
+    assert any("finished run" in line for line in lines), lines
+
+    stale = runner.PlannedRun("stale", 0, MULTITASK, tmp_path / "grid" / "stale" / "seed_0", ["train.epochs=2"])
+    changed = json.loads(json.dumps(today))
+    changed["model"]["shared_experts"] = 1 - today["model"]["shared_experts"]
+    changed["routing"]["top_p"] = 0.5
+    finished_run(stale.folder, changed)
+    with pytest.raises(GridError, match=r"would train differently today") as raised:
+        runner.train_all([stale], tmp_path / "data", demo=True)
+    assert (f"model.shared_experts: {changed['model']['shared_experts']} in the run -> "
+            f"{today['model']['shared_experts']} now") in str(raised.value)
+    assert "routing.top_p: 0.5 in the run -> 0.8 now" in str(raised.value) and str(stale.folder) in str(raised.value)

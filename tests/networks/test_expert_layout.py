@@ -66,6 +66,9 @@ def test_no_shared_experts_and_task_pools_keep_todays_parameter_names_and_old_we
     old.load_state_dict(saved, strict=True)
     upgraded = upgrade_config(config)["model"]
     assert (upgraded["shared_experts"], upgraded["expert_pool"], upgraded["init_from"]) == (0, "task", None)
+    routing = upgrade_config(config)["routing"]  # the routing of runs from before its settings, so they resume
+    assert routing == {"top_p": 0.8, "gate_input": "high", "granularity": "image", "router": "linear",
+                       "region_grid": [4, 6]}
     assert "shared_experts" not in upgrade_config({"model": {"backbone": "resnet18"}})["model"]  # not multi-task
 
 
