@@ -10,6 +10,13 @@ from codebase.training.weighting import installed_weightings
 
 CLASSIFIER, SEGMENTATION, MULTITASK = "train_classifier.py", "train_segmentation.py", "train_mlt_model.py"
 
+# Expert layouts named by what they are, not by the script's default, which the experts grid chooses
+# on validation and may move: one expert per task (hard parameter sharing), and routed experts
+# with no always-on shared expert beside them (the layout the moe grid and the experts grid's
+# variants were measured with).
+ONE_EXPERT = ("model.num_experts=1", "model.shared_experts=0")
+ROUTED_ONLY = ("model.shared_experts=0",)
+
 
 @dataclass(frozen=True)
 class Budget:
@@ -54,25 +61,25 @@ class Grid:
 
 
 MOE = Grid(
-    description="Mixture-of-Experts ablation: single-task baselines, 1 expert, 3 experts dense, "
-                "3 experts top-p (the default), the default without the routing balance (no balanced-assignment "
-                "loss, no selection bias), and the earlier weak balance (balanced-assignment loss 0.1 with the "
-                "gates' gradients reaching the backbone, no selection bias).",
+    description="Mixture-of-Experts ablation: single-task baselines, 1 expert, 3 routed experts (no shared expert) "
+                "dense, top-p with the default routing, top-p without the routing balance (no balanced-assignment "
+                "loss, no selection bias), and top-p with the earlier weak balance (balanced-assignment loss 0.1 "
+                "with the gates' gradients reaching the backbone, no selection bias).",
     configurations={
         "classifier": Configuration(CLASSIFIER),
         "deeplabv3plus": Configuration(SEGMENTATION),
-        "mlt_1_expert": Configuration(MULTITASK, ("model.num_experts=1",)),
+        "mlt_1_expert": Configuration(MULTITASK, ONE_EXPERT),
         # Dense throughout: trained with every expert (warm-up over all epochs) and evaluated with
         # top_p=1, which keeps every expert whose weight is above float32 underflow.
-        "mlt_3_experts_dense": Configuration(MULTITASK, ("model.num_experts=3", "routing.warmup_fraction=1.0",
-                                                         "routing.top_p=1.0")),
-        "mlt_3_experts_top_p": Configuration(MULTITASK, ("model.num_experts=3",)),
-        "mlt_3_experts_top_p_no_balance": Configuration(MULTITASK, ("model.num_experts=3",
+        "mlt_3_experts_dense": Configuration(MULTITASK, ("model.num_experts=3", *ROUTED_ONLY,
+                                                         "routing.warmup_fraction=1.0", "routing.top_p=1.0")),
+        "mlt_3_experts_top_p": Configuration(MULTITASK, ("model.num_experts=3", *ROUTED_ONLY)),
+        "mlt_3_experts_top_p_no_balance": Configuration(MULTITASK, ("model.num_experts=3", *ROUTED_ONLY,
                                                                     "loss.gate_balanced_assignment=0",
                                                                     "routing.balance_rate=0")),
         # The routing this project had before: a tenth of the balanced-assignment loss, whose gradient
         # (like every gate loss's) reached the backbone, and no selection bias.
-        "mlt_3_experts_top_p_weak_balance": Configuration(MULTITASK, ("model.num_experts=3",
+        "mlt_3_experts_top_p_weak_balance": Configuration(MULTITASK, ("model.num_experts=3", *ROUTED_ONLY,
                                                                       "loss.gate_balanced_assignment=0.1",
                                                                       "routing.balance_rate=0",
                                                                       "routing.detach_gate_input=false")),
@@ -135,7 +142,7 @@ GENERALIZATION = Grid(
                 "the default multi-task model, trained on the default synthetic cameras and evaluated in domain, on "
                 "an IDRiD-layout tree from a held-out camera and on each external format's synthetic tree.",
     configurations={"classifier": Configuration(CLASSIFIER), "deeplabv3plus": Configuration(SEGMENTATION),
-                    "mlt_1_expert": Configuration(MULTITASK, ("model.num_experts=1",)),
+                    "mlt_1_expert": Configuration(MULTITASK, ONE_EXPERT),
                     "mlt_default": Configuration(MULTITASK)},
     reference="mlt_1_expert",
     # The demo's size and batch (train_mlt_model.py DEMO: 160 steps of batch 8 at 128x192), with 192 steps: the
@@ -147,23 +154,25 @@ GENERALIZATION = Grid(
 
 EXPERTS = Grid(
     description="What the experts buy, in domain and out of domain: one expert (hard parameter sharing, the "
-                "reference) against the default routed experts and the variants of docs/multitask_model.md: an "
-                "always-on shared expert, one pool of experts per side shared by its tasks' gates, region routing "
-                "of the lesions, gates reading low-level or both features, the cosine router, and sparse upcycling "
-                "(the default's experts started from a 1-expert run of half the steps, trained for the other "
-                "half: equal total steps).",
-    configurations={"mlt_1_expert": Configuration(MULTITASK, ("model.num_experts=1",)),
-                    "mlt_default": Configuration(MULTITASK),
+                "reference) against three routed experts and the variants of docs/multitask_model.md: an always-on "
+                "shared expert beside the routed ones (the default, chosen on this grid's validation split), and, "
+                "each changing one thing of the routed experts, one pool of experts per side shared by its tasks' "
+                "gates, region routing of the lesions, gates reading low-level or both features, the cosine "
+                "router, and sparse upcycling (the routed experts started from a 1-expert run of half the steps, "
+                "trained for the other half: equal total steps).",
+    configurations={"mlt_1_expert": Configuration(MULTITASK, ONE_EXPERT),
+                    "mlt_routed": Configuration(MULTITASK, ROUTED_ONLY),
                     "mlt_shared_expert": Configuration(MULTITASK, ("model.shared_experts=1",)),
-                    "mlt_shared_pool": Configuration(MULTITASK, ("model.expert_pool=shared",)),
-                    "mlt_region": Configuration(MULTITASK, ("routing.granularity=region",)),
-                    "mlt_gate_low": Configuration(MULTITASK, ("routing.gate_input=low",)),
-                    "mlt_gate_both": Configuration(MULTITASK, ("routing.gate_input=both",)),
-                    "mlt_cosine": Configuration(MULTITASK, ("routing.router=cosine",)),
-                    # sparse upcycling at equal total steps: 96 steps of one expert, then the default's
-                    # routed experts started from it for the other 96
-                    "mlt_1_expert_96_steps": Configuration(MULTITASK, ("model.num_experts=1",), optimizer_steps=96),
-                    "mlt_upcycled": Configuration(MULTITASK, upcycle_from="mlt_1_expert_96_steps", optimizer_steps=96)},
+                    "mlt_shared_pool": Configuration(MULTITASK, (*ROUTED_ONLY, "model.expert_pool=shared")),
+                    "mlt_region": Configuration(MULTITASK, (*ROUTED_ONLY, "routing.granularity=region")),
+                    "mlt_gate_low": Configuration(MULTITASK, (*ROUTED_ONLY, "routing.gate_input=low")),
+                    "mlt_gate_both": Configuration(MULTITASK, (*ROUTED_ONLY, "routing.gate_input=both")),
+                    "mlt_cosine": Configuration(MULTITASK, (*ROUTED_ONLY, "routing.router=cosine")),
+                    # sparse upcycling at equal total steps: 96 steps of one expert, then three routed
+                    # experts started from it for the other 96
+                    "mlt_1_expert_96_steps": Configuration(MULTITASK, ONE_EXPERT, optimizer_steps=96),
+                    "mlt_upcycled": Configuration(MULTITASK, ROUTED_ONLY, upcycle_from="mlt_1_expert_96_steps",
+                                                  optimizer_steps=96)},
     reference="mlt_1_expert",
     budget=GENERALIZATION.budget,  # 192 steps of batch 8 at 128x192; run it with --seeds 5
     external=SYNTHETIC_EXTERNAL,
