@@ -105,13 +105,13 @@ def script_module(script):
 
 
 def stale_settings(run, config, data_root, demo):
-    """The settings that fix a run (the script's RESUME_RULES) in which the finished run's config.json
-    (upgraded as a resume upgrades it) differs from what its script resolves today for the same
+    """The settings that fix a run (the script's RESUME_RULES) in which the finished run's config
+    (config.json upgraded as a resume upgrades it, codebase.config.upgrade_config) differs from what its script resolves today for the same
     command line: "key: value in the run -> value now" (data.root and the run folder left out)."""
     module = script_module(run.script)
     arguments = [argument for argument in command(run, data_root, demo)[2:] if argument != "--resume"]
     now = parse_cli(module.CONFIG, arguments, module.DEMO)
-    refused, _ = resume_changes(upgrade_config(config), now, module.RESUME_RULES)
+    refused, _ = resume_changes(config, now, module.RESUME_RULES)
     return [line.replace(" (checkpoint)", " in the run").replace(" (now)", " now") for line in refused
             if not line.startswith(("data.root:", "run."))]
 
@@ -121,7 +121,7 @@ def check_matches(run, data_root, demo=None):
     ``demo``, the grid's --demo flag) from what its script would train today with them."""
     path = run.folder / CONFIG_FILE
     try:
-        config = json.loads(path.read_text())
+        config = upgrade_config(json.loads(path.read_text()))  # a run from before a setting: the value it had
         recorded_root = config["data"]["root"]
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise GridError(f"{path}: a finished run's config.json that cannot be read ({error!r}); move the run "

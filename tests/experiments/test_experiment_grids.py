@@ -250,12 +250,17 @@ def test_a_finished_run_its_script_would_now_train_differently_is_refused_by_nam
     older = json.loads(json.dumps(today))
     for key in ("gate_input", "granularity", "router", "region_grid"):
         older["routing"].pop(key)  # written before these settings: their values now are its behaviour
+    older["model"].pop("shared_experts")  # written before the setting: it had none, which the run asks for
+    run.settings.append("model.shared_experts=0")
+    today["model"]["shared_experts"] = 0
     finished_run(run.folder, older)
     lines = []
     assert runner.train_all([run], tmp_path / "data", demo=True, log=lines.append) == 0
     assert any("finished run" in line for line in lines), lines
 
     stale = runner.PlannedRun("stale", 0, MULTITASK, tmp_path / "grid" / "stale" / "seed_0", ["train.epochs=2"])
+    today = parse_cli(train_mlt_model.CONFIG, runner.command(stale, tmp_path / "data", demo=True)[2:],
+                      train_mlt_model.DEMO)
     changed = json.loads(json.dumps(today))
     changed["model"]["shared_experts"] = 1 - today["model"]["shared_experts"]
     changed["routing"]["top_p"] = 0.5
