@@ -5,9 +5,10 @@
     python train_mlt_model.py --set model.num_experts=4 --set routing.top_p=0.9
     torchrun --nproc_per_node=4 train_mlt_model.py --data-root data
 
-Each optimizer step draws one grading batch and one segmentation batch. During warm-up every
-expert runs on every image; after it, each image runs the fewest experts whose routing weights
-reach routing.top_p. Writes saved/<run.name>/ (config.json, checkpoint.pth, model.pth,
+Each optimizer step draws one grading batch and one segmentation batch. Each task has routed
+experts and one always-on shared expert (model.shared_experts). During warm-up every routed
+expert runs on every image; after it, each image runs the fewest routed experts whose routing
+weights reach routing.top_p. Writes saved/<run.name>/ (config.json, checkpoint.pth, model.pth,
 history.json, train_log.txt, plots/).
 """
 import torch
@@ -89,7 +90,8 @@ CONFIG = {
         "backbone": "resnet50",
         "pretrained": "imagenet",          # "imagenet", "none", or a path to a torchvision state dict
         "num_experts": 3,
-        "shared_experts": 0,               # always-on experts per task (per pool) beside the routed ones, not gated
+        "shared_experts": 1,               # always-on experts per task (per pool) beside the routed ones, not gated;
+                                           # 1: best on the experts grid's validation split (docs/results.md)
         "expert_pool": "task",             # "task": routed experts per task; "shared": one pool per side,
                                            # a gate per task
         "init_from": None,                 # a saved multi-task run folder to upcycle from (backbone, ASPP, expert 0

@@ -230,10 +230,14 @@ def test_the_demo_recipe_learns_every_side_at_a_reduced_size(tmp_path_factory):
                          "data.segmentation_size=64,96", "train.epochs=10", "train.iterations=12", "optim.lr=1e-3",
                          "train.batch_size=8", "train.eval_batch_size=16", "train.evaluate_every=12",
                          "model.aspp_channels=64", "model.head_hidden=64")
-    history = train_mlt_model.main(config)
-    grading, segmentation = history[-1]["validation"]["grading"], history[-1]["validation"]["segmentation"]
+    train_mlt_model.main(config)
+    # the test split's 48 images with the final weights (the 20 % validation split is 19 images: one image
+    # moves its RG accuracy by 5 %)
+    tested = json.loads((Path(config["run"]["save_dir"]) / config["run"]["name"] / "test_metrics.json").read_text())
+    grading, segmentation = tested["last"]["metrics"]["grading"], tested["last"]["metrics"]["segmentation"]
     labels = build_datasets(root, (96, 144), (64, 96))["grading"]["test"].labels  # [N, 2] (rg, mer)
     majority = [torch.bincount(torch.as_tensor(labels[:, i])).max().item() / len(labels) for i in (0, 1)]
+    # measured with the default shared expert: RG 0.375 against 0.292, MER 0.521 against 0.479 (two images)
     assert grading["rg_accuracy"] > majority[0] and grading["mer_accuracy"] > majority[1], (grading, majority)
-    assert grading["rg_kappa"] > 0.1, grading  # 0.19 measured on the camera generator (0 for a constant guess)
-    assert segmentation["OD"]["dice"] >= 0.7, segmentation["OD"]
+    assert grading["rg_kappa"] > 0.1, grading  # 0.30 measured on the camera generator (0 for a constant guess)
+    assert segmentation["OD"]["dice"] >= 0.7, segmentation["OD"]  # 0.88 measured

@@ -91,9 +91,12 @@ def test_the_new_settings_fix_the_run_and_earlier_checkpoints_still_resume():
     now = tiny_config()
     earlier = copy.deepcopy(now)
     for key in ("shared_experts", "expert_pool", "init_from"):
-        del earlier["model"][key]  # a checkpoint written before these settings existed
+        del earlier["model"][key]  # a checkpoint written before these settings existed: no shared expert
+    refused, _ = resume_changes(upgrade_config(earlier), now, train_mlt_model.RESUME_RULES)
+    assert refused == ["model.shared_experts: 0 (checkpoint) -> 1 (now)"]  # today's default adds one: named
+    now["model"]["shared_experts"] = 0  # resumed with --set model.shared_experts=0
     assert resume_changes(upgrade_config(earlier), now, train_mlt_model.RESUME_RULES)[0] == []
-    for key, value in (("shared_experts", 1), ("expert_pool", "shared"), ("init_from", "saved/dense")):
+    for key, value in (("shared_experts", 2), ("expert_pool", "shared"), ("init_from", "saved/dense")):
         changed = copy.deepcopy(now)
         changed["model"][key] = value
         refused, _ = resume_changes(now, changed, train_mlt_model.RESUME_RULES)
