@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from matplotlib.figure import Figure
 from torch.utils.data import DataLoader
 
 from codebase.evaluation.visualize import displayable
@@ -65,10 +64,11 @@ def caption(dataset, index: int, weight: float) -> str:
     return " · ".join(parts) + f"\nweight {weight:.2f}"
 
 
-def expert_images_figure(picks: dict, datasets: dict, thumbnail: float = 1.6) -> Figure:
+def expert_images_figure(picks: dict, datasets: dict, thumbnail: float = 1.6):
     """One row per task and expert (its images, highest weight first), one column per image."""
     rows = [(task, expert) for task, pick in picks.items() for expert in range(pick.weights.shape[1])]
     columns = max((len(top) for pick in picks.values() for top in pick.top), default=1)
+    from matplotlib.figure import Figure  # here, not at import: matplotlib costs a script's start about 1 s
     figure = Figure(figsize=(thumbnail * columns + 1.6, (thumbnail + 0.45) * max(len(rows), 1)), layout="constrained")
     grid = figure.subplots(max(len(rows), 1), columns, squeeze=False)
     for axes_row, (task, expert) in zip(grid, rows):

@@ -4,7 +4,6 @@ import math
 
 import numpy as np
 import torch
-from matplotlib.patches import Patch
 
 from codebase.data.idrid import LESION_NAMES, LESIONS
 from codebase.data.transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -45,6 +44,7 @@ def overlay(image, masks, alpha=0.65, colours=LESION_COLOURS):
 
 def lesion_legend(figure, lesions=LESIONS, **kwargs):
     """A legend of lesion colours along the top of ``figure`` (keyword arguments go to figure.legend)."""
+    from matplotlib.patches import Patch  # here, not at import: matplotlib costs a script's start about 1 s
     handles = [Patch(color=LESION_COLOURS[k], label=f"{k}: {LESION_NAMES[k]}") for k in lesions]
     options = {"loc": "upper center", "ncol": len(handles), "frameon": False, **kwargs}
     return figure.legend(handles=handles, **options)

@@ -30,7 +30,6 @@ from codebase.config import (
 from codebase.data.loaders import seed_everything
 from codebase.data.splits import SPLITS_FILE
 from codebase.errors import ProjectError
-from codebase.evaluation import plots
 from codebase.runtime import distributed
 from codebase.runtime.atomic import (
     atomic_torch_save,
@@ -223,6 +222,7 @@ class Run:
         if not (self.is_main and self.config["run"]["plots"]):
             return
         try:
+            from codebase.evaluation import plots  # here, not at import: matplotlib costs a script's start about 1 s
             plots.plot_history(self.history, self.folder / PLOTS_FOLDER)
         except Exception as error:
             self.log(f"warning: could not draw plots: {error!r}")

@@ -1,5 +1,6 @@
-"""Every loss weighting trains the real multi-task model through the engine: a tiny model (ResNet18,
-64x96, no pretrained weights) fits one fixed batch per side, also under AMP (two-process DDP: test_weighting_ddp.py).
+"""Loss weightings train the real multi-task model through the engine, one method per way a method reaches
+it (REAL_MODEL_METHODS, TORCHJD_REPRESENTATIVES): a tiny model (ResNet18, 64x96, no pretrained weights)
+fits one fixed batch per side, also under AMP (two-process DDP, every method: test_weighting_ddp.py).
 
 One fixed batch (the synthetic tree's 10 grading and 4 segmentation training images, without
 augmentation) keeps this cheap and still honest: the model starts from random weights, so the
@@ -18,8 +19,7 @@ from codebase.engine import MultiTaskLoss, MultiTaskTraining, TrainStep
 from codebase.model import MultiTaskModel
 from codebase.tasks import on_side
 from codebase.training.optim import make_optimizer
-from codebase.training.weighting import WEIGHTINGS, installed_weightings, make_weighting
-from codebase.training.weighting.torchjd_adapter import TorchJDWeighting
+from codebase.training.weighting import make_weighting
 
 pytestmark = pytest.mark.slow  # trains a model, or runs two processes
 
@@ -29,6 +29,12 @@ TASK_SPECS = {"classification_rg": 5, "classification_mer": 3, "segmentation_ma"
 GATES = {"sparsity": 0.01, "load_balance": 0.01}
 # torchjd's methods all go through one adapter: these two (stateless, stateful) train the real model
 TORCHJD_REPRESENTATIVES = ("mgda", "gradvac")
+# The package's own methods that train the real model here: one per way a method reaches the engine
+# (the weighted sum, learned loss weights in the optimizer, losses after the step, GradNorm's gradient
+# norms, a Gram-matrix gradient method). DWA and RLW weigh the sum as fixed does, and CAGrad combines the
+# Gram matrix as PCGrad does; every method trains, resumes and runs on each device on the toy model
+# (tests/training/weighting/test_every_method.py) and runs under DDP (test_weighting_ddp.py).
+REAL_MODEL_METHODS = ("fixed", "uncertainty", "famo", "gradnorm", "pcgrad")
 
 
 def fixed_batches(root):
@@ -121,14 +127,10 @@ def fit_and_check(method, amp, batches):
         assert sum(logged[-1].values()) == pytest.approx(len(TASK_SPECS), rel=1e-4)
 
 
-def written_here(method):
-    return not issubclass(WEIGHTINGS[method], TorchJDWeighting)
-
-
-@pytest.mark.parametrize("method,amp", [(method, "off") for method in sorted(installed_weightings()) if written_here(method)]
+@pytest.mark.parametrize("method,amp", [(method, "off") for method in REAL_MODEL_METHODS]
                          + [pytest.param("uncertainty", "bf16", marks=BF16), pytest.param("cagrad", "bf16", marks=BF16)])
 def test_weightings_fit_the_multitask_model_on_a_fixed_batch(method, amp, batches):
-    """Every method written in this package trains the real model (torchjd's: test_weighting_multitask_torchjd.py);
-    bf16 autocast, the CPU's AMP (no GradScaler), for one loss method and one gradient method where the
-    CPU has bf16."""
+    """The package's methods of REAL_MODEL_METHODS train the real model (torchjd's:
+    test_weighting_multitask_torchjd.py); bf16 autocast, the CPU's AMP (no GradScaler), for one loss method
+    and one gradient method where the CPU has bf16."""
     fit_and_check(method, amp, batches)
