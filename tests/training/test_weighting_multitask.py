@@ -27,7 +27,8 @@ SIZE = (64, 96)
 TASK_SPECS = {"classification_rg": 5, "classification_mer": 3, "segmentation_ma": 1, "segmentation_he": 1,
               "segmentation_ex": 1, "segmentation_se": 1, "segmentation_od": 1}
 GATES = {"sparsity": 0.01, "load_balance": 0.01}
-# torchjd's methods all go through one adapter: these two (stateless, stateful) train the real model
+# torchjd's methods all go through one adapter: these two (stateless, stateful) run the real model under
+# two-process DDP, and the first is also fitted on the fixed batch (test_weighting_multitask_torchjd.py)
 TORCHJD_REPRESENTATIVES = ("mgda", "gradvac")
 # The package's own methods that train the real model here: one per way a method reaches the engine
 # (the weighted sum, learned loss weights in the optimizer, losses after the step, GradNorm's gradient
