@@ -58,7 +58,7 @@ RENAMED_KEYS = {
 # filled into an earlier checkpoint's config so that such a run still resumes.
 ADDED_MULTITASK_KEYS = {"model.shared_experts": 0, "model.expert_pool": "task", "model.init_from": None,
                         "routing.gate_input": "high", "routing.granularity": "image", "routing.router": "linear",
-                        "routing.region_grid": [4, 6]}  # (the grid only matters at granularity "region")
+                        "routing.region_grid": [4, 6]}  # the grid matters only at granularity "region"
 
 
 def upgrade_config(config: dict) -> dict:
@@ -76,8 +76,7 @@ def upgrade_config(config: dict) -> dict:
         target[new_leaf] = {**entries, **(target.get(new_leaf) or {})}
     model = upgraded.get("model")
     if isinstance(model, dict) and "task_specs" in model:
-        for key, value in ADDED_MULTITASK_KEYS.items():
-            section, leaf = key.split(".")
+        for (section, leaf), value in ((key.split("."), value) for key, value in ADDED_MULTITASK_KEYS.items()):
             if isinstance(upgraded.get(section), dict):
                 upgraded[section].setdefault(leaf, copy.deepcopy(value))
     return upgraded
