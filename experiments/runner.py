@@ -4,8 +4,8 @@ A run goes to <out>/<grid>/<configuration>/seed_<S>/. A folder that holds a fini
 (model.pth, and history.json up to config.json's train.epochs) is skipped, after checking that
 it was trained with the settings asked for now, and that its script, run today with the same
 command line, would train it the same way (a default changed since, such as the multi-task
-model's expert layout, makes the run stale: an error, never a silent mix); one with a checkpoint is resumed by the
-script's own --resume. So a killed runner, re-run with the same command, carries on. A run whose
+model's expert layout, makes the run stale: an error, never a silent mix); one with a checkpoint
+is resumed by the script's own --resume. So a killed runner, re-run with the same command, carries on. A run whose
 folder another live process holds (a second runner on the same grid, for example one per GPU) is
 left to that process: this runner moves on, and a later run of the command finds it finished.
 """
@@ -106,8 +106,9 @@ def script_module(script):
 
 def stale_settings(run, config, data_root, demo):
     """The settings that fix a run (the script's RESUME_RULES) in which the finished run's config
-    (config.json upgraded as a resume upgrades it, codebase.config.upgrade_config) differs from what its script resolves today for the same
-    command line: "key: value in the run -> value now" (data.root and the run folder left out)."""
+    (config.json upgraded as a resume upgrades it, codebase.config.upgrade_config) differs from what
+    its script resolves today for the same command line: "key: value in the run -> value now"
+    (data.root, compared by check_matches itself, and the run folder left out)."""
     module = script_module(run.script)
     arguments = [argument for argument in command(run, data_root, demo)[2:] if argument != "--resume"]
     now = parse_cli(module.CONFIG, arguments, module.DEMO)
