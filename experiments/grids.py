@@ -60,6 +60,12 @@ class Grid:
     external_count: int = 60  # images per synthetic external tree (per split where a format has splits)
 
 
+# The demo's size and batch (train_mlt_model.py DEMO: 160 steps of batch 8 at 128x192), with 192 steps: the
+# nearest whole number of epochs of both sides on the demo tree (128 grading and 24 segmentation training
+# images after the split: 16 and 3 steps per epoch), 1.2x the demo's steps.
+DEMO_SCALE = Budget(image_size=(128, 192), batch_size=8, optimizer_steps=192)
+
+
 MOE = Grid(
     description="Mixture-of-Experts ablation: single-task baselines, 1 expert, 3 routed experts (no shared expert) "
                 "dense, top-p with the default routing, top-p without the routing balance (no balanced-assignment "
@@ -111,14 +117,14 @@ WEIGHTING_METHODS = ("fixed",) + tuple(method for method in installed_weightings
 WEIGHTING = Grid(
     description="Loss weightings of the multi-task model (docs/multitask_model.md): the equal-weight sum "
                 f"(fixed, the reference) against {', '.join(WEIGHTING_METHODS[1:])}, each with its default "
-                "settings, at a reduced demo scale.",
+                "settings, at the experts grid's budget.",
     configurations={method: Configuration(MULTITASK, (f"loss.weighting={method}",)) for method in WEIGHTING_METHODS},
     reference="fixed",
-    # Sized for a CPU: 15 methods (16 with Nash-MTL) x 3 seeds at half the demo's side length. On the synthetic demo tree
-    # (128 grading training images after the validation split) batch 8 is 16 steps per epoch, so 48
-    # steps are 3 epochs (the first 2 with dense routing). A gradient method's step costs several
-    # times fixed's (benchmarks/bench_weighting.py).
-    budget=Budget(image_size=(64, 96), batch_size=8, optimizer_steps=48),
+    # The generalization and experts grids' budget, so that the methods are ranked on tasks the model
+    # learns (at 64x96 and 48 steps no method taught grading anything). A gradient method's step costs
+    # about 4x fixed's (benchmarks/bench_weighting.py): on two CPU cores one seed of every method is
+    # some six hours, a GPU's work (`--configs` runs a few methods and the reference).
+    budget=DEMO_SCALE,
 )
 
 MOE_GPU = Grid(
@@ -145,10 +151,7 @@ GENERALIZATION = Grid(
                     "mlt_1_expert": Configuration(MULTITASK, ONE_EXPERT),
                     "mlt_default": Configuration(MULTITASK)},
     reference="mlt_1_expert",
-    # The demo's size and batch (train_mlt_model.py DEMO: 160 steps of batch 8 at 128x192), with 192 steps: the
-    # nearest whole number of epochs of both sides on the demo tree (128 grading and 24 segmentation training
-    # images after the split: 16 and 3 steps per epoch), 1.2x the demo's steps.
-    budget=Budget(image_size=(128, 192), batch_size=8, optimizer_steps=192),
+    budget=DEMO_SCALE,
     external=SYNTHETIC_EXTERNAL,
 )
 
@@ -174,7 +177,7 @@ EXPERTS = Grid(
                     "mlt_upcycled": Configuration(MULTITASK, ROUTED_ONLY, upcycle_from="mlt_1_expert_96_steps",
                                                   optimizer_steps=96)},
     reference="mlt_1_expert",
-    budget=GENERALIZATION.budget,  # 192 steps of batch 8 at 128x192; run it with --seeds 5
+    budget=DEMO_SCALE,  # 192 steps of batch 8 at 128x192; run it with --seeds 5
     external=SYNTHETIC_EXTERNAL,
 )
 
