@@ -1,5 +1,5 @@
 """Run by torchrun (2 gloo processes) from test_weighting_ddp: for each weighting named in
-argv[1] (comma-separated), a few steps of the tiny multi-task model under DDP, each rank on its own
+argv[1] (comma-separated), two steps of the tiny multi-task model under DDP, each rank on its own
 half of the fixed batch.
 
 For every method each rank checks that its model parameters and the task weights it logged equal
@@ -31,7 +31,9 @@ def train_one_method(method, batches, device):
     step.model.keep_skipped_experts_in_graph()
     start = flat_parameters(step)
     step = distributed.wrap_model(step, device)
-    logged = train(step, weighting, optimizer, batches, 4)
+    # two steps (one epoch): the second already uses what the first left (GradVac's targets, FAMO's logits,
+    # the uncertainty weights), and every step all-reduces
+    logged = train(step, weighting, optimizer, batches, 2)
     trained = flat_parameters(distributed.unwrap(step))
     difference = identical_on_every_rank(trained)
     weights = torch.tensor([[epoch[task] for task in sorted(epoch)] for epoch in logged])

@@ -27,7 +27,7 @@ def ddp_methods():
 
 
 def test_weightings_under_two_process_ddp_keep_the_ranks_identical(synthetic_root, tmp_path):
-    """torchrun, 2 gloo processes, each its own half of the data: after a few steps of each method the
+    """torchrun, 2 gloo processes, each its own half of the data: after two steps of each method the
     two ranks hold the same model weights and logged the same task weights (checked in the script;
     the gradient methods reduce their per-task gradients, the loss methods see reduced losses), and
     the weights moved."""
