@@ -241,6 +241,7 @@ def fit(run: Run, model: torch.nn.Module, optimizer: torch.optim.Optimizer, sche
         kept = f"checkpoint.pth keeps epoch {completed}" if completed else "no epoch was completed"
         run.log(f"stopped: {error}. {kept}; lower the learning rate or check the data before resuming.")
         raise SystemExit(1) from error
+    run.plot()  # the epochs drawing skipped (Run.plot's when_due)
     run.save_model(model)
     chosen = (f"; best weights (epoch {selection.best_epoch}, monitored {selection.best_score:.4g}) in "
               f"{run.folder / BEST_MODEL_FILE}" if selection.best_epoch is not None else "")
@@ -338,7 +339,7 @@ def _save(run: Run, tracked: dict, epoch: int) -> None:
     run.save_checkpoint({"epoch": epoch, **states, "rng": rng_states,
                          "config": run.config, "history": run.history})
     run.save_history()
-    run.plot()
+    run.plot(when_due=True)
 
 
 def _restore(state: dict, tracked: dict, seed: int) -> int:

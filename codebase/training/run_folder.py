@@ -54,6 +54,10 @@ TEST_METRICS_FILE = "test_metrics.json"
 HISTORY_FILE = "history.json"
 LOG_FILE = "train_log.txt"
 PLOTS_FOLDER = "plots"
+# Drawing every figure takes about 1 s of CPU for a classifier's history and 5-9 s for the multi-task
+# model's nine figures (matplotlib's text layout): between epochs the figures are redrawn only once this
+# many times the last drawing's time has passed since it, so drawing stays within a tenth of training.
+PLOT_WAIT_FACTOR = 9.0
 
 
 # What a run folder holds that only its training writes: its weights, checkpoints and records.
@@ -119,6 +123,7 @@ class Run:
         self._before: _FolderState | None = None
         self._saved_checkpoint = False
         self._lock: FolderLock | None = None
+        self._plotted: tuple[int, float, float] | None = None  # (history entries, when drawn, seconds taken)
         self.device = resolve_device(self.config["device"])
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = not self.config["deterministic"]
@@ -217,15 +222,26 @@ class Run:
         if self.is_main:
             atomic_write_text(self.folder / HISTORY_FILE, json.dumps(self.history, indent=1) + "\n")
 
-    def plot(self) -> None:
-        """Redraw plots/*.png from the history (unless run.plots is false); failures are only logged."""
+    def plot(self, when_due: bool = False) -> None:
+        """Redraw plots/*.png from the history (unless run.plots is false); failures are only logged.
+
+        ``when_due`` (after an epoch): only if PLOT_WAIT_FACTOR times the last drawing's time has
+        passed since it ended; `fit` redraws after the last epoch and on resuming, so the figures a
+        finished run leaves hold every epoch (after an interrupt they may lag history.json by an
+        epoch or two until the run resumes)."""
         if not (self.is_main and self.config["run"]["plots"]):
             return
+        if self._plotted is not None:
+            entries, drawn, seconds = self._plotted
+            if entries == len(self.history) or (when_due and time.perf_counter() - drawn < PLOT_WAIT_FACTOR * seconds):
+                return
+        started = time.perf_counter()
         try:
             from codebase.evaluation import plots  # here, not at import: matplotlib costs a script's start about 1 s
             plots.plot_history(self.history, self.folder / PLOTS_FOLDER)
         except Exception as error:
             self.log(f"warning: could not draw plots: {error!r}")
+        self._plotted = (len(self.history), time.perf_counter(), time.perf_counter() - started)
 
     def close(self) -> None:
         self._close_events()

@@ -2,6 +2,7 @@
 files of a run written with earlier names read with today's."""
 import json
 import os
+from time import strftime as time_strftime
 
 import harness_toy
 import pytest
@@ -117,3 +118,34 @@ def test_a_checkpoint_of_an_earlier_release_resumes_with_its_renamed_keys_upgrad
         _check_compatible(tmp_path, upgrade_config(old), changed, rules)
     assert "loss.task_weights.classification_rg: 2.0 (checkpoint) -> 3.0 (now)" in str(error.value)
     assert "rg_weight" not in str(error.value)
+
+
+@pytest.mark.slow  # trains the toy model
+def test_figures_are_redrawn_when_due_and_hold_every_epoch_at_the_end(tmp_path, monkeypatch):
+    """A drawing that takes 1 s of a clock on which each epoch takes 4 s is redrawn once 9 s have
+    passed since the last (PLOT_WAIT_FACTOR): after epochs 1, 4 and 7 of 8, then after the last
+    epoch whatever the clock; a resumed run draws at once."""
+    from types import SimpleNamespace
+
+    from codebase.evaluation import plots
+    from codebase.training import loop, run_folder
+    assert run_folder.PLOT_WAIT_FACTOR == 9.0
+    clock = SimpleNamespace(now=0.0)
+    drawn = []
+
+    def draw(history, out_dir):
+        drawn.append(len(history))
+        clock.now += 1.0
+
+    def finish_epoch(run, tracked, epoch, save=loop._save):
+        clock.now += 4.0
+        save(run, tracked, epoch)
+
+    monkeypatch.setattr(plots, "plot_history", draw)
+    monkeypatch.setattr(run_folder, "time", SimpleNamespace(perf_counter=lambda: clock.now, strftime=time_strftime))
+    monkeypatch.setattr(loop, "_save", finish_epoch)
+    harness_toy.main(toy_config(tmp_path, run__plots=True, train__epochs=8))
+    assert drawn == [1, 4, 7, 8]
+    drawn.clear()
+    harness_toy.main(toy_config(tmp_path, run__plots=True, train__epochs=9))
+    assert drawn == [8, 9]  # on resuming, then after the new last epoch (due or not)

@@ -1,6 +1,6 @@
 """Loss weightings train the real multi-task model through the engine, one method per way a method reaches
-it (REAL_MODEL_METHODS, TORCHJD_REPRESENTATIVES): a tiny model (ResNet18, 64x96, no pretrained weights)
-fits one fixed batch per side, also under AMP (two-process DDP, every method: test_weighting_ddp.py).
+it (REAL_MODEL_METHODS): a tiny model (ResNet18, 64x96, no pretrained weights) fits one fixed batch per
+side, also under AMP (two-process DDP, every method: test_weighting_ddp.py).
 
 One fixed batch (the synthetic tree's 10 grading and 4 segmentation training images, without
 augmentation) keeps this cheap and still honest: the model starts from random weights, so the
@@ -27,8 +27,11 @@ SIZE = (64, 96)
 TASK_SPECS = {"classification_rg": 5, "classification_mer": 3, "segmentation_ma": 1, "segmentation_he": 1,
               "segmentation_ex": 1, "segmentation_se": 1, "segmentation_od": 1}
 GATES = {"sparsity": 0.01, "load_balance": 0.01}
-# torchjd's methods all go through one adapter: these two (stateless, stateful) run the real model under
-# two-process DDP, and the first is also fitted on the fixed batch (test_weighting_multitask_torchjd.py)
+# torchjd's methods all go through one adapter (codebase/training/weighting/torchjd_adapter.py), whose
+# coefficients take the path of PCGrad's below (GradientWeighting.backward): these two (stateless,
+# stateful) run the real model under two-process DDP, and every torchjd method fits the toy model
+# (tests/training/weighting/test_every_method.py). Fitting the real model with MGDA as well cost the
+# suite over a minute for a path PCGrad's fit takes.
 TORCHJD_REPRESENTATIVES = ("mgda", "gradvac")
 # The package's own methods that train the real model here: one per way a method reaches the engine
 # (the weighted sum, learned loss weights in the optimizer, losses after the step, GradNorm's gradient
@@ -119,9 +122,7 @@ def fit_and_check(method, amp, batches):
     before, _ = task_losses_and_rg_accuracy(step, batches, amp)
     logged = train(step, weighting, optimizer, batches, 16, amp)
     after, rg_accuracy = task_losses_and_rg_accuracy(step, batches, amp)
-    # MGDA steps along the min-norm point of the task gradients' hull, no longer than the smallest task
-    # gradient, so its losses fall slowest (0.85x in 16 steps on the camera generator's images)
-    assert after < (0.9 if method == "mgda" else 0.75) * before, (method, before, after)
+    assert after < 0.75 * before, (method, before, after)
     assert rg_accuracy > majority_share(batches["grading"]["rg"]), (method, rg_accuracy)
     assert all(set(weights) == set(TASK_SPECS) for weights in logged)
     if method in NORMALISED:
@@ -131,7 +132,6 @@ def fit_and_check(method, amp, batches):
 @pytest.mark.parametrize("method,amp", [(method, "off") for method in REAL_MODEL_METHODS]
                          + [pytest.param("uncertainty", "bf16", marks=BF16), pytest.param("cagrad", "bf16", marks=BF16)])
 def test_weightings_fit_the_multitask_model_on_a_fixed_batch(method, amp, batches):
-    """The package's methods of REAL_MODEL_METHODS train the real model (torchjd's:
-    test_weighting_multitask_torchjd.py); bf16 autocast, the CPU's AMP (no GradScaler), for one loss method
+    """The package's methods of REAL_MODEL_METHODS train the real model; bf16 autocast, the CPU's AMP (no GradScaler), for one loss method
     and one gradient method where the CPU has bf16."""
     fit_and_check(method, amp, batches)
