@@ -241,7 +241,7 @@ def fit(run: Run, model: torch.nn.Module, optimizer: torch.optim.Optimizer, sche
         kept = f"checkpoint.pth keeps epoch {completed}" if completed else "no epoch was completed"
         run.log(f"stopped: {error}. {kept}; lower the learning rate or check the data before resuming.")
         raise SystemExit(1) from error
-    run.plot()  # the epochs drawing skipped (Run.plot's when_due)
+    run.plot()  # the epochs that when_due skipped drawing
     run.save_model(model)
     chosen = (f"; best weights (epoch {selection.best_epoch}, monitored {selection.best_score:.4g}) in "
               f"{run.folder / BEST_MODEL_FILE}" if selection.best_epoch is not None else "")
