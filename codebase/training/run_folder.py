@@ -241,7 +241,8 @@ class Run:
             plots.plot_history(self.history, self.folder / PLOTS_FOLDER)
         except Exception as error:
             self.log(f"warning: could not draw plots: {error!r}")
-        self._plotted = (len(self.history), time.perf_counter(), time.perf_counter() - started)
+        ended = time.perf_counter()
+        self._plotted = (len(self.history), ended, ended - started)
 
     def close(self) -> None:
         self._close_events()
