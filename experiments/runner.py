@@ -18,7 +18,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from codebase.config import ConfigError, get_value, parse_cli, parse_value, resume_changes, upgrade_config
+from codebase.config import ConfigError, get_value, parse_cli, parse_value, resume_changes
+from codebase.earlier_config import upgrade_config
 from codebase.runtime.lock import holder
 from codebase.training.run_folder import (
     CHECKPOINT_FILE,
@@ -106,7 +107,7 @@ def script_module(script):
 
 def stale_settings(run, config, data_root, demo):
     """The settings that fix a run (the script's RESUME_RULES) in which the finished run's config
-    (config.json upgraded as a resume upgrades it, codebase.config.upgrade_config) differs from what
+    (config.json upgraded as a resume upgrades it, codebase.earlier_config.upgrade_config) differs from what
     its script resolves today for the same command line: "key: value in the run -> value now"
     (data.root, compared by check_matches itself, and the run folder left out)."""
     module = script_module(run.script)

@@ -135,7 +135,7 @@ def test_a_renamed_key_says_what_to_write_instead():
 
 
 def test_configs_of_earlier_releases_are_upgraded_to_todays_keys():
-    from codebase.config import upgrade_config
+    from codebase.earlier_config import upgrade_config
     classifier = {"loss": {"rg_weight": 2.0, "mer_weight": 1.0, "focal_gamma": 4.0}, "seed": 0}
     assert upgrade_config(classifier) == {
         "loss": {"focal_gamma": 4.0, "task_weights": {"classification_rg": 2.0}}, "seed": 0}  # 1: unlisted

@@ -5,7 +5,7 @@ from pathlib import Path
 
 CORE = Path(__file__).resolve().parents[1] / "codebase"
 LAYERS = [
-    {"errors"},
+    {"errors", "earlier_config"},
     {"config"},
     {"runtime"},                      # processes, device, progress, atomic writes, locks
     {"data", "networks"},

@@ -24,11 +24,11 @@ from codebase.config import (
     RUN_RESUME_RULES,
     ConfigError,
     resume_changes,
-    upgrade_config,
     with_defaults,
 )
 from codebase.data.loaders import seed_everything
 from codebase.data.splits import SPLITS_FILE
+from codebase.earlier_config import upgrade_config
 from codebase.errors import ProjectError
 from codebase.runtime import distributed
 from codebase.runtime.atomic import (

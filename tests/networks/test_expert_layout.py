@@ -5,7 +5,8 @@ import torch.nn.functional as F
 from tiny_models import SPECS, count_calls, small_model
 
 import train_mlt_model
-from codebase.config import ConfigError, parse_cli, upgrade_config
+from codebase.config import ConfigError, parse_cli
+from codebase.earlier_config import upgrade_config
 from codebase.evaluation.cost import forward_flops
 from codebase.model import build_model
 

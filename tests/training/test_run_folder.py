@@ -106,7 +106,8 @@ def test_crafted_checkpoint_is_refused_without_running_code(tmp_path):
 def test_a_checkpoint_of_an_earlier_release_resumes_with_its_renamed_keys_upgraded(tmp_path):
     """A classifier checkpoint that still says loss.rg_weight / mer_weight compares equal to today's
     loss.task_weights holding the same weights; a weight that really changed is refused by its new name."""
-    from codebase.config import FIXES_THE_RUN, upgrade_config
+    from codebase.config import FIXES_THE_RUN
+    from codebase.earlier_config import upgrade_config
     from codebase.training.run_folder import _check_compatible
     rules = {"model": FIXES_THE_RUN, "loss": FIXES_THE_RUN}
     old = {"model": {"backbone": "resnet18"}, "loss": {"rg_weight": 2.0, "mer_weight": 1.0}}

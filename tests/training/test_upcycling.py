@@ -87,7 +87,8 @@ def test_upcycling_into_a_shared_pool_or_from_no_run_is_refused(source, tmp_path
 
 
 def test_the_new_settings_fix_the_run_and_earlier_checkpoints_still_resume():
-    from codebase.config import resume_changes, upgrade_config
+    from codebase.config import resume_changes
+    from codebase.earlier_config import upgrade_config
     now = tiny_config()
     earlier = copy.deepcopy(now)
     for key in ("shared_experts", "expert_pool", "init_from"):
