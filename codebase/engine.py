@@ -119,6 +119,8 @@ class MultiTaskTraining:
         self.tasks = unwrapped.criterion.tasks
         self.grading, self.segmentation = on_side(self.tasks, "grading"), on_side(self.tasks, "segmentation")
         self.shared = shared_parameters(self.model)
+        shared = {id(parameter) for parameter in self.shared}
+        self.task_specific = [p for p in unwrapped.parameters() if p.requires_grad and id(p) not in shared]
         weighting.reduce = distributed.all_reduce_mean if distributed.is_distributed() else None
 
     def train_step(self, pair, dense, epoch, number):
@@ -138,7 +140,7 @@ class MultiTaskTraining:
         with autocast(self.device, self.amp):  # both sides forward, per-task losses, gate regularisers
             task_losses, gate, components, routings = self.step(*inputs)
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self.weighting.backward(task_losses, gate, self.shared, self.scaler)  # writes every .grad
+        loss = self.weighting.backward(task_losses, gate, self.shared, self.scaler, self.task_specific)  # every .grad
         check_finite(loss, components, step=number, epoch=epoch)
         step_optimizer(self.optimizer, self.scaler)
 

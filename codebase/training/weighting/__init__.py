@@ -1,7 +1,7 @@
 """Multi-task loss weightings: a package with one module per method.
 
 A weighting sees the per-task losses of a step ({task: scalar tensor}) and writes the gradients of
-all parameters through one call, ``weighting.backward(losses, extra, shared, scaler)``.
+all parameters through one call, ``weighting.backward(losses, extra, shared, scaler, task_specific)``.
 Loss-based methods (fixed, uncertainty, DWA, RLW, FAMO) combine the losses into one scalar and
 backpropagate it. Gradient methods (GradNorm, PCGrad, CAGrad, and from torchjd through
 torchjd_adapter.py MGDA, IMTL-G, UPGrad, DualProj, Aligned-MTL, GradVac, FairGrad, Nash-MTL;

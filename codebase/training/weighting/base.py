@@ -55,10 +55,12 @@ class Weighting(nn.Module):
         return self.loss_vector(losses, self.present(losses)).sum()
 
     def backward(self, losses: Mapping[str, torch.Tensor], extra: torch.Tensor | None,
-                 shared: Sequence[nn.Parameter], scaler: torch.amp.GradScaler | None = None) -> torch.Tensor:
+                 shared: Sequence[nn.Parameter], scaler: torch.amp.GradScaler | None = None,
+                 task_specific: Sequence[nn.Parameter] | None = None) -> torch.Tensor:
         """Accumulate the gradients of combine(losses) + extra into ``.grad`` (zero them before) and
         return that loss, detached. ``shared``: the parameters every task shares (gradient methods
-        combine the tasks' gradients of these); ``scaler``: the GradScaler of fp16 training, or None.
+        combine the tasks' gradients of these); ``scaler``: the GradScaler of fp16 training, or None;
+        ``task_specific``: the other trained parameters (gradient methods use it; None: not known).
 
         Under torchrun (``reduce`` set), the gradients of the method's own parameters
         (``extra_parameters``) are averaged over the processes, as DDP does for the model's, so
@@ -121,9 +123,11 @@ class GradientWeighting(Weighting):
     sum_t w_t g_t plus the extra row, at the scaler's scale like every other ``.grad``
     (``scaler.step`` unscales all of them and skips the step on inf/NaN). One ordinary backward of
     (sum of task losses + extra) then fills the task-specific parameters, and the shared ``.grad``
-    are overwritten. The combination is linear in the task gradients, so ``task_weights()`` reports
-    its exact coefficients. Cost per step: T (+1) extra backward passes through the shared
-    parameters and a [T (+1), P] float32 matrix.
+    are written. Given ``task_specific`` (every other trained parameter) in one process, that backward
+    stops at those parameters, so it does not go through the shared ones (the backbone) again; under
+    torchrun it is a full backward, the one DDP averages the gradients in. The combination is linear
+    in the task gradients, so ``task_weights()`` reports its exact coefficients. Cost per step: T (+1)
+    backward passes through the shared parameters, and a [T (+1), P] float32 matrix.
     """
 
     needs_losses = False  # True: `coefficients` gets the (reduced) task losses too
@@ -133,13 +137,14 @@ class GradientWeighting(Weighting):
         losses [T'] (float64, CPU; None unless ``needs_losses``) -> coefficients [T'] (float64)."""
         raise NotImplementedError
 
-    def backward(self, losses, extra, shared, scaler=None):
+    def backward(self, losses, extra, shared, scaler=None, task_specific=None):
         indices = self.present(losses)
         shared = list(shared)
         task_losses = [losses[self.tasks[i]] for i in indices]
-        rows = [_flat_grad(scaled(loss, scaler), shared) for loss in task_losses]
+        reached = [False] * len(shared)  # whether any loss reaches each shared parameter
+        rows = [_flat_grad(scaled(loss, scaler), shared, reached) for loss in task_losses]
         if extra is not None:
-            rows.append(_flat_grad(scaled(extra, scaler), shared))
+            rows.append(_flat_grad(scaled(extra, scaler), shared, reached))
         matrix = torch.stack(rows)  # [T' (+1), P]
         if self.reduce is not None:
             matrix = self.reduce(matrix)
@@ -163,11 +168,17 @@ class GradientWeighting(Weighting):
         total = torch.stack([loss.float() for loss in task_losses]).sum()
         if extra is not None:
             total = total + extra
-        scaled(total, scaler).backward()
+        if task_specific is not None and self.reduce is None:
+            if task_specific:  # none (only shared parameters are trained): nothing left to fill
+                torch.autograd.backward(scaled(total, scaler), inputs=list(task_specific))
+        else:
+            scaled(total, scaler).backward()
         offset = 0
-        for parameter in shared:
+        for parameter, used in zip(shared, reached):
             size = parameter.numel()
-            if parameter.grad is not None:  # None: no loss reached it, so its rows were all zeros
+            if used:  # otherwise no loss reached it: its rows were all zeros and its .grad stays as it was
+                if parameter.grad is None:
+                    parameter.grad = torch.empty_like(parameter)  # the parameter's own layout (channels_last)
                 parameter.grad.copy_(combined[offset:offset + size].view_as(parameter))
             offset += size
         return total.detach()
@@ -191,10 +202,13 @@ class AdamState(nn.Module):
              eps=self.eps, maximize=False)
 
 
-def _flat_grad(loss: torch.Tensor, shared: list[nn.Parameter]) -> torch.Tensor:
-    """d loss / d shared, flattened to float32 [P]; zeros where the loss does not reach a parameter."""
+def _flat_grad(loss: torch.Tensor, shared: list[nn.Parameter], reached: list[bool]) -> torch.Tensor:
+    """d loss / d shared, flattened to float32 [P]; zeros where the loss does not reach a parameter.
+    Marks in ``reached`` (one flag per shared parameter) the parameters the loss reaches."""
     if not loss.requires_grad:
         return torch.cat([torch.zeros(p.numel(), device=p.device) for p in shared])
     grads = torch.autograd.grad(loss, shared, retain_graph=True, allow_unused=True)
+    for index, grad in enumerate(grads):
+        reached[index] = reached[index] or grad is not None
     return torch.cat([(torch.zeros(p.numel(), device=p.device) if g is None else g.reshape(-1).float())
                       for p, g in zip(shared, grads)])

@@ -45,12 +45,18 @@ def reference_grads(model, weights_of_gram, factor=1.0):
     return combined, heads, weights
 
 
-def run_backward(model, weighting, scaler=None, reduce=None):
+def heads_of(model):
+    return [p for name, p in model.named_parameters() if not name.startswith("shared")]
+
+
+def run_backward(model, weighting, scaler=None, reduce=None, task_specific=False):
+    """task_specific: the heads are given, so the last backward may stop at them."""
     inputs, targets = batch()
     model.zero_grad()
     losses, extra = model(inputs, targets)
     weighting.reduce = reduce
-    weighting.backward(losses, extra, list(model.shared.parameters()), scaler=scaler)
+    weighting.backward(losses, extra, list(model.shared.parameters()), scaler=scaler,
+                       task_specific=heads_of(model) if task_specific else None)
     shared = torch.cat([p.grad.reshape(-1) for p in model.shared.parameters()])
     heads = {name: p.grad.clone() for name, p in model.named_parameters() if not name.startswith("shared")}
     return shared, heads
@@ -59,15 +65,16 @@ def run_backward(model, weighting, scaler=None, reduce=None):
 TORCHJD_METHODS = [("mgda", {}), ("upgrad", {}), ("aligned_mtl", {}), ("gradvac", {})]  # through the adapter
 
 
+@pytest.mark.parametrize("task_specific", [False, True])
 @pytest.mark.parametrize("name,settings", [("cagrad", {"cagrad_c": 0.4}), ("pcgrad", {}), ("cagrad", {"cagrad_c": 0.0})]
                          + TORCHJD_METHODS)
-def test_gradient_method_backward_writes_the_combination(name, settings):
+def test_gradient_method_backward_writes_the_combination(name, settings, task_specific):
     model = TwoHeads()
     weighting = make_weighting(name, TASKS, settings)
     reference_method = make_weighting(name, TASKS, settings)
     expected_shared, expected_heads, weights = reference_grads(
         model, lambda gram: reference_method.coefficients([0, 1], gram, None))
-    shared, heads = run_backward(model, weighting)
+    shared, heads = run_backward(model, weighting, task_specific=task_specific)
     torch.testing.assert_close(shared, expected_shared)
     for key in heads:
         torch.testing.assert_close(heads[key], expected_heads[key])
@@ -84,7 +91,7 @@ def test_gradient_method_backward_with_grad_scaler_and_reduce(name, settings):
 
     expected_shared, expected_heads, _ = reference_grads(model, method)
     scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
-    shared, heads = run_backward(model, make_weighting(name, TASKS, settings), scaler=scaler)
+    shared, heads = run_backward(model, make_weighting(name, TASKS, settings), scaler=scaler, task_specific=True)
     # .grad holds scaled gradients (scaler.step unscales them); the unscaled result is the same.
     torch.testing.assert_close(shared / 1024.0, expected_shared)
     for key in heads:
@@ -142,11 +149,29 @@ def test_gradient_method_under_two_process_ddp_equals_one_process(tmp_path, name
     assert saved["weights"] == pytest.approx(weighting.task_weights(), rel=1e-5)
 
 
-def test_a_shared_parameter_no_loss_reaches_keeps_no_gradient():
+@pytest.mark.parametrize("task_specific", [None, []])
+def test_a_shared_parameter_no_loss_reaches_keeps_no_gradient(task_specific):
     used, unused = nn.Parameter(torch.tensor([1.0, 2.0])), nn.Parameter(torch.tensor([5.0]))
     losses = {"a": used.sum(), "b": (2 * used).pow(2).sum()}
-    make_weighting("cagrad", TASKS, {}).backward(losses, None, [unused, used])
+    make_weighting("cagrad", TASKS, {}).backward(losses, None, [unused, used], task_specific=task_specific)
     assert unused.grad is None and used.grad is not None
+
+
+def test_given_the_task_specific_parameters_the_last_backward_skips_the_shared_ones():
+    """One backward per task (and the extra term) through the shared layer, and none more: the
+    backward that fills the heads stops at them. Without them, or under torchrun (``reduce``), it is
+    a full backward, one more pass through the shared layer."""
+    passes = []
+
+    def count(module, inputs, output):
+        output.register_hook(lambda grad: passes.append(1))
+
+    model = TwoHeads()
+    model.shared.register_forward_hook(count)
+    for task_specific, reduce, expected in [(True, None, 3), (False, None, 4), (True, lambda m: m, 4)]:
+        passes.clear()
+        run_backward(model, make_weighting("pcgrad", TASKS, {}), reduce=reduce, task_specific=task_specific)
+        assert len(passes) == expected, (task_specific, reduce)
 
 
 class GramProbe(GradientWeighting):
