@@ -161,7 +161,7 @@ EXPERTS = Grid(
                 "shared expert beside the routed ones (the default, chosen on this grid's validation split), and, "
                 "each changing one thing of the routed experts, one pool of experts per side shared by its tasks' "
                 "gates, region routing of the lesions, gates reading low-level or both features, the cosine "
-                "router, and sparse upcycling (the routed experts started from a 1-expert run of half the steps, "
+                "router, the shared expert with the low-level gates and with region routing, and sparse upcycling (the routed experts started from a 1-expert run of half the steps, "
                 "trained for the other half: equal total steps).",
     configurations={"mlt_1_expert": Configuration(MULTITASK, ONE_EXPERT),
                     "mlt_routed": Configuration(MULTITASK, ROUTED_ONLY),
@@ -171,6 +171,12 @@ EXPERTS = Grid(
                     "mlt_gate_low": Configuration(MULTITASK, (*ROUTED_ONLY, "routing.gate_input=low")),
                     "mlt_gate_both": Configuration(MULTITASK, (*ROUTED_ONLY, "routing.gate_input=both")),
                     "mlt_cosine": Configuration(MULTITASK, (*ROUTED_ONLY, "routing.router=cosine")),
+                    # the shared expert together with each of the two variants whose held-out-camera gap was
+                    # the smallest at 3 seeds (docs/results.md)
+                    "mlt_shared_gate_low": Configuration(MULTITASK, ("model.shared_experts=1",
+                                                                     "routing.gate_input=low")),
+                    "mlt_shared_region": Configuration(MULTITASK, ("model.shared_experts=1",
+                                                                   "routing.granularity=region")),
                     # sparse upcycling at equal total steps: 96 steps of one expert, then three routed
                     # experts started from it for the other 96
                     "mlt_1_expert_96_steps": Configuration(MULTITASK, ONE_EXPERT, optimizer_steps=96),
