@@ -17,7 +17,8 @@ trained at different resolutions are compared on equal work): parameters, forwar
 (codebase.evaluation.cost.peak_memory_bytes). A multi-task run whose grading and segmentation sizes differ
 costs two forwards per image, one per side, as predict.py runs it. The multi-task model is
 measured with top-p and with dense routing, with its mean experts per image per task on the test
-split, and set against the classifier and DeepLabV3+ together (ratio of its top-p cost to the sum
+split and the mutual information between the expert each test image is given to and the image's camera
+and grade (codebase.evaluation.routing_information; "–" where the data root records no camera), and set against the classifier and DeepLabV3+ together (ratio of its top-p cost to the sum
 of theirs). Each run is loaded with its best.pth (chosen on the validation split; model.pth where
 it has none) or, with --weights last, model.pth; the tables name the file.
 
@@ -60,6 +61,7 @@ from codebase.evaluation.evaluate import (
     evaluate_segmentation,
 )
 from codebase.evaluation.fullres import run_fullres_metrics, with_fullres
+from codebase.evaluation.routing_information import LABELS as INFORMATION_LABELS
 from codebase.errors import ProjectError, run_tool
 from codebase.runtime.atomic import atomic_write_text
 from codebase.runtime.device import autocast, resolve_device
@@ -153,6 +155,8 @@ def describe_run(name, run, root, device, paths, repeats, cost_size=None):
         routing = {**entry.get("grading", {}).pop("routing", {}), **entry.get("segmentation", {}).pop("routing", {})}
         entry["experts_per_image"] = {task: routing[task]["experts_per_image"] for task in run.task_specs}
         entry["routing_usage"] = {task: routing[task]["usage"] for task in run.task_specs}
+        entry["routing_information"] = {task: {key: value for key, value in routing[task].items()
+                                               if key.startswith(INFORMATION_LABELS)} for task in run.task_specs}
     return entry, pr_curves
 
 
@@ -199,6 +203,15 @@ def _sizes_cell(sizes):
     return ", ".join(f"{side} {value}" for side, value in text.items())
 
 
+def _information_cell(information):
+    """"camera MI / grade MI" of one task's routing on the test split, "–" for a label it has no value for
+    (no camera recorded, no grade on segmentation images); "–" for a run that does not route."""
+    if information is None:
+        return "–"
+    return " / ".join(_cell(information.get(f"{label}_mi"), 1, 3) if f"{label}_mi" in information else "–"
+                      for label in INFORMATION_LABELS)
+
+
 def _table(header, rows):
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
@@ -219,6 +232,8 @@ def tables(report):
     tasks = dict.fromkeys(t for e in entries for t in e.get("experts_per_image", {}))
     rows += [[f"experts per image: {task.split('_', 1)[1].upper()}"]
              + [_cell(e.get("experts_per_image", {}).get(task), 1, 2) for e in entries] for task in tasks]
+    rows += [[f"expert-camera / expert-grade MI (nats): {task.split('_', 1)[1].upper()}"]
+             + [_information_cell(e.get("routing_information", {}).get(task)) for e in entries] for task in tasks]
     result.append(("Cost", header, rows))
     for name, fields in report["multitask_vs_baselines"].items():
         result.append((f"{name} (top-p routing) against classifier + DeepLabV3+",

@@ -9,6 +9,7 @@ import torch
 
 from codebase.data.idrid import grading_records, segmentation_records
 from codebase.evaluation.plots import history_figures
+from codebase.evaluation.routing_information import LABELS as INFORMATION_LABELS
 from codebase.runtime.atomic import atomic_write_text
 from codebase.training.run_folder import TEST_METRICS_FILE, read_history, read_test_metrics
 from experiments.analysis import delta_m, difference, run_metrics, summary
@@ -23,7 +24,6 @@ from inference.report import STYLE, png_data_uri
 PRIMARY = ["rg_kappa", "mer_kappa", "rg_accuracy", "mer_accuracy", "joint_accuracy"]
 PRIMARY += [f"{lesion}_{name}" for name in ("aupr", "dice") for lesion in ("MA", "HE", "EX", "SE", "OD")]
 PRIMARY += ["mean_aupr", "mean_dice", "mean_primary"]
-INFORMATION_LABELS = ("camera", "grade")  # what routing's mutual information is measured against
 LABELS = {"rg_kappa": "RG quadratic weighted kappa", "mer_kappa": "MER quadratic weighted kappa",
           "rg_accuracy": "RG accuracy", "mer_accuracy": "MER accuracy", "joint_accuracy": "joint RG+MER accuracy",
           "mean_aupr": "mean AUPR", "mean_dice": "mean Dice",

@@ -18,6 +18,7 @@ import math
 import numpy as np
 import torch
 
+LABELS = ("camera", "grade")  # what routing's mutual information is measured against
 GRADE_CLASSES = 5  # retinopathy grades 0-4 (IDRiD's RG)
 NO_CAMERA = "no camera is known for these images (their data root has no synthetic.json listing them)"
 NO_GRADE = "these images carry no retinopathy grade (IDRiD's segmentation images are not graded)"

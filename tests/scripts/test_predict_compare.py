@@ -3,6 +3,7 @@ tiny runs, each script run as a user runs it: a subprocess on the command line (
 classifier run through its main, the same command line in-process)."""
 import base64
 import json
+import math
 import re
 import subprocess
 import sys
@@ -96,6 +97,7 @@ def test_compare_models_reports_every_row_and_top_p_costs_less_than_dense(tiny_r
     assert text in finished.stdout
     rows = [label for label, *_ in compare_models.ACCURACY_ROWS + compare_models.COST_ROWS]
     rows += [f"experts per image: {task}" for task in ("RG", "MER", *LESIONS)]
+    rows += [f"expert-camera / expert-grade MI (nats): {task}" for task in ("RG", "MER", *LESIONS)]
     rows += [label for label, *_ in compare_models.VERSUS_ROWS]
     for label in rows:
         assert f"| {label} |" in text, label
@@ -122,6 +124,15 @@ def test_compare_models_reports_every_row_and_top_p_costs_less_than_dense(tiny_r
     expected = multitask["parameters"] / (runs["classifier"]["parameters"] + runs["segmentation"]["parameters"])
     assert versus["parameters"]["ratio"] == pytest.approx(expected)
     assert set(multitask["routing_usage"]) == set(multitask["experts_per_image"])
+    # routing's mutual information with the camera (every image) and the grade (graded images only)
+    information = multitask["routing_information"]
+    assert set(information) == set(multitask["experts_per_image"])
+    for task, values in information.items():
+        assert 0 <= values["camera_mi"] <= math.log(3) + 1e-9, (task, values)  # K <= 3 experts
+        assert ("grade_mi" in values) == task.startswith("classification"), (task, values)
+    rg = information["classification_rg"]
+    assert f"| expert-camera / expert-grade MI (nats): RG | – | – | {rg['camera_mi']:.3f} / {rg['grade_mi']:.3f} |" in text
+    assert f"| expert-camera / expert-grade MI (nats): OD | – | – | {information['segmentation_od']['camera_mi']:.3f} / – |" in text
 
     page = (tmp_path / "report.html").read_text()
     for heading in REPORT_SECTIONS:
