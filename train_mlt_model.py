@@ -109,8 +109,9 @@ CONFIG = {
         "balance_rate": 0.05,              # loss-free balancing: per-step move of each expert's selection bias
         "detach_gate_input": True,         # the gates read the pooled features detached: routing losses stay
                                            # out of the backbone
-        "gate_input": "high",              # what the gates read, averaged: "high" (stride-16) features, "low"
-                                           # (stride-4: colour, illumination, blur), or "both" concatenated
+        "gate_input": "low",               # what the gates read, averaged: "low" (stride-4: colour, illumination,
+                                           # blur; best on the experts grid's validation split with the shared
+                                           # expert), "high" (stride-16) features, or "both" concatenated
         "granularity": "image",            # segmentation tasks: "image" (one choice per image) or "region"
                                            # (per cell of region_grid, per-pixel mixture; docs/multitask_model.md)
         "region_grid": [4, 6],             # [rows, columns] of the region grid over the high-level features

@@ -14,8 +14,12 @@ CLASSIFIER, SEGMENTATION, MULTITASK = "train_classifier.py", "train_segmentation
 # on validation and may move: one expert per task (hard parameter sharing), and routed experts
 # with no always-on shared expert beside them (the layout the moe grid and the experts grid's
 # variants were measured with).
-ONE_EXPERT = ("model.num_experts=1", "model.shared_experts=0")
-ROUTED_ONLY = ("model.shared_experts=0",)
+# Settings the grids' runs were trained with before a default of train_mlt_model.py changed: naming them keeps
+# those runs what they were (experiments/runner.py refuses a finished run its script would now train otherwise).
+HIGH_GATES = ("routing.gate_input=high",)  # the default until the experts grid chose "low" (docs/results.md)
+ONE_EXPERT = ("model.num_experts=1", "model.shared_experts=0", *HIGH_GATES)  # (one expert's gate decides nothing)
+NO_SHARED_EXPERT = ("model.shared_experts=0",)
+ROUTED_ONLY = (*NO_SHARED_EXPERT, *HIGH_GATES)  # the routed experts alone, gates on high-level features
 
 
 @dataclass(frozen=True)
@@ -117,9 +121,10 @@ WEIGHTING_METHODS = ("fixed",) + tuple(method for method in installed_weightings
 WEIGHTING = Grid(
     description="Loss weightings of the multi-task model (docs/multitask_model.md): the equal-weight sum "
                 f"(fixed, the reference) against {', '.join(WEIGHTING_METHODS[1:])}, each with its default "
-                "settings, at the experts grid's budget.",
+                "settings, at the experts grid's budget, on its shared-expert model (gates on high-level features).",
     configurations={method: Configuration(MULTITASK, (f"loss.weighting={method}",)) for method in WEIGHTING_METHODS},
     reference="fixed",
+    overrides=HIGH_GATES,  # the default routing when the grid was run; its runs keep it
     # The generalization and experts grids' budget, so that the methods are ranked on tasks the model
     # learns (at 64x96 and 48 steps no method taught grading anything). A gradient method's step costs
     # about 4x fixed's (benchmarks/bench_weighting.py): on two CPU cores one seed of every method is
@@ -157,25 +162,26 @@ GENERALIZATION = Grid(
 
 EXPERTS = Grid(
     description="What the experts buy, in domain and out of domain: one expert (hard parameter sharing, the "
-                "reference) against three routed experts and the variants of docs/multitask_model.md: an always-on "
-                "shared expert beside the routed ones (the default, chosen on this grid's validation split), and, "
-                "each changing one thing of the routed experts, one pool of experts per side shared by its tasks' "
-                "gates, region routing of the lesions, gates reading low-level or both features, the cosine "
-                "router, the shared expert with the low-level gates and with region routing, and sparse upcycling (the routed experts started from a 1-expert run of half the steps, "
+                "reference) against three routed experts (gates on high-level features) and the variants of "
+                "docs/multitask_model.md: an always-on shared expert beside the routed ones, alone, with gates on "
+                "low-level features (the default, chosen on this grid's validation split) and with region routing; "
+                "and, each changing one thing of the routed experts, one pool of experts per side shared by its "
+                "tasks' gates, region routing of the lesions, gates reading low-level or both features, the cosine "
+                "router, and sparse upcycling (the routed experts started from a 1-expert run of half the steps, "
                 "trained for the other half: equal total steps).",
     configurations={"mlt_1_expert": Configuration(MULTITASK, ONE_EXPERT),
                     "mlt_routed": Configuration(MULTITASK, ROUTED_ONLY),
-                    "mlt_shared_expert": Configuration(MULTITASK, ("model.shared_experts=1",)),
+                    "mlt_shared_expert": Configuration(MULTITASK, ("model.shared_experts=1", *HIGH_GATES)),
                     "mlt_shared_pool": Configuration(MULTITASK, (*ROUTED_ONLY, "model.expert_pool=shared")),
                     "mlt_region": Configuration(MULTITASK, (*ROUTED_ONLY, "routing.granularity=region")),
-                    "mlt_gate_low": Configuration(MULTITASK, (*ROUTED_ONLY, "routing.gate_input=low")),
-                    "mlt_gate_both": Configuration(MULTITASK, (*ROUTED_ONLY, "routing.gate_input=both")),
+                    "mlt_gate_low": Configuration(MULTITASK, (*NO_SHARED_EXPERT, "routing.gate_input=low")),
+                    "mlt_gate_both": Configuration(MULTITASK, (*NO_SHARED_EXPERT, "routing.gate_input=both")),
                     "mlt_cosine": Configuration(MULTITASK, (*ROUTED_ONLY, "routing.router=cosine")),
                     # the shared expert together with each of the two variants whose held-out-camera gap was
-                    # the smallest at 3 seeds (docs/results.md)
+                    # the smallest at 3 seeds (docs/results.md); the first is train_mlt_model.py's default
                     "mlt_shared_gate_low": Configuration(MULTITASK, ("model.shared_experts=1",
                                                                      "routing.gate_input=low")),
-                    "mlt_shared_region": Configuration(MULTITASK, ("model.shared_experts=1",
+                    "mlt_shared_region": Configuration(MULTITASK, ("model.shared_experts=1", *HIGH_GATES,
                                                                    "routing.granularity=region")),
                     # sparse upcycling at equal total steps: 96 steps of one expert, then three routed
                     # experts started from it for the other 96

@@ -251,7 +251,7 @@ def test_a_finished_run_its_script_would_now_train_differently_is_refused_by_nam
     for key in ("gate_input", "granularity", "router", "region_grid"):
         older["routing"].pop(key)  # written before these settings: their values now are its behaviour
     older["model"].pop("shared_experts")  # written before the setting: it had none, which the run asks for
-    run.settings.append("model.shared_experts=0")
+    run.settings += ["model.shared_experts=0", "routing.gate_input=high"]
     today["model"]["shared_experts"] = 0
     finished_run(run.folder, older)
     lines = []

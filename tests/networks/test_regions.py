@@ -149,9 +149,11 @@ def test_cosine_router_logits_are_bounded_by_the_clamped_temperature_and_train()
     assert gate(torch.randn(8, 32)).abs().max() <= 100 + 1e-3
 
 
-def test_defaults_keep_image_routing_and_the_parameter_names():
+def test_a_run_from_before_the_routing_settings_builds_as_it_was_trained():
     config = with_defaults(train_mlt_model.CONFIG)
     config["model"].update(backbone="resnet18", pretrained="none", task_specs=SEG)
+    assert config["routing"]["gate_input"] == "low"  # the script's default since the experts grid chose it
+    config["routing"]["gate_input"] = "high"  # the behaviour of runs written before the setting
     old = copy.deepcopy(config)
     for key in ("gate_input", "granularity", "region_grid", "router"):
         del old["routing"][key]  # a run written before these settings
