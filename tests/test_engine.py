@@ -221,23 +221,25 @@ def test_notebook_executes_on_the_run(tiny_run, tmp_path, monkeypatch, name):
     assert figures
 
 
-def test_the_demo_recipe_learns_every_side_at_a_reduced_size(tmp_path_factory):
-    """The demo's settings on a smaller tree and images: grading beats the majority class with
-    RG kappa above 0.2, and the optic disc is segmented (Dice >= 0.7) on the test split."""
-    root = generate(tmp_path_factory.mktemp("learn") / "data", seed=1, size=(288, 192), seg_train=16, seg_test=6,
-                    grade_train=96, grade_test=48)
-    config = tiny_config(root, tmp_path_factory.mktemp("learn_runs"), "data.grading_size=96,144",
-                         "data.segmentation_size=64,96", "train.epochs=10", "train.iterations=12", "optim.lr=1e-3",
+def test_the_demo_recipe_learns_every_side_at_the_experts_grid_budget(tmp_path_factory):
+    """The demo's settings at the experts grid's budget (experiments/grids.py DEMO_SCALE: 128x192 images, batch 8,
+    192 optimizer steps) on the demo's tree: grading beats the majority class with RG kappa above 0.1, and the
+    optic disc is segmented (Dice >= 0.7) on the test split. At this budget the grid's five configurations run at 5
+    seeds learnt both grades (mean RG kappa 0.55-0.62, MER 0.52-0.73; the default 0.615 +- 0.038 and 0.692 +- 0.079,
+    docs/results.md). A smaller budget decides nothing: with 120 steps on a 288x192 tree (grading at 96x144 or
+    128x192), MER accuracy was at or below the majority class in 7 of 11 runs, the gates on low- or high-level
+    features."""
+    root = generate(tmp_path_factory.mktemp("learn") / "data", seed=0)  # the demo's tree: 576x384, 160 + 60 graded
+    config = tiny_config(root, tmp_path_factory.mktemp("learn_runs"), "data.grading_size=128,192",
+                         "data.segmentation_size=128,192", "train.epochs=12", "train.iterations=16", "optim.lr=1e-3",
                          "train.batch_size=8", "train.eval_batch_size=16", "train.evaluate_every=12",
                          "model.aspp_channels=64", "model.head_hidden=64")
     train_mlt_model.main(config)
-    # the test split's 48 images with the final weights (the 20 % validation split is 19 images: one image
-    # moves its RG accuracy by 5 %)
+    # the test split's 60 images with the final weights (one image moves its RG accuracy by 1.7 %)
     tested = json.loads((Path(config["run"]["save_dir"]) / config["run"]["name"] / "test_metrics.json").read_text())
     grading, segmentation = tested["last"]["metrics"]["grading"], tested["last"]["metrics"]["segmentation"]
-    labels = build_datasets(root, (96, 144), (64, 96))["grading"]["test"].labels  # [N, 2] (rg, mer)
+    labels = build_datasets(root, (128, 192), (128, 192))["grading"]["test"].labels  # [N, 2] (rg, mer)
     majority = [torch.bincount(torch.as_tensor(labels[:, i])).max().item() / len(labels) for i in (0, 1)]
-    # measured with the default shared expert: RG 0.375 against 0.292, MER 0.521 against 0.479 (two images)
     assert grading["rg_accuracy"] > majority[0] and grading["mer_accuracy"] > majority[1], (grading, majority)
-    assert grading["rg_kappa"] > 0.1, grading  # 0.30 measured on the camera generator (0 for a constant guess)
+    assert grading["rg_kappa"] > 0.1, grading  # 0 for a constant guess
     assert segmentation["OD"]["dice"] >= 0.7, segmentation["OD"]  # 0.88 measured
