@@ -100,6 +100,18 @@ def shared_parameters(model):
     return [p for module in modules for p in module.parameters() if p.requires_grad]
 
 
+def step_inputs(pair, tasks, device, dense, memory_format=torch.contiguous_format):
+    """TrainStep's arguments for one (grading batch, segmentation batch) pair of training batches
+    ("image", "rg", "mer"; "image", "masks"), moved to ``device``: each side's images and its tasks' targets."""
+    graded, segmented = pair
+    grading_images = graded["image"].to(device, non_blocking=True, memory_format=memory_format)
+    segmentation_images = segmented["image"].to(device, non_blocking=True, memory_format=memory_format)
+    grades = {key: graded[key].to(device, non_blocking=True) for key in ("rg", "mer")}  # {key: [B]}
+    masks = {"masks": segmented["masks"].to(device, non_blocking=True)}  # [B, 5 lesions, H, W]
+    return (grading_images, {task.name: task.target_of(grades) for task in on_side(tasks, "grading")},
+            segmentation_images, {task.name: task.target_of(masks) for task in on_side(tasks, "segmentation")}, dense)
+
+
 class MultiTaskTraining:
     """The training steps of a multi-task run: what every step uses, and one step that reads top to bottom.
 
@@ -117,7 +129,6 @@ class MultiTaskTraining:
         unwrapped = distributed.unwrap(step)
         self.model = unwrapped.model
         self.tasks = unwrapped.criterion.tasks
-        self.grading, self.segmentation = on_side(self.tasks, "grading"), on_side(self.tasks, "segmentation")
         self.shared = shared_parameters(self.model)
         shared = {id(parameter) for parameter in self.shared}
         self.task_specific = [p for p in unwrapped.parameters() if p.requires_grad and id(p) not in shared]
@@ -129,13 +140,7 @@ class MultiTaskTraining:
         dense: every expert runs (warm-up) instead of top-p; epoch, number: where the step is, for
         the message of a non-finite loss.
         """
-        graded, segmented = pair
-        grading_images = graded["image"].to(self.device, non_blocking=True, memory_format=self.memory_format)
-        segmentation_images = segmented["image"].to(self.device, non_blocking=True, memory_format=self.memory_format)
-        grades = {key: graded[key].to(self.device, non_blocking=True) for key in ("rg", "mer")}  # {key: [B]}
-        masks = {"masks": segmented["masks"].to(self.device, non_blocking=True)}  # [B, 5 lesions, H, W]
-        inputs = (grading_images, {task.name: task.target_of(grades) for task in self.grading},
-                  segmentation_images, {task.name: task.target_of(masks) for task in self.segmentation}, dense)
+        inputs = step_inputs(pair, self.tasks, self.device, dense, self.memory_format)
 
         with autocast(self.device, self.amp):  # both sides forward, per-task losses, gate regularisers
             task_losses, gate, components, routings = self.step(*inputs)

@@ -27,7 +27,7 @@ import torch
 from codebase.data.loaders import seed_everything
 from codebase.data.splits import split_records
 from codebase.dataset import build_loaders
-from codebase.engine import MultiTaskLoss, TrainStep, gate_weights, shared_parameters
+from codebase.engine import MultiTaskLoss, TrainStep, gate_weights, shared_parameters, step_inputs
 from codebase.errors import run_tool
 from codebase.runtime.atomic import atomic_write_text
 from inference.run_checks import read_config
@@ -43,14 +43,9 @@ def task_gradients(model, loss_config, pairs, dense=False):
     criterion = MultiTaskLoss(model.tasks, loss_config, gate_weights(loss_config))
     step = TrainStep(model, criterion).train()
     shared = shared_parameters(model)
-    sides = {task.name: task.side for task in model.tasks}
     norms, cosines = {}, {}
-    for graded, segmented in pairs:
-        labels = {"grading": {key: graded[key] for key in ("rg", "mer")}, "segmentation": {"masks": segmented["masks"]}}
-        targets = {task.name: task.target_of(labels[task.side]) for task in model.tasks}
-        grading_targets = {name: target for name, target in targets.items() if sides[name] == "grading"}
-        segmentation_targets = {name: target for name, target in targets.items() if sides[name] == "segmentation"}
-        losses = step(graded["image"], grading_targets, segmented["image"], segmentation_targets, dense)[0]
+    for pair in pairs:
+        losses = step(*step_inputs(pair, model.tasks, torch.device("cpu"), dense))[0]
         flat = {}
         for task, loss in losses.items():
             grads = torch.autograd.grad(loss, shared, retain_graph=True, allow_unused=True)

@@ -6,7 +6,7 @@ import torch
 
 import train_mlt_model
 from codebase.config import parse_cli
-from codebase.engine import MultiTaskLoss, TrainStep, gate_weights, shared_parameters
+from codebase.engine import MultiTaskLoss, TrainStep, gate_weights, shared_parameters, step_inputs
 from experiments import task_gradients
 
 TINY = ["data.grading_size=64,96", "data.segmentation_size=64,96", "model.aspp_channels=16",
@@ -42,13 +42,8 @@ def test_norms_and_cosines_rebuild_the_gradient_of_the_summed_loss(synthetic_roo
     # |sum_t g_t|^2 = sum_t,s |g_t| |g_s| cos(t, s), against one ordinary backward of the summed losses
     rebuilt = sum(result["norm"][t] * result["norm"][s] * result["cosine"][t][s] for t in tasks for s in tasks)
     step = TrainStep(model, MultiTaskLoss(model.tasks, config["loss"], gate_weights(config["loss"]))).train()
-    graded, segmented = pairs[0]
-    targets = {task.name: task.target_of({"rg": graded["rg"], "mer": graded["mer"]} if task.side == "grading"
-                                         else {"masks": segmented["masks"]}) for task in model.tasks}
     torch.manual_seed(0)
-    losses = step(graded["image"], {t.name: targets[t.name] for t in model.tasks if t.side == "grading"},
-                  segmented["image"], {t.name: targets[t.name] for t in model.tasks if t.side == "segmentation"},
-                  True)[0]
+    losses = step(*step_inputs(pairs[0], model.tasks, torch.device("cpu"), True))[0]
     model.zero_grad()
     sum(losses.values()).backward()
     direct = sum(float((p.grad.double() ** 2).sum()) for p in shared_parameters(model) if p.grad is not None)
